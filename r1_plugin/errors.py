@@ -1,0 +1,56 @@
+"""Errors r1_plugin raises, each saying what went wrong and what to do."""
+
+from __future__ import annotations
+
+import os
+
+
+class R1PluginError(Exception):
+    """Base class for r1_plugin errors."""
+
+
+class UnknownModelError(R1PluginError, ValueError):
+    """A model name that neither r1_plugin nor TransformerLens knows."""
+
+
+class UnsupportedArchitectureError(R1PluginError, NotImplementedError):
+    """A local checkpoint whose architecture cannot be loaded as a HookedTransformer."""
+
+
+class MissingFromCacheError(R1PluginError, FileNotFoundError):
+    """A file that is not in the local HF cache while the hub is unreachable or offline mode is on."""
+
+    def __init__(self, repo_id: str, filename: str | None = None, detail: str = "") -> None:
+        from huggingface_hub import constants
+
+        what = f"'{filename}' of '{repo_id}'" if filename else f"the files of '{repo_id}'"
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+        fetch = f"hf download {repo_id}" + (f" {filename}" if filename else "")
+        msg = (
+            f"{what} is not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
+            + (" and HF_HUB_OFFLINE is set" if offline else " and the hub could not be reached")
+            + f". Fetch it on a machine with hub access, e.g. `{fetch}` "
+            "(or `huggingface_hub.snapshot_download`), with HF_HUB_CACHE pointing at this cache"
+            + ("; or unset HF_HUB_OFFLINE to download it now." if offline else ".")
+        )
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(msg)
+        self.repo_id = repo_id
+        self.filename = filename
+
+
+def is_missing_file_error(exc: BaseException) -> bool:
+    """Whether an exception from huggingface_hub/transformers means 'not cached and cannot download'."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if isinstance(exc, LocalEntryNotFoundError):
+        return True
+    text = str(exc)
+    return isinstance(exc, OSError) and (
+        "offline mode" in text
+        or "couldn't connect" in text
+        or "cached files" in text
+        or "HF_HUB_OFFLINE" in text
+        or "outgoing traffic has been disabled" in text
+    )

@@ -1,0 +1,1 @@
+"""Model registry, config conversion and architecture implementations."""

@@ -1,0 +1,117 @@
+"""HF config -> TransformerLens config dict for the architectures r1_plugin loads (always read from config.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from r1_plugin.errors import UnsupportedArchitectureError
+from r1_plugin.models.registry import SUPPORTED_ARCHITECTURES
+
+# R1's tokenizers declare model_max_length 16384; TransformerLens keeps rotary tables of n_ctx rows per layer,
+# so the 131072-token context of the distills would cost GBs of buffers. Pass n_ctx= to from_pretrained for more.
+DEFAULT_N_CTX_CAP = 16384
+
+
+def _get(hf_config: Any, key: str, default: Any = None) -> Any:
+    """Read a field from an HF config object or a plain dict."""
+    if isinstance(hf_config, dict):
+        return hf_config.get(key, default)
+    return getattr(hf_config, key, default)
+
+
+def rope_parameters(hf_config: Any) -> dict[str, Any]:
+    """The rope settings whether the config uses transformers 5's `rope_parameters` or the older top-level keys."""
+    params = dict(_get(hf_config, "rope_parameters") or {})
+    legacy = _get(hf_config, "rope_scaling") or {}
+    for key, value in dict(legacy).items():
+        params.setdefault(key, value)
+    if "rope_type" not in params and "type" in params:
+        params["rope_type"] = params["type"]
+    theta = _get(hf_config, "rope_theta")
+    if theta is not None:
+        params.setdefault("rope_theta", theta)
+    params.setdefault("rope_theta", 10000.0)
+    params.setdefault("rope_type", "default")
+    return params
+
+
+def _dense_decoder_config(hf_config: Any) -> dict[str, Any]:
+    """Fields shared by the Qwen2 and Llama distills (pre-norm RMS, gated SiLU MLP, rotary, GQA)."""
+    d_model = _get(hf_config, "hidden_size")
+    n_heads = _get(hf_config, "num_attention_heads")
+    d_head = _get(hf_config, "head_dim") or d_model // n_heads
+    n_kv = _get(hf_config, "num_key_value_heads") or n_heads
+    rope = rope_parameters(hf_config)
+    max_pos = _get(hf_config, "max_position_embeddings")
+    cfg: dict[str, Any] = {
+        "d_model": d_model,
+        "d_head": d_head,
+        "n_heads": n_heads,
+        # TransformerLens uses GroupedQueryAttention iff n_key_value_heads is set.
+        "n_key_value_heads": n_kv if n_kv != n_heads else None,
+        "d_mlp": _get(hf_config, "intermediate_size"),
+        "n_layers": _get(hf_config, "num_hidden_layers"),
+        "n_ctx": min(max_pos, DEFAULT_N_CTX_CAP),
+        "eps": _get(hf_config, "rms_norm_eps"),
+        "d_vocab": _get(hf_config, "vocab_size"),
+        "act_fn": _get(hf_config, "hidden_act"),
+        "normalization_type": "RMS",
+        "positional_embedding_type": "rotary",
+        "rotary_adjacent_pairs": False,
+        "rotary_dim": d_head,
+        "rotary_base": float(rope["rope_theta"]),
+        "final_rms": True,
+        "gated_mlp": True,
+        "tie_word_embeddings": bool(_get(hf_config, "tie_word_embeddings", False)),
+        "initializer_range": _get(hf_config, "initializer_range", 0.02),
+        # R1's chat templates emit BOS themselves and every R1 tokenizer adds it on encode.
+        "tokenizer_prepends_bos": True,
+        "default_prepend_bos": True,
+    }
+    rope_type = str(rope.get("rope_type", "default")).lower()
+    if rope_type == "llama3":
+        cfg.update(
+            use_NTK_by_parts_rope=True,
+            NTK_original_ctx_len=rope.get("original_max_position_embeddings", max_pos),
+            NTK_by_parts_low_freq_factor=rope.get("low_freq_factor", 1.0),
+            NTK_by_parts_high_freq_factor=rope.get("high_freq_factor", 4.0),
+            NTK_by_parts_factor=rope.get("factor", 1.0),
+        )
+    elif rope_type not in ("default", "none"):
+        raise UnsupportedArchitectureError(
+            f"rope type {rope_type!r} is not supported for {_get(hf_config, 'architectures')}; "
+            "r1_plugin supports the default rope and llama3 scaling for the distills."
+        )
+    return cfg
+
+
+def hf_to_tl_config(hf_config: Any, official_name: str) -> dict[str, Any]:
+    """Convert an HF config (object or dict) to a TransformerLens cfg dict, reading every field that changes the maths."""
+    architectures = _get(hf_config, "architectures") or []
+    architecture = architectures[0] if architectures else None
+    if architecture == "DeepseekV3ForCausalLM":
+        from r1_plugin.models.deepseek_v3.config import hf_to_tl_config_dict
+
+        cfg = hf_to_tl_config_dict(hf_config, official_name)
+    elif architecture == "Qwen2ForCausalLM":
+        if _get(hf_config, "use_sliding_window", False):
+            raise UnsupportedArchitectureError(
+                f"{official_name}: sliding-window attention (use_sliding_window=true) is not supported; "
+                "the R1 distills do not use it."
+            )
+        cfg = _dense_decoder_config(hf_config)
+        cfg["use_attn_scale"] = True  # Qwen2 has q/k/v biases: TransformerLens's Attention carries b_Q/b_K/b_V.
+    elif architecture == "LlamaForCausalLM":
+        if _get(hf_config, "attention_bias", False) or _get(hf_config, "mlp_bias", False):
+            raise UnsupportedArchitectureError(
+                f"{official_name}: Llama checkpoints with attention_bias/mlp_bias are not supported."
+            )
+        cfg = _dense_decoder_config(hf_config)
+    else:
+        raise UnsupportedArchitectureError(
+            f"{official_name}: architecture {architecture!r} is not one r1_plugin converts "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})."
+        )
+    cfg["original_architecture"] = architecture
+    cfg["tokenizer_name"] = official_name
+    return cfg

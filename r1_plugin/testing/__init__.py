@@ -1,0 +1,5 @@
+"""Builders for tiny checkpoints in the real on-disk formats, written into a (temporary) HF cache.
+
+Used by the test-suite, the benchmarks and the embedded demo: everything loads through the real code path
+under the real repo ids, with `HF_HUB_OFFLINE=1`.
+"""

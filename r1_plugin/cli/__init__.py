@@ -1,0 +1,47 @@
+"""The `r1-plugin` command: one subcommand per module in this package (steer, sinks, features, ...).
+
+Each subcommand module defines `add_parser(subparsers) -> argparse.ArgumentParser` and `run(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+SUBCOMMANDS: tuple[str, ...] = ("models", "steer", "sinks", "features", "saes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every available subcommand."""
+    parser = argparse.ArgumentParser(prog="r1-plugin", description="DeepSeek-R1 interpretability tools.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":
+                continue
+            raise
+        sub_parser = module.add_parser(sub)
+        sub_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `r1-plugin`; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from r1_plugin.errors import R1PluginError
+
+    try:
+        return int(args._run(args) or 0)
+    except R1PluginError as exc:
+        print(f"r1-plugin {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,11 +23,15 @@ import argparse
 import html
 import importlib.metadata
 import io
+import json
 import logging
 import netrc
 import os
+import struct
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -533,14 +537,153 @@ def tracker_from_args(
     )
 
 
+# --- reading an offline run back (no API key needed) ----------------------------------------------------------
+_LOG_HEADER = struct.Struct("<4sHB")  # ident ":W&B", magic 0xBEE1, version
+_REC_HEADER = struct.Struct("<IHB")  # crc32, length, chunk type
+_LOG_BLOCK = 32768
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+@dataclass
+class OfflineRun:
+    """What a local W&B run directory holds: config, history rows, summary, exit code and logged tables.
+
+    `config` is nested as logged; `history` rows and `summary` are flat, nested keys joined with '/'.
+    """
+
+    run_dir: Path
+    run_id: str
+    project: str
+    config: dict[str, Any]
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+    exit_code: int | None
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+    def table(self, key: str) -> dict[str, Any]:
+        """The last table logged under `key` as {"columns": [...], "data": [[...], ...]}."""
+        if key not in self.tables:
+            raise KeyError(f"no table {key!r} in {self.run_dir} (tables: {sorted(self.tables)})")
+        return self.tables[key][-1]
+
+    def metric(self, key: str) -> list[Any]:
+        """Every logged value of history key `key` (nested keys joined with '/'), in step order."""
+        return [row[key] for row in self.history if key in row]
+
+
+def _wandb_records(path: Path) -> Iterator[bytes]:
+    """The raw protobuf records of a run-<id>.wandb file (W&B's LevelDB-log style, CRC-checked)."""
+    data = path.read_bytes()
+    if len(data) < _LOG_HEADER.size:
+        raise TrackingError(f"{path} is too short to be a W&B run file")
+    ident, magic, _version = _LOG_HEADER.unpack_from(data, 0)
+    if ident != b":W&B" or magic != 0xBEE1:
+        raise TrackingError(f"{path} is not a W&B run file (header {data[:7]!r})")
+    crc = {t: zlib.crc32(bytes([t])) for t in (_FULL, _FIRST, _MIDDLE, _LAST)}
+    offset, pending = _LOG_HEADER.size, b""
+    while offset < len(data):
+        left = _LOG_BLOCK - offset % _LOG_BLOCK
+        if left < _REC_HEADER.size:
+            offset += left
+            continue
+        checksum, length, kind = _REC_HEADER.unpack_from(data, offset)
+        if kind == 0 and length == 0:  # zero padding to the end of the block
+            offset += left
+            continue
+        chunk = data[offset + _REC_HEADER.size : offset + _REC_HEADER.size + length]
+        if kind not in crc or len(chunk) != length or zlib.crc32(chunk, crc[kind]) & 0xFFFFFFFF != checksum:
+            raise TrackingError(f"{path}: corrupt or truncated record at byte {offset}")
+        offset += _REC_HEADER.size + length
+        if kind == _FULL:
+            yield chunk
+        elif kind == _FIRST:
+            pending = chunk
+        elif kind == _MIDDLE:
+            pending += chunk
+        else:
+            yield pending + chunk
+            pending = b""
+
+
+def _apply_items(target: dict[str, Any], items: Iterable[Any], nest: bool = False) -> None:
+    """Apply W&B key/nested_key + value_json items to a dict: flat ('/'-joined keys) or nested dicts."""
+    for item in items:
+        path = list(item.nested_key) if item.nested_key else [item.key]
+        value = json.loads(item.value_json)
+        if not nest:
+            target["/".join(path)] = value
+            continue
+        node = target
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[path[-1]] = value
+
+
+def read_offline_run(run_dir: str | Path) -> OfflineRun:
+    """Read a local run directory (offline or online) back: config, history, summary, exit code, tables.
+
+    W&B 0.31 writes config, history and summary only into `run-<id>.wandb` in offline mode (no
+    config.yaml / wandb-summary.json until synced), so this decodes that file; tables are the JSON files
+    under files/media/table/. Useful to check a run before `wandb sync`, without an API key.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    run_dir = Path(run_dir)
+    found = sorted(run_dir.glob("run-*.wandb"))
+    if not found:
+        raise TrackingError(f"no run-*.wandb file in {run_dir}: not a W&B run directory")
+    run_id = project = ""
+    config: dict[str, Any] = {}
+    history: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    exit_code: int | None = None
+    for raw in _wandb_records(found[0]):
+        record = pb.Record()
+        record.ParseFromString(raw)
+        which = record.WhichOneof("record_type")
+        if which == "run":
+            run_id, project = record.run.run_id, record.run.project
+            _apply_items(config, record.run.config.update, nest=True)
+        elif which == "config":
+            _apply_items(config, record.config.update, nest=True)
+        elif which == "history":
+            row: dict[str, Any] = {}
+            _apply_items(row, record.history.item)
+            history.append(row)
+        elif which == "summary":
+            _apply_items(summary, record.summary.update)
+            for item in record.summary.remove:
+                summary.pop("/".join(item.nested_key) if item.nested_key else item.key, None)
+        elif which == "exit":
+            exit_code = int(record.exit.exit_code)
+    tables: dict[str, list[dict[str, Any]]] = {}
+    table_dir = run_dir / "files" / "media" / "table"
+    logged: list[tuple[int, str, Path]] = []
+    for path in table_dir.rglob("*.table.json"):
+        # files/media/table/<key>_<step>_<hash>.table.json
+        key, step, _hash = path.relative_to(table_dir).as_posix()[: -len(".table.json")].rsplit("_", 2)
+        logged.append((int(step) if step.isdigit() else -1, key, path))
+    for _step, key, path in sorted(logged, key=lambda t: t[0]):
+        tables.setdefault(key, []).append(json.loads(path.read_text()))
+    files_dir = run_dir / "files"
+    files = sorted(p.relative_to(files_dir).as_posix() for p in files_dir.rglob("*") if p.is_file())
+    return OfflineRun(run_dir, run_id, project, config, history, summary, exit_code, tables, files)
+
+
 __all__ = [
     "DEFAULT_PROJECT",
     "GENERATION_COLUMNS",
     "MODES",
+    "OfflineRun",
     "Tracker",
     "TrackingError",
     "add_tracking_args",
     "package_versions",
+    "read_offline_run",
     "resolve_mode",
     "start_run",
     "tracker_from_args",

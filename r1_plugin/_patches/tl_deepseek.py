@@ -1,0 +1,146 @@
+"""Patches into TransformerLens 3.9 internals that DeepSeek-V3/R1 needs; the only place r1_plugin's DeepSeek code
+touches TransformerLens. Each patch is idempotent (marker attribute) and falls through to the original for every
+other architecture.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import Any
+
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.components import TransformerBlock
+from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
+
+from r1_plugin.models.deepseek_v3.config import ARCHITECTURE, DeepseekV3HookedConfig
+
+_MARK = "_r1_plugin_deepseek_patched"
+
+# The module, not the class: `import transformer_lens.HookedTransformer as m` yields the class that
+# transformer_lens/__init__.py re-exports under the same name.
+hooked_transformer_module = importlib.import_module("transformer_lens.HookedTransformer")
+
+
+def _is_patched(obj: Any) -> bool:
+    return getattr(obj, _MARK, False)
+
+
+def _mark(fn: Any, original: Any) -> Any:
+    setattr(fn, _MARK, True)
+    fn.__wrapped_original__ = original
+    return fn
+
+
+def is_deepseek_cfg(cfg: Any) -> bool:
+    """Whether a TL config describes a DeepSeek-V3 model."""
+    return isinstance(cfg, DeepseekV3HookedConfig) or getattr(cfg, "original_architecture", None) == ARCHITECTURE
+
+
+def _patch_config_from_dict() -> None:
+    """HookedTransformerConfig.from_dict: `get_pretrained_model_config` ends in `HookedTransformerConfig.from_dict`
+    (= cls(**d)), which rejects MLA/MoE keys; build DeepseekV3HookedConfig for DeepseekV3ForCausalLM instead."""
+    original = HookedTransformerConfig.__dict__["from_dict"].__func__
+    if _is_patched(original):
+        return
+
+    def from_dict(cls: type, config_dict: dict[str, Any]) -> HookedTransformerConfig:
+        if config_dict.get("original_architecture") == ARCHITECTURE and not issubclass(cls, DeepseekV3HookedConfig):
+            return DeepseekV3HookedConfig(**config_dict)
+        return original(cls, config_dict)
+
+    functools.update_wrapper(from_dict, original)
+    HookedTransformerConfig.from_dict = classmethod(_mark(from_dict, original))  # type: ignore[method-assign]
+
+
+class _BlockFactory(TransformerBlock):
+    """Stands in for `TransformerBlock` inside transformer_lens.HookedTransformer: `HookedTransformer.__init__`
+    builds `TransformerBlock(cfg, i)`, which hard-codes TL attention and one MLP kind for all layers. For a
+    DeepSeek-V3 config `__new__` returns a DeepseekV3Block, otherwise a stock TransformerBlock (both are
+    TransformerBlock instances, and neither is a _BlockFactory, so Python does not call __init__ twice)."""
+
+    _r1_plugin_deepseek_patched = True
+
+    def __new__(cls, cfg: Any, block_index: int, *args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+        from r1_plugin.models.deepseek_v3.block import DeepseekV3Block
+
+        unwrapped = HookedTransformerConfig.unwrap(cfg)
+        if is_deepseek_cfg(unwrapped):
+            return DeepseekV3Block(unwrapped, block_index)
+        return TransformerBlock(cfg, block_index, *args, **kwargs)
+
+
+def _patch_block_factory() -> None:
+    """transformer_lens.HookedTransformer.TransformerBlock (module global read by __init__) -> _BlockFactory."""
+    if _is_patched(hooked_transformer_module.TransformerBlock):
+        return
+    hooked_transformer_module.TransformerBlock = _BlockFactory  # type: ignore[misc]
+
+
+def _patch_init_cache() -> None:
+    """TransformerLensKeyValueCache.init_cache (what `generate(use_past_kv_cache=True)` calls): for DeepSeek-V3
+    build the latent cache (kv_lora_rank + qk_rope_head_dim per token per layer) instead of per-head K/V."""
+    original = TransformerLensKeyValueCache.__dict__["init_cache"].__func__
+    if _is_patched(original):
+        return
+
+    def init_cache(cls: type, cfg: Any, device: Any, batch_size: int = 1) -> Any:
+        if is_deepseek_cfg(cfg):
+            from r1_plugin.models.deepseek_v3.kv_cache import DeepseekLatentKVCache
+
+            return DeepseekLatentKVCache.init_cache(cfg, device, batch_size)
+        return original(cls, cfg, device, batch_size)
+
+    functools.update_wrapper(init_cache, original)
+    TransformerLensKeyValueCache.init_cache = classmethod(_mark(init_cache, original))  # type: ignore[method-assign]
+
+
+def _patch_get_pos_offset() -> None:
+    """HookedTransformer.get_pos_offset asserts the cache holds [batch, pos, n_heads, d_head] keys; a latent cache
+    holds [batch, pos, kv_lora_rank + rope]: take the cached length from it instead."""
+    original = hooked_transformer_module.HookedTransformer.get_pos_offset
+    if _is_patched(original):
+        return
+
+    @functools.wraps(original)
+    def get_pos_offset(self: Any, past_kv_cache: Any, batch_size: int) -> int:
+        from r1_plugin.models.deepseek_v3.kv_cache import DeepseekLatentKVCache
+
+        if isinstance(past_kv_cache, DeepseekLatentKVCache):
+            cached_batch = past_kv_cache.entries[0].past_latent.shape[0]
+            if cached_batch != batch_size:
+                raise ValueError(f"KV cache was built for batch {cached_batch}, got batch {batch_size}.")
+            return past_kv_cache.length
+        return original(self, past_kv_cache, batch_size)
+
+    hooked_transformer_module.HookedTransformer.get_pos_offset = _mark(get_pos_offset, original)
+
+
+def _patch_from_pretrained() -> None:
+    """HookedTransformer.from_pretrained: TL's path loads AutoModelForCausalLM into CPU RAM (1.3 TB for R1) and
+    refuses FP8. For DeepSeek-V3 names/folders stream the safetensors shards instead; the model is still built by
+    `cls(cfg, tokenizer, ...)`, so subclasses (SAELens's HookedSAETransformer) get their own class."""
+    ht = hooked_transformer_module.HookedTransformer
+    original = ht.__dict__["from_pretrained"].__func__
+    if _is_patched(original):
+        return
+
+    def from_pretrained(cls: type, model_name: str, *args: Any, **kwargs: Any) -> Any:
+        from r1_plugin.models.deepseek_v3.loading import deepseek_official_name, load_pretrained
+
+        official = deepseek_official_name(model_name)
+        if official is None:
+            return original(cls, model_name, *args, **kwargs)
+        return load_pretrained(cls, model_name, official, *args, **kwargs)
+
+    functools.update_wrapper(from_pretrained, original)
+    ht.from_pretrained = classmethod(_mark(from_pretrained, original))  # type: ignore[method-assign]
+
+
+def apply() -> None:
+    """Apply every DeepSeek-V3 patch (idempotent)."""
+    _patch_config_from_dict()
+    _patch_block_factory()
+    _patch_init_cache()
+    _patch_get_pos_offset()
+    _patch_from_pretrained()

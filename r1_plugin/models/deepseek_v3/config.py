@@ -1,0 +1,202 @@
+"""TransformerLens config for DeepSeek-V3/R1 (MLA + DeepSeek MoE) and the HF -> TL config conversion."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
+
+from r1_plugin.errors import UnsupportedArchitectureError
+
+ARCHITECTURE = "DeepseekV3ForCausalLM"
+
+
+def yarn_get_mscale(scale: float, mscale: float = 1.0) -> float:
+    """YaRN's magnitude correction 0.1 * mscale * ln(scale) + 1 (1 when the context is not extended)."""
+    if scale <= 1:
+        return 1.0
+    return 0.1 * mscale * math.log(scale) + 1.0
+
+
+@dataclass
+class DeepseekV3HookedConfig(HookedTransformerConfig):
+    """HookedTransformerConfig plus the MLA, MoE and YaRN fields of DeepSeek-V3 (field names follow HF's config)."""
+
+    q_lora_rank: int | None = None
+    kv_lora_rank: int = 512
+    qk_nope_head_dim: int = 128
+    qk_rope_head_dim: int = 64
+    v_head_dim: int = 128
+    rope_interleave: bool = True
+    attention_bias: bool = False
+    d_mlp_moe: int = 2048
+    n_shared_experts: int = 1
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0
+    first_k_dense_replace: int = 0
+    yarn_mscale: float = 0.0
+    yarn_mscale_all_dim: float = 0.0
+    softmax_scale: float = -1.0
+
+    def __post_init__(self) -> None:
+        self.original_architecture = self.original_architecture or ARCHITECTURE
+        self.positional_embedding_type = "rotary"
+        self.d_head = self.v_head_dim
+        self.rotary_dim = self.qk_rope_head_dim
+        if self.softmax_scale < 0:
+            scale = self.qk_head_dim**-0.5
+            if self.use_yarn_rope and self.yarn_mscale_all_dim:
+                scale *= yarn_get_mscale(self.yarn_factor, self.yarn_mscale_all_dim) ** 2
+            self.softmax_scale = scale
+        self.attn_scale = 1.0 / self.softmax_scale
+        self.use_attn_scale = True
+        self._validate()
+        super().__post_init__()
+        self.n_params = self.count_block_params()
+
+    @property
+    def qk_head_dim(self) -> int:
+        """Query/key width per head: the no-rope part plus the decoupled rope part."""
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @property
+    def kv_cache_width(self) -> int:
+        """Numbers cached per token per layer: the compressed KV latent plus the shared rope key (576 for R1)."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Layers from first_k_dense_replace on use the routed MoE; earlier ones a dense gated MLP."""
+        return layer >= self.first_k_dense_replace
+
+    def _validate(self) -> None:
+        """Reject configs whose maths this implementation does not reproduce, saying what is wrong."""
+        if self.num_experts is None or self.experts_per_token is None:
+            raise ValueError("DeepseekV3HookedConfig needs num_experts (n_routed_experts) and experts_per_token.")
+        if self.num_experts % self.n_group:
+            raise ValueError(f"n_routed_experts={self.num_experts} is not divisible by n_group={self.n_group}.")
+        if self.num_experts // self.n_group < 2:
+            raise ValueError("group-limited routing scores each group by its top-2 experts: need >= 2 per group.")
+        if not 1 <= self.topk_group <= self.n_group:
+            raise ValueError(f"topk_group={self.topk_group} must be in [1, n_group={self.n_group}].")
+        if self.experts_per_token > self.topk_group * (self.num_experts // self.n_group):
+            raise ValueError("num_experts_per_tok exceeds the experts available in the topk_group selected groups.")
+        if self.qk_rope_head_dim % 2:
+            raise ValueError(f"qk_rope_head_dim={self.qk_rope_head_dim} must be even for rotary embeddings.")
+
+    def count_block_params(self) -> int:
+        """Exact parameter count of the blocks (embeddings, final norm and unembedding excluded, as in TL)."""
+        d, h = self.d_model, self.n_heads
+        attn = d * self.kv_cache_width + self.kv_lora_rank + self.kv_lora_rank * h * (
+            self.qk_nope_head_dim + self.v_head_dim
+        ) + h * self.v_head_dim * d
+        if self.q_lora_rank is None:
+            attn += d * h * self.qk_head_dim
+        else:
+            attn += d * self.q_lora_rank + self.q_lora_rank + self.q_lora_rank * h * self.qk_head_dim
+        if self.attention_bias:
+            attn += (self.q_lora_rank or 0) + self.kv_cache_width + d
+        dense = 3 * d * self.d_mlp
+        moe = d * self.num_experts + 3 * d * self.d_mlp_moe * (self.num_experts + self.n_shared_experts)
+        norms = 2 * d
+        n_dense = min(self.first_k_dense_replace, self.n_layers)
+        return self.n_layers * (attn + norms) + n_dense * dense + (self.n_layers - n_dense) * moe
+
+
+def _get(hf_config: Any, key: str, default: Any = None) -> Any:
+    """Read a field from an HF config object or a plain dict (config.json)."""
+    if isinstance(hf_config, dict):
+        return hf_config.get(key, default)
+    return getattr(hf_config, key, default)
+
+
+def hf_to_tl_config_dict(hf_config: Any, official_name: str) -> dict[str, Any]:
+    """Convert an HF DeepseekV3 config (object or config.json dict) to DeepseekV3HookedConfig keyword arguments."""
+    from r1_plugin.models.configs import rope_parameters
+
+    scoring = _get(hf_config, "scoring_func", "sigmoid")
+    topk_method = _get(hf_config, "topk_method", "noaux_tc")
+    if scoring != "sigmoid" or topk_method != "noaux_tc":
+        raise UnsupportedArchitectureError(
+            f"{official_name}: scoring_func={scoring!r}, topk_method={topk_method!r}; r1_plugin implements "
+            "DeepSeek-V3 routing (sigmoid scores, noaux_tc group-limited top-k) like transformers' DeepseekV3."
+        )
+    if _get(hf_config, "moe_layer_freq", 1) != 1:
+        raise UnsupportedArchitectureError(f"{official_name}: moe_layer_freq != 1 is not supported.")
+    if (_get(hf_config, "hidden_act", "silu") or "silu") != "silu":
+        raise UnsupportedArchitectureError(f"{official_name}: hidden_act must be 'silu'.")
+    n_heads = _get(hf_config, "num_attention_heads")
+    n_kv = _get(hf_config, "num_key_value_heads") or n_heads
+    if n_kv != n_heads:
+        raise UnsupportedArchitectureError(f"{official_name}: MLA needs num_key_value_heads == num_attention_heads.")
+
+    rope = rope_parameters(hf_config)
+    rope_type = str(rope.get("rope_type", "default")).lower()
+    max_pos = _get(hf_config, "max_position_embeddings")
+    cfg: dict[str, Any] = {
+        "d_model": _get(hf_config, "hidden_size"),
+        "d_head": _get(hf_config, "v_head_dim"),
+        "n_heads": n_heads,
+        "n_layers": _get(hf_config, "num_hidden_layers"),
+        "n_ctx": max_pos,
+        "d_mlp": _get(hf_config, "intermediate_size"),
+        "d_vocab": _get(hf_config, "vocab_size"),
+        "eps": _get(hf_config, "rms_norm_eps", 1e-6),
+        "act_fn": "silu",
+        "normalization_type": "RMS",
+        "final_rms": True,
+        "gated_mlp": True,
+        "positional_embedding_type": "rotary",
+        "rotary_base": float(rope["rope_theta"]),
+        "tie_word_embeddings": bool(_get(hf_config, "tie_word_embeddings", False)),
+        "initializer_range": _get(hf_config, "initializer_range", 0.02),
+        "tokenizer_prepends_bos": True,
+        "default_prepend_bos": True,
+        "original_architecture": ARCHITECTURE,
+        "q_lora_rank": _get(hf_config, "q_lora_rank"),
+        "kv_lora_rank": _get(hf_config, "kv_lora_rank"),
+        "qk_nope_head_dim": _get(hf_config, "qk_nope_head_dim"),
+        "qk_rope_head_dim": _get(hf_config, "qk_rope_head_dim"),
+        "v_head_dim": _get(hf_config, "v_head_dim"),
+        "rope_interleave": bool(_get(hf_config, "rope_interleave", True)),
+        "attention_bias": bool(_get(hf_config, "attention_bias", False)),
+        "d_mlp_moe": _get(hf_config, "moe_intermediate_size"),
+        "num_experts": _get(hf_config, "n_routed_experts"),
+        "experts_per_token": _get(hf_config, "num_experts_per_tok"),
+        "n_shared_experts": _get(hf_config, "n_shared_experts", 0) or 0,
+        "n_group": _get(hf_config, "n_group", 1) or 1,
+        "topk_group": _get(hf_config, "topk_group", 1) or 1,
+        "norm_topk_prob": bool(_get(hf_config, "norm_topk_prob", True)),
+        "routed_scaling_factor": float(_get(hf_config, "routed_scaling_factor", 1.0)),
+        "first_k_dense_replace": _get(hf_config, "first_k_dense_replace", 0) or 0,
+    }
+    if rope_type == "yarn":
+        factor = rope.get("factor")
+        original = rope.get("original_max_position_embeddings") or max_pos
+        if factor is None:
+            factor = max_pos / original
+        cfg.update(
+            use_yarn_rope=True,
+            yarn_factor=float(factor),
+            yarn_beta_fast=float(rope.get("beta_fast") or 32),
+            yarn_beta_slow=float(rope.get("beta_slow") or 1),
+            yarn_original_max_position_embeddings=int(original),
+            yarn_truncate=bool(rope.get("truncate", True)),
+            yarn_mscale=float(rope.get("mscale") or 0.0),
+            yarn_mscale_all_dim=float(rope.get("mscale_all_dim") or 0.0),
+        )
+        mscale, mscale_all = cfg["yarn_mscale"], cfg["yarn_mscale_all_dim"]
+        if rope.get("attention_factor") is not None:
+            cfg["yarn_attention_factor"] = float(rope["attention_factor"])
+        elif mscale and mscale_all:
+            cfg["yarn_attention_factor"] = yarn_get_mscale(factor, mscale) / yarn_get_mscale(factor, mscale_all)
+        else:
+            cfg["yarn_attention_factor"] = yarn_get_mscale(factor)
+    elif rope_type not in ("default", "none"):
+        raise UnsupportedArchitectureError(
+            f"{official_name}: rope type {rope_type!r} is not supported for DeepSeek-V3 (use 'default' or 'yarn')."
+        )
+    cfg["tokenizer_name"] = official_name
+    return cfg

@@ -1,0 +1,58 @@
+"""Block-wise FP8 (e4m3) dequantisation with DeepSeek's semantics: weight * weight_scale_inv per B0 x B1 block."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+FP8_DTYPES = tuple(
+    getattr(torch, name) for name in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2") if hasattr(torch, name)
+)
+
+
+def is_fp8(tensor: torch.Tensor) -> bool:
+    """Whether a tensor is stored in one of torch's 8-bit float types."""
+    return tensor.dtype in FP8_DTYPES
+
+
+def dequantize_blockwise(
+    weight: torch.Tensor,
+    scale_inv: torch.Tensor,
+    block_size: tuple[int, int] | list[int] = (128, 128),
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """weight [rows, cols] (fp8) times scale_inv [ceil(rows/B0), ceil(cols/B1)] broadcast over its blocks.
+
+    Block (i, j) covers rows i*B0..(i+1)*B0 and cols j*B1..(j+1)*B1; the last block of a dimension that is not a
+    multiple of the block size is partial (R1's kv_a_proj_with_mqa: 576 rows = 4.5 blocks of 128). The product
+    is computed in float32 and cast to `dtype`.
+    """
+    if weight.ndim != 2:
+        raise ValueError(f"block-wise FP8 weights are 2-D; got shape {tuple(weight.shape)}.")
+    b0, b1 = int(block_size[0]), int(block_size[1])
+    rows, cols = weight.shape
+    expected = (math.ceil(rows / b0), math.ceil(cols / b1))
+    if tuple(scale_inv.shape) != expected:
+        raise ValueError(
+            f"weight_scale_inv has shape {tuple(scale_inv.shape)} but a {rows}x{cols} weight with block size "
+            f"{b0}x{b1} needs {expected[0]}x{expected[1]}; check quantization_config.weight_block_size."
+        )
+    scale = scale_inv.to(device=weight.device, dtype=torch.float32)
+    scale = scale.repeat_interleave(b0, dim=0)[:rows].repeat_interleave(b1, dim=1)[:, :cols]
+    return (weight.to(torch.float32) * scale).to(dtype)
+
+
+def quantize_blockwise(
+    weight: torch.Tensor, block_size: tuple[int, int] | list[int] = (128, 128)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of dequantize_blockwise (for building test checkpoints): e4m3 weight and per-block scale_inv."""
+    b0, b1 = int(block_size[0]), int(block_size[1])
+    rows, cols = weight.shape
+    w = weight.to(torch.float32)
+    pad = torch.zeros(math.ceil(rows / b0) * b0, math.ceil(cols / b1) * b1)
+    pad[:rows, :cols] = w.abs()
+    amax = pad.view(pad.shape[0] // b0, b0, pad.shape[1] // b1, b1).amax(dim=(1, 3))
+    scale_inv = (amax / torch.finfo(torch.float8_e4m3fn).max).clamp(min=1e-12)
+    full = scale_inv.repeat_interleave(b0, 0)[:rows].repeat_interleave(b1, 1)[:, :cols]
+    return (w / full).to(torch.float8_e4m3fn), scale_inv

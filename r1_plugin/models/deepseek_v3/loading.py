@@ -1,0 +1,456 @@
+"""Streaming loader for DeepSeek-V3/R1 checkpoints: safetensors shards read tensor by tensor, FP8 dequantised,
+written straight into a HookedTransformer built on the meta device (never through AutoModelForCausalLM)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import tqdm.auto as tqdm
+from transformer_lens.utilities.multi_gpu import get_device_for_block_index
+
+from r1_plugin.models.deepseek_v3.config import ARCHITECTURE, DeepseekV3HookedConfig
+from r1_plugin.models.deepseek_v3.fp8 import dequantize_blockwise, is_fp8
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+_HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only")
+
+PROCESSING_HELP = (
+    "Load DeepSeek-V3/R1 with `HookedTransformer.from_pretrained_no_processing(...)` (or pass "
+    "refactor_factored_attn_matrices=False)."
+)
+
+
+def deepseek_official_name(model_name: str) -> str | None:
+    """The HF id (or expanded local folder) when `model_name` is a DeepSeek-V3 model r1_plugin loads, else None."""
+    from r1_plugin._patches.tl_models import local_checkpoint_architecture
+    from r1_plugin.models import registry
+
+    if not isinstance(model_name, str):
+        return None
+    arch = local_checkpoint_architecture(model_name)
+    if arch is not None:
+        return str(Path(model_name).expanduser()) if arch == ARCHITECTURE else None
+    spec = registry.lookup(model_name)
+    return spec.hf_id if spec is not None and spec.architecture == ARCHITECTURE else None
+
+
+@contextmanager
+def open_safetensors(path: Path) -> Iterator[Any]:
+    """Open one shard for lazy per-tensor reads (module-level so tests can instrument shard access)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        yield handle
+
+
+class CheckpointFiles:
+    """Resolves a checkpoint's files in a local folder or the HF cache (downloading lazily, one file at a time)."""
+
+    def __init__(self, name: str, hub_kwargs: dict[str, Any]) -> None:
+        self.name = name
+        self.local = Path(name) if Path(name).is_dir() else None
+        self.hub_kwargs = {k: v for k, v in hub_kwargs.items() if k in _HUB_KWARGS}
+
+    def path(self, filename: str) -> Path:
+        """Local path of `filename`, fetched through huggingface_hub for hub repos."""
+        if self.local is not None:
+            path = self.local / filename
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} does not exist; the checkpoint folder is incomplete.")
+            return path
+        from huggingface_hub import hf_hub_download
+
+        from r1_plugin.errors import MissingFromCacheError, is_missing_file_error
+
+        try:
+            return Path(hf_hub_download(self.name, filename, **self.hub_kwargs))
+        except Exception as exc:
+            if is_missing_file_error(exc):
+                raise MissingFromCacheError(self.name, filename) from exc
+            raise
+
+    def exists(self, filename: str) -> bool:
+        """Whether the checkpoint has `filename` (without downloading weights)."""
+        if self.local is not None:
+            return (self.local / filename).is_file()
+        try:
+            self.path(filename)
+            return True
+        except (FileNotFoundError, OSError):
+            return False
+        except Exception as exc:  # huggingface_hub raises its own types for missing entries
+            if type(exc).__name__ in ("EntryNotFoundError", "RemoteEntryNotFoundError", "LocalEntryNotFoundError"):
+                return False
+            raise
+
+    def config(self) -> dict[str, Any]:
+        """The raw config.json."""
+        return json.loads(self.path("config.json").read_text())
+
+    def weight_map(self) -> dict[str, str]:
+        """Tensor name -> shard file name, from the index file or the single model.safetensors."""
+        if self.exists(INDEX_FILE):
+            return dict(json.loads(self.path(INDEX_FILE).read_text())["weight_map"])
+        if self.exists(SINGLE_FILE):
+            with open_safetensors(self.path(SINGLE_FILE)) as handle:
+                return {key: SINGLE_FILE for key in handle.keys()}
+        raise FileNotFoundError(f"{self.name} has neither {INDEX_FILE} nor {SINGLE_FILE}.")
+
+
+# One destination of a checkpoint tensor: (TL parameter name, expert index or None, transform of the HF tensor).
+Destination = tuple[str, int | None, Callable[[torch.Tensor], torch.Tensor]]
+
+_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+_EXPERT_RE = re.compile(r"^mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+
+
+def _t(w: torch.Tensor) -> torch.Tensor:
+    return w.t()
+
+
+def destinations(key: str, cfg: DeepseekV3HookedConfig) -> list[Destination] | None:
+    """Where a checkpoint tensor goes in the HookedTransformer (None: not part of the kept model, e.g. MTP)."""
+    h, nope, v, qk = cfg.n_heads, cfg.qk_nope_head_dim, cfg.v_head_dim, cfg.qk_head_dim
+    if key == "model.embed_tokens.weight":
+        return [("embed.W_E", None, lambda w: w)]
+    if key == "model.norm.weight":
+        return [("ln_final.w", None, lambda w: w)]
+    if key == "lm_head.weight":
+        return [("unembed.W_U", None, _t)]
+    match = _LAYER_RE.match(key)
+    if match is None:
+        return None
+    layer, rest = int(match.group(1)), match.group(2)
+    if layer >= cfg.n_layers:
+        return None
+    p = f"blocks.{layer}."
+    simple: dict[str, Destination] = {
+        "input_layernorm.weight": (p + "ln1.w", None, lambda w: w),
+        "post_attention_layernorm.weight": (p + "ln2.w", None, lambda w: w),
+        "self_attn.q_a_proj.weight": (p + "attn.W_Q_a", None, _t),
+        "self_attn.q_a_proj.bias": (p + "attn.b_Q_a", None, lambda w: w),
+        "self_attn.q_a_layernorm.weight": (p + "attn.q_a_norm.w", None, lambda w: w),
+        "self_attn.q_b_proj.weight": (p + "attn.W_Q_b", None, lambda w: w.view(h, qk, -1).transpose(1, 2)),
+        "self_attn.q_proj.weight": (p + "attn.W_Q", None, lambda w: w.view(h, qk, -1).transpose(1, 2)),
+        "self_attn.kv_a_proj_with_mqa.weight": (p + "attn.W_KV_a", None, _t),
+        "self_attn.kv_a_proj_with_mqa.bias": (p + "attn.b_KV_a", None, lambda w: w),
+        "self_attn.kv_a_layernorm.weight": (p + "attn.kv_a_norm.w", None, lambda w: w),
+        "self_attn.o_proj.weight": (p + "attn.W_O", None, lambda w: w.t().reshape(h, v, -1)),
+        "self_attn.o_proj.bias": (p + "attn.b_O", None, lambda w: w),
+        "mlp.gate_proj.weight": (p + "mlp.W_gate", None, _t),
+        "mlp.up_proj.weight": (p + "mlp.W_in", None, _t),
+        "mlp.down_proj.weight": (p + "mlp.W_out", None, _t),
+        "mlp.gate.weight": (p + "mlp.W_router", None, _t),
+        "mlp.gate.e_score_correction_bias": (p + "mlp.e_score_correction_bias", None, lambda w: w),
+        "mlp.shared_experts.gate_proj.weight": (p + "mlp.shared_experts.W_gate", None, _t),
+        "mlp.shared_experts.up_proj.weight": (p + "mlp.shared_experts.W_in", None, _t),
+        "mlp.shared_experts.down_proj.weight": (p + "mlp.shared_experts.W_out", None, _t),
+    }
+    if rest in simple:
+        return [simple[rest]]
+    if rest == "self_attn.kv_b_proj.weight":
+        return [
+            (p + "attn.W_K_b", None, lambda w: w.view(h, nope + v, -1)[:, :nope].transpose(1, 2)),
+            (p + "attn.W_V_b", None, lambda w: w.view(h, nope + v, -1)[:, nope:].transpose(1, 2)),
+        ]
+    expert = _EXPERT_RE.match(rest)
+    if expert is not None:
+        name = {"gate_proj": "W_gate", "up_proj": "W_in", "down_proj": "W_out"}[expert.group(2)]
+        return [(p + f"mlp.experts.{name}", int(expert.group(1)), _t)]
+    if rest == "mlp.experts.gate_up_proj":  # transformers 5 fused layout [E, 2*m, d]
+        m = cfg.d_mlp_moe
+        return [
+            (p + "mlp.experts.W_gate", None, lambda w: w[:, :m].transpose(1, 2)),
+            (p + "mlp.experts.W_in", None, lambda w: w[:, m:].transpose(1, 2)),
+        ]
+    if rest == "mlp.experts.down_proj":  # transformers 5 fused layout [E, d, m]
+        return [(p + "mlp.experts.W_out", None, lambda w: w.transpose(1, 2))]
+    if rest.endswith("weight_scale_inv"):
+        return None
+    logger.warning("ignoring unexpected checkpoint tensor %s", key)
+    return None
+
+
+def target_device(name: str, cfg: DeepseekV3HookedConfig) -> torch.device:
+    """TL's pipeline split: embed with block 0, block i on its device, final norm and unembed with the last block."""
+    if name.startswith("blocks."):
+        return get_device_for_block_index(int(name.split(".")[1]), cfg)
+    if name.startswith("embed"):
+        return get_device_for_block_index(0, cfg)
+    return get_device_for_block_index(cfg.n_layers - 1, cfg)
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    module_path, _, attr = name.rpartition(".")
+    return model.get_submodule(module_path), attr
+
+
+def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Replace a (meta) parameter or buffer by `tensor`."""
+    module, attr = _owner(model, name)
+    if attr in module._parameters:
+        old = module._parameters[attr]
+        module._parameters[attr] = nn.Parameter(tensor, requires_grad=bool(old is not None and old.requires_grad))
+    elif attr in module._buffers:
+        module._buffers[attr] = tensor
+    else:
+        raise KeyError(f"{name} is not a parameter or buffer of the model")
+
+
+class StreamingLoader:
+    """Reads the tensors a DeepSeek-V3 HookedTransformer needs, shard by shard, into the meta-built model."""
+
+    def __init__(self, model: nn.Module, files: CheckpointFiles, hf_config: dict[str, Any]) -> None:
+        self.model = model
+        self.cfg: DeepseekV3HookedConfig = model.cfg  # type: ignore[assignment]
+        self.files = files
+        quant = hf_config.get("quantization_config") or {}
+        self.block_size = tuple(quant.get("weight_block_size") or (128, 128))
+        if quant and quant.get("quant_method") not in ("fp8", None):
+            raise ValueError(
+                f"{files.name}: quant_method {quant.get('quant_method')!r} is not supported; r1_plugin reads "
+                "unquantised (bf16/fp16/fp32) and block-wise FP8 (DeepSeek's release format) checkpoints."
+            )
+        self.expected = {
+            name: t for name, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"
+        }
+        self.filled_experts: dict[str, set[int]] = defaultdict(set)
+        self.norm_weights: dict[str, torch.Tensor] = {}  # ln weights kept aside for fold_ln
+        self.shards_read: list[str] = []
+
+    def load(self, progress: bool = True) -> None:
+        """Stream every needed tensor into the model; raise listing anything the checkpoint lacks."""
+        weight_map = self.files.weight_map()
+        by_shard: dict[str, list[str]] = defaultdict(list)
+        for key, shard in weight_map.items():
+            if destinations(key, self.cfg):
+                by_shard[shard].append(key)
+        for shard in tqdm.tqdm(sorted(by_shard), desc="Loading DeepSeek-V3 shards", disable=not progress):
+            self.shards_read.append(shard)
+            with open_safetensors(self.files.path(shard)) as handle:
+                for key in by_shard[shard]:
+                    tensor = handle.get_tensor(key)
+                    if is_fp8(tensor):
+                        tensor = self._dequantize(key, tensor, handle, weight_map, shard)
+                    for name, expert, transform in destinations(key, self.cfg) or []:
+                        self._store(name, expert, transform(tensor))
+                    del tensor
+        self._finish()
+
+    def _dequantize(self, key: str, weight: torch.Tensor, handle: Any, weight_map: dict[str, str], shard: str) -> Any:
+        scale_key = key[: -len("weight")] + "weight_scale_inv"
+        if scale_key not in weight_map:
+            raise KeyError(f"{key} is FP8 but the checkpoint has no {scale_key} to dequantise it with.")
+        if weight_map[scale_key] == shard:
+            scale = handle.get_tensor(scale_key)
+        else:  # scale stored in another shard: read just that (small) tensor
+            with open_safetensors(self.files.path(weight_map[scale_key])) as other:
+                scale = other.get_tensor(scale_key)
+        return dequantize_blockwise(weight, scale, self.block_size, self.cfg.dtype)
+
+    def _store(self, name: str, expert: int | None, value: torch.Tensor) -> None:
+        if name not in self.expected:
+            if name.endswith((".ln1.w", ".ln2.w")) or name == "ln_final.w":
+                self.norm_weights[name] = value.to(torch.float32).clone()  # RMSPre model: folded after loading
+                return
+            raise KeyError(
+                f"checkpoint tensor for {name} does not fit this model config (absent, or given twice); "
+                "does config.json match the weights (q_lora_rank, attention_bias, first_k_dense_replace)?"
+            )
+        meta = self.expected[name]
+        dtype = torch.float32 if name.endswith("e_score_correction_bias") else meta.dtype
+        device = target_device(name, self.cfg)
+        if expert is None:
+            if tuple(value.shape) != tuple(meta.shape):
+                raise ValueError(f"{name}: checkpoint gives shape {tuple(value.shape)}, config needs {tuple(meta.shape)}.")
+            _assign(self.model, name, value.to(device=device, dtype=dtype).contiguous())
+            del self.expected[name]
+            return
+        filled = self.filled_experts[name]
+        if not filled:
+            _assign(self.model, name, torch.empty(meta.shape, dtype=dtype, device=device))
+        param = _owner_param(self.model, name)
+        if tuple(value.shape) != tuple(param.shape[1:]):
+            raise ValueError(f"{name}[{expert}]: checkpoint gives {tuple(value.shape)}, need {tuple(param.shape[1:])}.")
+        with torch.no_grad():
+            param[expert].copy_(value)
+        filled.add(expert)
+        if len(filled) == param.shape[0]:
+            del self.expected[name]
+
+    def _finish(self) -> None:
+        """Zero-initialise TL-only tensors (unembed.b_U) and check every parameter came from the checkpoint."""
+        if "unembed.W_U" in self.expected and self.cfg.tie_word_embeddings:
+            del self.expected["unembed.W_U"]
+            _assign(self.model, "unembed.W_U", self.model.embed.W_E.t().to(target_device("unembed.W_U", self.cfg)))
+        for name in list(self.expected):
+            if name == "unembed.b_U":
+                meta = self.expected.pop(name)
+                _assign(self.model, name, torch.zeros(meta.shape, dtype=meta.dtype, device=target_device(name, self.cfg)))
+        if self.expected:
+            missing = sorted(self.expected)
+            partial = {n: sorted(set(range(self.expected[n].shape[0])) - s) for n, s in self.filled_experts.items() if n in self.expected}
+            raise ValueError(
+                f"{self.files.name}: the checkpoint lacks tensors for {len(missing)} model parameters, e.g. "
+                f"{missing[:5]}" + (f"; experts missing: { {k: v[:8] for k, v in partial.items()} }" if partial else "")
+                + ". Is it a complete DeepseekV3ForCausalLM checkpoint matching its config.json?"
+            )
+
+
+def _owner_param(model: nn.Module, name: str) -> torch.Tensor:
+    module, attr = _owner(model, name)
+    return module._parameters[attr]  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def fold_layer_norms(model: nn.Module, norm_weights: dict[str, torch.Tensor]) -> None:
+    """Fold ln1/ln2/ln_final RMSNorm weights into the matrices that read their output (exact for RMSNorm).
+
+    ln1 -> W_Q_a (or W_Q) and W_KV_a; ln2 -> dense W_gate/W_in, or router, experts' and shared experts' W_gate/W_in;
+    ln_final -> W_U. Products are taken in float32 and cast back; experts are folded one at a time.
+    """
+    cfg: DeepseekV3HookedConfig = model.cfg  # type: ignore[assignment]
+
+    def scale_rows(weight: torch.Tensor, w: torch.Tensor, dim: int) -> None:
+        shape = [1] * weight.ndim
+        shape[dim] = -1
+        w = w.to(weight.device).view(shape)
+        if weight.ndim == 3 and dim == 1:
+            for i in range(weight.shape[0]):
+                weight[i].copy_((weight[i].float() * w[0]).to(weight.dtype))
+        else:
+            weight.copy_((weight.float() * w).to(weight.dtype))
+
+    for i, block in enumerate(model.blocks):  # type: ignore[attr-defined]
+        ln1, ln2 = norm_weights.pop(f"blocks.{i}.ln1.w"), norm_weights.pop(f"blocks.{i}.ln2.w")
+        attn = block.attn
+        if cfg.q_lora_rank is not None:
+            scale_rows(attn.W_Q_a, ln1, 0)
+        else:
+            scale_rows(attn.W_Q, ln1, 1)
+        scale_rows(attn.W_KV_a, ln1, 0)
+        mlp = block.mlp
+        if block.is_moe:
+            scale_rows(mlp.W_router, ln2, 0)
+            scale_rows(mlp.experts.W_gate, ln2, 1)
+            scale_rows(mlp.experts.W_in, ln2, 1)
+            if mlp.shared_experts is not None:
+                scale_rows(mlp.shared_experts.W_gate, ln2, 0)
+                scale_rows(mlp.shared_experts.W_in, ln2, 0)
+        else:
+            scale_rows(mlp.W_gate, ln2, 0)
+            scale_rows(mlp.W_in, ln2, 0)
+    w_u = model.unembed.W_U  # type: ignore[attr-defined]
+    folded = (w_u.float() * norm_weights.pop("ln_final.w").to(w_u.device)[:, None]).to(w_u.dtype)
+    model.unembed._parameters["W_U"] = nn.Parameter(folded, requires_grad=w_u.requires_grad)  # type: ignore[attr-defined]
+
+
+@torch.no_grad()
+def center_unembed_weights(model: nn.Module) -> None:
+    """Subtract each row's mean over the vocabulary from W_U and b_U (log-probs unchanged, as in TL)."""
+    unembed = model.unembed  # type: ignore[attr-defined]
+    unembed.W_U.sub_(unembed.W_U.mean(dim=-1, keepdim=True))
+    unembed.b_U.sub_(unembed.b_U.mean())
+
+
+def load_pretrained(
+    cls: type,
+    model_name: str,
+    official_name: str,
+    fold_ln: bool = True,
+    center_writing_weights: bool = True,
+    center_unembed: bool = True,
+    refactor_factored_attn_matrices: bool = False,
+    checkpoint_index: int | None = None,
+    checkpoint_value: int | None = None,
+    checkpoint_label: int | None = None,
+    hf_model: Any = None,
+    device: str | torch.device | None = None,
+    n_devices: int = 1,
+    tokenizer: Any = None,
+    move_to_device: bool = True,
+    fold_value_biases: bool = True,
+    default_prepend_bos: bool | None = None,
+    default_padding_side: str | None = None,
+    dtype: Any = "float32",
+    first_n_layers: int | None = None,
+    n_ctx: int | None = None,
+    progress: bool = True,
+    **from_pretrained_kwargs: Any,
+) -> Any:
+    """HookedTransformer.from_pretrained for DeepSeek-V3 (same arguments; see docs/models-deepseek.md).
+
+    Weight processing: fold_ln folds the RMSNorm weights exactly; center_unembed is exact for log-probs;
+    center_writing_weights is skipped for RMSNorm models as TransformerLens does; MLA has no value biases, so
+    fold_value_biases has nothing to fold; refactor_factored_attn_matrices is refused (MLA has no per-head W_Q/W_K).
+    """
+    import transformer_lens.loading_from_pretrained as loading
+    from transformer_lens.HookedTransformer import DTYPE_FROM_STRING
+
+    if refactor_factored_attn_matrices:
+        raise ValueError(
+            "refactor_factored_attn_matrices is not defined for MLA (queries and keys come from low-rank latents "
+            "with a shared rope key, not per-head W_Q/W_K). " + PROCESSING_HELP
+        )
+    if any(v is not None for v in (checkpoint_index, checkpoint_value, checkpoint_label)):
+        raise ValueError(f"{official_name} has no training checkpoints; drop checkpoint_index/checkpoint_value.")
+    if hf_model is not None:
+        raise ValueError(
+            "hf_model is not used for DeepSeek-V3: r1_plugin streams the safetensors shards itself (an HF model "
+            "of R1 would need ~1.3 TB of RAM). Pass the model name or checkpoint folder only."
+        )
+    for key in ("load_in_8bit", "load_in_4bit"):
+        if from_pretrained_kwargs.pop(key, False):
+            raise ValueError(f"{key} is not supported for DeepSeek-V3; FP8 checkpoints are dequantised to `dtype`.")
+    if isinstance(dtype, str):
+        dtype = DTYPE_FROM_STRING[dtype]
+    dtype = from_pretrained_kwargs.pop("torch_dtype", dtype)
+    if center_writing_weights:
+        logger.info("center_writing_weights is skipped for RMSNorm models (as TransformerLens does for Llama).")
+
+    files = CheckpointFiles(official_name, from_pretrained_kwargs)
+    hf_config = files.config()
+    n_hidden = hf_config.get("num_hidden_layers")
+    if first_n_layers is not None and not 1 <= first_n_layers <= n_hidden:
+        raise ValueError(f"first_n_layers={first_n_layers} must be between 1 and {n_hidden} for {official_name}.")
+
+    cfg = loading.get_pretrained_model_config(
+        official_name,
+        fold_ln=fold_ln,
+        device=device,
+        n_devices=n_devices,
+        default_prepend_bos=default_prepend_bos,
+        dtype=dtype,
+        first_n_layers=first_n_layers,
+        n_ctx=n_ctx,
+        **from_pretrained_kwargs,
+    )
+    if not isinstance(cfg, DeepseekV3HookedConfig):
+        raise TypeError(
+            "the DeepSeek-V3 config was not built as DeepseekV3HookedConfig: call `import r1_plugin` "
+            "(r1_plugin._patches.tl_deepseek.apply()) before loading."
+        )
+    with torch.device("meta"):
+        model = cls(cfg, tokenizer, move_to_device=False, default_padding_side=default_padding_side)
+    loader = StreamingLoader(model, files, hf_config)
+    loader.load(progress=progress)
+    if cfg.normalization_type == "RMSPre":
+        fold_layer_norms(model, loader.norm_weights)
+    if center_unembed:
+        center_unembed_weights(model)
+    if not move_to_device:
+        logger.info("move_to_device=False: weights were still materialised on their target devices.")
+    print(f"Loaded pretrained model {model_name} into HookedTransformer")
+    return model

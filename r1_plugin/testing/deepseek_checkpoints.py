@@ -1,0 +1,281 @@
+"""Tiny random DeepSeek-V3 checkpoints in the published on-disk layout, written into the HF cache for tests."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from r1_plugin.models.deepseek_v3.fp8 import quantize_blockwise
+
+# Linear weights DeepSeek ships in FP8 (block-wise e4m3 + weight_scale_inv); embeddings, lm_head, norms, the
+# router and its correction bias stay in bf16/fp32.
+_FP8_SUFFIXES = (
+    "q_a_proj.weight", "q_b_proj.weight", "q_proj.weight", "kv_a_proj_with_mqa.weight", "kv_b_proj.weight",
+    "o_proj.weight", "gate_proj.weight", "up_proj.weight", "down_proj.weight",
+)
+
+
+@functools.lru_cache(maxsize=4)
+def tokenizer_files(family: str = "r1") -> dict[str, bytes]:
+    """The test tokenizer's files (built once per process)."""
+    from r1_plugin.testing.tokenizers import build_tokenizer_files
+
+    return build_tokenizer_files(family=family)
+
+
+@functools.lru_cache(maxsize=4)
+def tokenizer_vocab_size(family: str = "r1") -> int:
+    """len(tokenizer) of the test tokenizer: the smallest vocab_size a tiny model can use with it."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in tokenizer_files(family).items():
+            (Path(tmp) / name).write_bytes(data)
+        return len(AutoTokenizer.from_pretrained(tmp))
+
+
+def tiny_config(**overrides: Any) -> dict[str, Any]:
+    """An HF config.json dict with R1's published keys and tiny dims (q-LoRA, 2 groups, 1 dense layer)."""
+    config: dict[str, Any] = {
+        "architectures": ["DeepseekV3ForCausalLM"],
+        "model_type": "deepseek_v3",
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+        "first_k_dense_replace": 1,
+        "hidden_act": "silu",
+        "hidden_size": 48,
+        "initializer_range": 0.02,
+        "intermediate_size": 96,
+        "kv_lora_rank": 20,
+        "max_position_embeddings": 2048,
+        "moe_intermediate_size": 24,
+        "moe_layer_freq": 1,
+        "n_group": 2,
+        "n_routed_experts": 8,
+        "n_shared_experts": 1,
+        "norm_topk_prob": True,
+        "num_attention_heads": 4,
+        "num_experts_per_tok": 3,
+        "num_hidden_layers": 3,
+        "num_key_value_heads": 4,
+        "num_nextn_predict_layers": 0,
+        "q_lora_rank": 24,
+        "qk_nope_head_dim": 16,
+        "qk_rope_head_dim": 8,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000,
+        "routed_scaling_factor": 2.5,
+        "scoring_func": "sigmoid",
+        "tie_word_embeddings": False,
+        "topk_group": 1,
+        "topk_method": "noaux_tc",
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "v_head_dim": 12,
+        "vocab_size": tokenizer_vocab_size("r1"),
+    }
+    config.update(overrides)
+    return config
+
+
+YARN = {
+    "beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0,
+    "original_max_position_embeddings": 64, "type": "yarn",
+}
+
+
+def random_published_weights(config: dict[str, Any], seed: int = 0, std: float = 0.15) -> dict[str, torch.Tensor]:
+    """float32 tensors under the published names (per-expert keys), scaled so routing and attention vary."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape: int, s: float = std) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * s
+
+    def norm(n: int) -> torch.Tensor:
+        return 1.0 + rnd(n, s=0.2)
+
+    d, h, v = config["hidden_size"], config["num_attention_heads"], config["v_head_dim"]
+    nope, rope, r = config["qk_nope_head_dim"], config["qk_rope_head_dim"], config["kv_lora_rank"]
+    qk, q_lora, m = nope + rope, config["q_lora_rank"], config["moe_intermediate_size"]
+    e, bias = config["n_routed_experts"], config["attention_bias"]
+    out = {
+        "model.embed_tokens.weight": rnd(config["vocab_size"], d, s=1.0),
+        "model.norm.weight": norm(d),
+        "lm_head.weight": rnd(config["vocab_size"], d),
+    }
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        out[p + "input_layernorm.weight"] = norm(d)
+        out[p + "post_attention_layernorm.weight"] = norm(d)
+        a = p + "self_attn."
+        if q_lora is None:
+            out[a + "q_proj.weight"] = rnd(h * qk, d)
+        else:
+            out[a + "q_a_proj.weight"] = rnd(q_lora, d)
+            out[a + "q_a_layernorm.weight"] = norm(q_lora)
+            out[a + "q_b_proj.weight"] = rnd(h * qk, q_lora)
+            if bias:
+                out[a + "q_a_proj.bias"] = rnd(q_lora)
+        out[a + "kv_a_proj_with_mqa.weight"] = rnd(r + rope, d)
+        out[a + "kv_a_layernorm.weight"] = norm(r)
+        out[a + "kv_b_proj.weight"] = rnd(h * (nope + v), r)
+        out[a + "o_proj.weight"] = rnd(d, h * v)
+        if bias:
+            out[a + "kv_a_proj_with_mqa.bias"] = rnd(r + rope)
+            out[a + "o_proj.bias"] = rnd(d)
+        if i < config["first_k_dense_replace"]:
+            for name, shape in (("gate_proj", (config["intermediate_size"], d)), ("up_proj", (config["intermediate_size"], d)),
+                                ("down_proj", (d, config["intermediate_size"]))):
+                out[p + f"mlp.{name}.weight"] = rnd(*shape)
+            continue
+        out[p + "mlp.gate.weight"] = rnd(e, d, s=0.5)
+        out[p + "mlp.gate.e_score_correction_bias"] = rnd(e, s=0.1)
+        for j in range(e):
+            out[p + f"mlp.experts.{j}.gate_proj.weight"] = rnd(m, d)
+            out[p + f"mlp.experts.{j}.up_proj.weight"] = rnd(m, d)
+            out[p + f"mlp.experts.{j}.down_proj.weight"] = rnd(d, m)
+        shared = m * config["n_shared_experts"]
+        if shared:
+            out[p + "mlp.shared_experts.gate_proj.weight"] = rnd(shared, d)
+            out[p + "mlp.shared_experts.up_proj.weight"] = rnd(shared, d)
+            out[p + "mlp.shared_experts.down_proj.weight"] = rnd(d, shared)
+    return out
+
+
+def to_fp8(tensors: dict[str, torch.Tensor], block_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Quantise the linear weights DeepSeek ships in FP8; adds `<name>_scale_inv` next to each."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        if name.startswith("model.layers.") and name.endswith(_FP8_SUFFIXES) and ".mlp.gate." not in name:
+            q, scale_inv = quantize_blockwise(tensor, block_size)
+            out[name], out[name + "_scale_inv"] = q, scale_inv
+        else:
+            out[name] = tensor
+    return out
+
+
+def _layer_of(name: str) -> int:
+    parts = name.split(".")
+    return int(parts[2]) if name.startswith("model.layers.") else (-1 if "embed" in name else 10**9)
+
+
+def shard_files(tensors: dict[str, torch.Tensor], n_shards: int) -> dict[str, bytes]:
+    """safetensors shards (split in layer order, each weight with its scale) plus model.safetensors.index.json."""
+    from safetensors.torch import save
+
+    names = sorted(tensors, key=lambda n: (_layer_of(n), n))
+    groups = [names[i * len(names) // n_shards : (i + 1) * len(names) // n_shards] for i in range(n_shards)]
+    for i in range(n_shards - 1):  # keep each weight_scale_inv in its weight's shard
+        while groups[i + 1] and groups[i + 1][0].endswith("_scale_inv"):
+            groups[i].append(groups[i + 1].pop(0))
+    files: dict[str, bytes] = {}
+    weight_map: dict[str, str] = {}
+    for i, group in enumerate(groups):
+        fname = f"model-{i + 1:05d}-of-{n_shards:05d}.safetensors"
+        files[fname] = save({n: tensors[n].contiguous() for n in group}, metadata={"format": "pt"})
+        weight_map.update({n: fname for n in group})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    files["model.safetensors.index.json"] = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    return files  # type: ignore[return-value]
+
+
+@dataclass
+class TinyCheckpoint:
+    """A written checkpoint: where it is and exactly what tensors it holds."""
+
+    repo_id: str
+    snapshot: Path
+    config: dict[str, Any]
+    tensors: dict[str, torch.Tensor]  # as stored (fp8 weights with their scale_inv when fp8)
+    files: dict[str, Any] = field(default_factory=dict)
+
+
+def write_tiny_checkpoint(
+    repo_id: str = "deepseek-ai/DeepSeek-R1",
+    config: dict[str, Any] | None = None,
+    *,
+    seed: int = 0,
+    storage: str = "float32",
+    n_shards: int = 1,
+    block_size: tuple[int, int] = (16, 16),
+    folder: Path | None = None,
+) -> TinyCheckpoint:
+    """Write a tiny random checkpoint (float32, bfloat16 or fp8) under `repo_id` in the HF cache, or into `folder`."""
+    from r1_plugin.testing.hub import write_hf_repo
+
+    config = dict(config or tiny_config())
+    tensors = random_published_weights(config, seed)
+    if storage == "bfloat16":
+        tensors = {k: v if "e_score_correction_bias" in k else v.to(torch.bfloat16) for k, v in tensors.items()}
+    elif storage == "fp8":
+        tensors = to_fp8({k: v if "e_score_correction_bias" in k else v.to(torch.bfloat16).float()
+                          for k, v in tensors.items()}, block_size)
+        tensors = {k: v.to(torch.bfloat16) if v.dtype == torch.float32 and not k.endswith(("_scale_inv", "correction_bias"))
+                   else v for k, v in tensors.items()}
+        config["quantization_config"] = {
+            "activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": list(block_size),
+        }
+    elif storage != "float32":
+        raise ValueError(f"storage must be float32, bfloat16 or fp8, not {storage!r}")
+    files: dict[str, Any] = {"config.json": json.dumps(config, indent=2), **tokenizer_files("r1")}
+    if n_shards == 1:
+        from safetensors.torch import save
+
+        files["model.safetensors"] = save({k: v.contiguous() for k, v in tensors.items()}, metadata={"format": "pt"})
+    else:
+        files.update(shard_files(tensors, n_shards))
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            (folder / name).write_bytes(data.encode() if isinstance(data, str) else data)
+        snapshot = folder
+    else:
+        snapshot = write_hf_repo(repo_id, files)
+    return TinyCheckpoint(repo_id, snapshot, config, tensors, files)
+
+
+def hf_state_dict(published: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Published float tensors -> transformers 5.23 DeepseekV3ForCausalLM state dict (experts fused per layer)."""
+    out = {k: v for k, v in published.items() if ".mlp.experts." not in k}
+    for i in range(config["first_k_dense_replace"], config["num_hidden_layers"]):
+        p = f"model.layers.{i}.mlp.experts."
+        e = range(config["n_routed_experts"])
+        gate_up = [torch.cat([published[p + f"{j}.gate_proj.weight"], published[p + f"{j}.up_proj.weight"]]) for j in e]
+        out[p + "gate_up_proj"] = torch.stack(gate_up)
+        out[p + "down_proj"] = torch.stack([published[p + f"{j}.down_proj.weight"] for j in e])
+    return out
+
+
+def hf_reference_model(config: dict[str, Any], float_tensors: dict[str, torch.Tensor]) -> Any:
+    """transformers' DeepseekV3ForCausalLM (float32, eager attention) holding `float_tensors` (published names)."""
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    hf_cfg = DeepseekV3Config(**{k: v for k, v in config.items() if k not in ("quantization_config", "architectures")})
+    hf_cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = DeepseekV3ForCausalLM(hf_cfg).float().eval()
+    state = {k: v.float() for k, v in hf_state_dict(float_tensors, config).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if "rotary" not in k]:
+        raise ValueError(f"reference model mismatch: missing={missing}, unexpected={unexpected}")
+    return model
+
+
+def checkpoint_bytes(files: dict[str, Any]) -> int:
+    """Total size of the written files."""
+    return sum(len(v.encode() if isinstance(v, str) else v) for v in files.values())
+
+
+__all__ = [
+    "TinyCheckpoint", "YARN", "checkpoint_bytes", "hf_reference_model", "hf_state_dict", "random_published_weights",
+    "tiny_config", "to_fp8", "write_tiny_checkpoint",
+]

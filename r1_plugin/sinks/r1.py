@@ -1,0 +1,248 @@
+"""Goodfire's R1 observation as one call: is the token that ends R1's response prefix an attention sink?
+
+Goodfire saw sinks at the end of R1's response prefix ("Okay, so the user asked about ..."), not only at the
+start of the response: evidence that R1 treats its own prefix as part of the prompt. The prefix end is the one
+definition shared with the steering gate (`r1_plugin.response_prefix.find_response_prefix_end`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from r1_plugin.response_prefix import ResponsePrefixSpec, find_response_prefix_end, find_think_start
+from r1_plugin.sinks._scan import SinkDetectionError
+from r1_plugin.sinks.detect import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_EPSILON,
+    DEFAULT_MIN_QUERIES,
+    DEFAULT_MIN_RATIO,
+    DEFAULT_MIN_SINK_RATE,
+    DEFAULT_MIN_VALUE,
+    MassiveActivation,
+    MassiveActivationReport,
+    SinkReport,
+    scan_sinks,
+)
+from r1_plugin.sinks.tracker import SinkTracker
+
+DEFAULT_MAX_NEW_TOKENS = 96  # the prefix is <= 64 tokens (ResponsePrefixSpec.max_tokens) + min_queries after it
+
+
+@dataclass
+class ResponsePrefixSinkCheck:
+    """Result of `check_response_prefix_sink`: the prefix-end token next to BOS and the other sinks."""
+
+    prefix_end: int | None
+    is_sink: bool
+    reason: str
+    report: SinkReport
+    massive: MassiveActivationReport | None
+    tokens: torch.Tensor  # [seq] the token ids analysed (prompt + generated tokens the model ran)
+    n_generated: int = 0
+    bos_position: int | None = None
+    nearby_sinks: list[int] = field(default_factory=list)  # sinks within `window` tokens of the prefix end
+    other_sinks: list[int] = field(default_factory=list)  # every other sink except BOS and the prefix end
+
+    @property
+    def prefix_end_token(self) -> str | None:
+        """Token string at the prefix end."""
+        toks = self.report.str_tokens
+        return None if self.prefix_end is None or toks is None else toks[self.prefix_end]  # type: ignore[return-value]
+
+    def sink_rate_at(self, position: int | None) -> float | None:
+        """sink_rate of `position` (None for None)."""
+        return None if position is None else float(self.report.sink_rate[position])
+
+    def norm_ratio_at(self, position: int | None) -> float | None:
+        """Max over layers of the residual-norm ratio (norm / layer median) at `position`."""
+        if position is None or self.massive is None:
+            return None
+        return float(self.massive.norm_ratio()[:, position].max())
+
+    def massive_at(self, position: int | None) -> list[MassiveActivation]:
+        """Massive activations at `position`."""
+        if position is None or self.massive is None:
+            return []
+        return [h for h in self.massive if h.position == position]
+
+    def rank_of_prefix_end(self) -> int | None:
+        """1-based rank of the prefix end's sink_rate among all positions with enough queries."""
+        if self.prefix_end is None:
+            return None
+        ok = self.report.n_queries >= self.report.min_queries
+        rates = torch.where(ok, self.report.sink_rate, float("-inf"))
+        return int((rates > rates[self.prefix_end]).sum()) + 1
+
+    def summary(self) -> str:
+        """Human-readable verdict with the numbers behind it."""
+        label = self.report.token_label
+        lines = [f"response-prefix end sink: {'YES' if self.is_sink else 'no'} ({self.reason})"]
+        for name, pos in (("prefix end", self.prefix_end), ("BOS", self.bos_position)):
+            if pos is None:
+                continue
+            nr = self.norm_ratio_at(pos)
+            lines.append(
+                f"  {name:10s} pos {pos:5d} {label(pos):>20s} sink_rate {self.sink_rate_at(pos):.3f}"
+                + ("" if nr is None else f"  norm ratio {nr:.2f}")
+                + f"  massive {len(self.massive_at(pos))}"
+            )
+        for p in self.other_sinks:
+            lines.append(f"  other sink pos {p:5d} {label(p):>20s} sink_rate {self.sink_rate_at(p):.3f}")
+        if self.n_generated:
+            lines.append(f"  ({self.n_generated} tokens generated with the KV-cache tracker)")
+        return "\n".join(lines)
+
+    def to_dataframe(self) -> Any:
+        """The per-position sink DataFrame with a `role` column (bos / prefix_end / sink / "") and norm ratios."""
+        df = self.report.to_dataframe()
+        roles = []
+        for p, is_sink in zip(df["position"], df["is_sink"]):
+            if p == self.prefix_end:
+                roles.append("prefix_end")
+            elif p == self.bos_position:
+                roles.append("bos")
+            else:
+                roles.append("sink" if is_sink else "")
+        df["role"] = roles
+        if self.massive is not None:
+            norms = self.massive.norms_dataframe()
+            df["norm_ratio_max"] = norms["norm_ratio_max"].to_numpy()
+            df["n_massive"] = norms["n_massive"].to_numpy()
+        return df
+
+    def save_heatmap(self, path: str | Path, value: str = "sink_rate") -> Path:
+        """Heatmap (PNG/HTML by suffix) with the prefix end and BOS marked in red."""
+        from r1_plugin.sinks.plotting import save_heatmap
+
+        marked = [p for p in (self.prefix_end, self.bos_position) if p is not None]
+        title = f"sinks; prefix end at {self.prefix_end} ({'sink' if self.is_sink else 'not a sink'})"
+        return save_heatmap(self.report, path, value=value, marked=marked, title=title)
+
+
+def _r1_tokens(model: Any, prompt_or_tokens: Any) -> torch.Tensor:
+    """[1, seq] ids of R1 chat text (encoded without adding another BOS) or of a token tensor."""
+    if isinstance(prompt_or_tokens, str):
+        if model.tokenizer is None:
+            raise SinkDetectionError("a text prompt needs a model with a tokenizer; pass token ids instead")
+        ids = model.tokenizer(prompt_or_tokens, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    elif isinstance(prompt_or_tokens, torch.Tensor):
+        ids = prompt_or_tokens if prompt_or_tokens.dim() == 2 else prompt_or_tokens[None]
+    else:
+        raise SinkDetectionError(f"expected R1 chat text or token ids, got {type(prompt_or_tokens).__name__}")
+    if ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] == 0:
+        raise SinkDetectionError(f"expected one non-empty sequence, got shape {tuple(ids.shape)}")
+    return ids.to(model.cfg.device)
+
+
+def check_response_prefix_sink(
+    model: Any,
+    prompt_or_tokens: Any,
+    *,
+    spec: ResponsePrefixSpec | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    epsilon: float = DEFAULT_EPSILON,
+    min_sink_rate: float = DEFAULT_MIN_SINK_RATE,
+    min_queries: int = DEFAULT_MIN_QUERIES,
+    window: int = 2,
+    massive: bool = True,
+    min_value: float = DEFAULT_MIN_VALUE,
+    min_ratio: float = DEFAULT_MIN_RATIO,
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+    generate_kwargs: dict[str, Any] | None = None,
+) -> ResponsePrefixSinkCheck:
+    """Whether the token ending R1's response prefix is an attention sink, next to BOS and the other sinks.
+
+    `prompt_or_tokens`: R1 chat text (e.g. `format_r1_prompt(model, question)`, optionally followed by the
+    model's response) or its token ids. When the text does not yet contain a complete response prefix with at
+    least `min_queries` tokens after it, the model continues it for up to `max_new_tokens` tokens (greedy unless
+    `generate_kwargs` say otherwise) under a `SinkTracker`, so the statistics cover prompt and generation in one
+    KV-cached pass; otherwise the text is scanned as is.
+    """
+    spec = spec or ResponsePrefixSpec()
+    if model.tokenizer is None:
+        raise SinkDetectionError("the response prefix is found from token strings: the model needs a tokenizer")
+    ids = _r1_tokens(model, prompt_or_tokens)
+    str_toks = list(model.to_str_tokens(ids[0]))
+    if find_think_start(str_toks, spec.think_token) is None:
+        raise SinkDetectionError(
+            f"no {spec.think_token!r} token in the input: pass R1 chat text, e.g. "
+            "r1_plugin.format_r1_prompt(model, question) (its tokenizer must know <think> as one token)"
+        )
+    end = find_response_prefix_end(str_toks, spec, complete=False)
+    n_generated = 0
+    if (end is None or ids.shape[1] - end < min_queries) and max_new_tokens > 0:
+        tracker = SinkTracker(
+            model,
+            epsilon=epsilon,
+            min_sink_rate=min_sink_rate,
+            min_queries=min_queries,
+            track_residual=massive,
+            min_value=min_value,
+            min_ratio=min_ratio,
+        )
+        kwargs = {"do_sample": False, "stop_at_eos": True, **(generate_kwargs or {})}
+        out = tracker.generate(ids, max_new_tokens=max_new_tokens, **kwargs)
+        processed = tracker.tokens(out)
+        assert processed is not None
+        n_generated = processed.shape[1] - ids.shape[1]
+        report = tracker.report(out, batched=False)
+        hits = tracker.massive_activations(out, batched=False) if massive else None
+        end = find_response_prefix_end(list(model.to_str_tokens(out[0])), spec, complete=True)
+        if end is not None and end >= processed.shape[1]:
+            end = None  # the prefix ended on the last sampled token, which the model never ran
+        ids = processed
+    else:
+        result = scan_sinks(
+            model,
+            ids,
+            epsilon=epsilon,
+            min_sink_rate=min_sink_rate,
+            min_queries=min_queries,
+            massive=massive,
+            min_value=min_value,
+            min_ratio=min_ratio,
+            chunk_size=chunk_size,
+            batched=False,
+        )
+        assert result.sinks is not None
+        report, hits = result.sinks, result.massive
+        if end is None:
+            end = find_response_prefix_end(str_toks, spec, complete=True)
+
+    sinks: list[int] = list(report.sink_positions)  # type: ignore[arg-type]
+    bos_id = getattr(model.tokenizer, "bos_token_id", None)
+    bos = 0 if bos_id is not None and int(ids[0, 0]) == bos_id else None
+    if end is None:
+        is_sink, reason = False, "no response-prefix end found" + (
+            "" if max_new_tokens > 0 else " (max_new_tokens=0: nothing was generated)"
+        )
+    elif int(report.n_queries[end]) < min_queries:
+        is_sink = False
+        reason = (
+            f"only {int(report.n_queries[end])} queries at or after the prefix end (need {min_queries}): "
+            "raise max_new_tokens"
+        )
+    else:
+        is_sink = end in sinks
+        reason = (
+            f"prefix end pos {end} sink_rate {float(report.sink_rate[end]):.3f} "
+            f"{'>=' if is_sink else '<'} {min_sink_rate}"
+        )
+    nearby = [p for p in sinks if end is not None and p != end and abs(p - end) <= window]
+    others = [p for p in sinks if p not in (end, bos)]
+    return ResponsePrefixSinkCheck(
+        prefix_end=end,
+        is_sink=is_sink,
+        reason=reason,
+        report=report,
+        massive=hits,
+        tokens=ids[0].cpu(),
+        n_generated=n_generated,
+        bos_position=bos,
+        nearby_sinks=nearby,
+        other_sinks=others,
+    )

@@ -23,10 +23,10 @@ from r1_plugin.sinks.detect import (
     find_massive_activations,
     scan_sinks,
 )
-from r1_plugin.sinks.wandb_log import log_sinks
 from r1_plugin.sinks.plotting import heatmap_figure, heatmap_html, save_heatmap
 from r1_plugin.sinks.r1 import ResponsePrefixSinkCheck, check_response_prefix_sink
 from r1_plugin.sinks.tracker import SinkTracker
+from r1_plugin.sinks.wandb_log import log_sinks
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",

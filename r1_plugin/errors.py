@@ -36,8 +36,13 @@ class MissingFromCacheError(R1PluginError, FileNotFoundError):
         if detail:
             msg += f" ({detail})"
         super().__init__(msg)
+        self.message = msg
         self.repo_id = repo_id
         self.filename = filename
+
+    def __str__(self) -> str:
+        # OSError.__new__ takes (repo_id, filename) as (errno, strerror); print our message instead.
+        return self.message
 
 
 def is_missing_file_error(exc: BaseException) -> bool:
@@ -47,6 +52,9 @@ def is_missing_file_error(exc: BaseException) -> bool:
     if isinstance(exc, LocalEntryNotFoundError):
         return True
     text = str(exc)
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+    if offline and isinstance(exc, OSError) and "does not appear to have a file named" in text:
+        return True  # transformers' wording when offline and the weights were never cached
     return isinstance(exc, OSError) and (
         "offline mode" in text
         or "couldn't connect" in text

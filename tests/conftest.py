@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 import r1_plugin  # noqa: E402,F401  (registers the models and SAEs)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(os.environ.get("R1_PLUGIN_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 R1_CONFIGS = SHARED / "reference" / "r1-configs"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -1,0 +1,113 @@
+"""R1 chat formatting for the three tokenizer families, and the clear errors of model loading."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer
+
+from r1_plugin import format_r1_prompt, r1_chat_tokens
+from r1_plugin.chat import render_r1_template
+from r1_plugin.errors import MissingFromCacheError, UnknownModelError, UnsupportedArchitectureError
+from r1_plugin.testing.distill_checkpoints import write_tiny_distill
+from r1_plugin.testing.tokenizers import build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def special_tokens(r1_configs) -> dict:
+    return json.loads((r1_configs / "special-tokens.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("family", "published"),
+    [("r1", "r1_v3_tokenizer"), ("qwen", "qwen_distill_tokenizer"), ("llama", "llama_distill_tokenizer")],
+)
+def test_single_user_prompt_renders_like_published_template(special_tokens, family, published):
+    tokenizer = build_tokenizer(family)
+    text = format_r1_prompt(tokenizer, "Hi")
+    assert text == special_tokens["families"][published]["example_render_single_user"]
+    assert text.endswith("<think>\n")
+
+
+@pytest.mark.parametrize(("family", "published"), [("r1", "r1_v3_tokenizer"), ("qwen", "qwen_distill_tokenizer")])
+def test_multi_turn_with_system_renders_like_published_template(special_tokens, family, published):
+    tokenizer = build_tokenizer(family)
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nHello!"}]
+    text = format_r1_prompt(tokenizer, "2+2?", system="SYS", history=history)
+    assert text == special_tokens["families"][published]["example_render_multi_turn"]
+
+
+def test_manual_renderer_equals_template():
+    tokenizer = build_tokenizer("r1")
+    messages = [
+        {"role": "system", "content": "A"},
+        {"role": "system", "content": "B"},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "<think>x</think>ans"},
+        {"role": "user", "content": "q2"},
+    ]
+    expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert render_r1_template(messages, tokenizer.bos_token) == expected
+
+
+@pytest.mark.parametrize("family", ["r1", "qwen", "llama"])
+def test_chat_tokens_have_exactly_one_bos(family):
+    tokenizer = build_tokenizer(family)
+    ids = r1_chat_tokens(tokenizer, "What is 2+2?")[0].tolist()
+    assert ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id
+    assert ids[-2:] == tokenizer("<think>\n", add_special_tokens=False)["input_ids"][-2:]
+    # the naive way (template text re-encoded with the tokenizer's BOS) doubles it: what the helper avoids
+    naive = tokenizer(format_r1_prompt(tokenizer, "What is 2+2?"))["input_ids"]
+    assert naive.count(tokenizer.bos_token_id) == 2
+
+
+def test_generate_from_chat_tokens(hf_cache):
+    write_tiny_distill("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
+    model = HookedTransformer.from_pretrained_no_processing("r1-distill-qwen-1.5b", device="cpu")
+    tokens = r1_chat_tokens(model, "What is 2+2?")
+    out = model.generate(tokens, max_new_tokens=5, do_sample=False, use_past_kv_cache=True, verbose=False)
+    assert torch.equal(out[:, : tokens.shape[1]], tokens) and out.shape[1] == tokens.shape[1] + 5
+
+
+def test_unknown_name_suggests_closest():
+    with pytest.raises(UnknownModelError) as err:
+        HookedTransformer.from_pretrained("deepseek-ai/DeepSeek-R1-Distill-Lama-8B")
+    assert "deepseek-ai/DeepSeek-R1-Distill-Llama-8B" in str(err.value)
+    assert isinstance(err.value, ValueError)  # callers catching TL's ValueError still work
+
+
+def test_local_folder_with_unsupported_architecture(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["MambaForCausalLM"], "model_type": "mamba"}))
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        HookedTransformer.from_pretrained_no_processing(str(tmp_path))
+    assert "MambaForCausalLM" in str(err.value) and "DeepseekV3ForCausalLM" in str(err.value)
+
+
+def test_local_folder_of_a_supported_architecture_loads(tmp_path, hf_cache):
+    hf_model, snapshot = write_tiny_distill("deepseek-ai/DeepSeek-R1-Distill-Llama-8B", seed=7)
+    model = HookedTransformer.from_pretrained_no_processing(str(snapshot), device="cpu")
+    tokens = torch.randint(0, 380, (1, 12))
+    with torch.no_grad():
+        assert torch.allclose(model(tokens), hf_model(tokens).logits, atol=1e-4, rtol=0)
+
+
+def test_missing_file_offline_names_repo_and_fix(hf_cache):
+    with pytest.raises(MissingFromCacheError) as err:
+        HookedTransformer.from_pretrained_no_processing("deepseek-ai/DeepSeek-R1-Distill-Qwen-32B", revision="nope")
+    message = str(err.value)
+    assert "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B" in message and "config.json" in message
+    assert "hf download" in message and "HF_HUB_OFFLINE" in message
+
+
+def test_missing_weights_offline_names_repo(hf_cache, r1_configs):
+    from r1_plugin.testing.hub import write_hf_repo
+
+    raw = json.loads((r1_configs / "r1-distill-qwen-14b.json").read_text())
+    raw.update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+               num_key_value_heads=1, vocab_size=400)
+    write_hf_repo("deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", {"config.json": json.dumps(raw)}, revision="cfgonly")
+    with pytest.raises(MissingFromCacheError) as err:
+        HookedTransformer.from_pretrained_no_processing("deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", revision="cfgonly")
+    assert "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B" in str(err.value)

@@ -413,6 +413,23 @@ class FeatureDB:
             (seq, tok): [r for r in by_seq.get(seq, []) if abs(r[0] - tok) <= context] for seq, tok in centres
         }
 
+    def show(
+        self, feature_id: int, k: int = 10, context: int = 8, html: bool = False, color: bool = True
+    ) -> str:
+        """A feature's label and top examples rendered for the terminal (ANSI) or as an escaped HTML fragment."""
+        from r1_plugin.features.render import render_html, render_terminal
+
+        label = None
+        if self._has_labels:
+            try:
+                label = self.label(feature_id)
+            except UnknownFeatureError:
+                label = "(no label)"
+        examples = self.top_examples(feature_id, k=k, context=context) if self._has_activations else []
+        if html:
+            return render_html(examples, feature_id=feature_id, label=label)
+        return render_terminal(examples, feature_id=feature_id, label=label, color=color)
+
     # ------------------------------------------------------------------ misc
     def feature_ids(self) -> list[int]:
         """Every labelled feature id, ascending."""

@@ -67,8 +67,9 @@ _CSS = (
 
 
 def _html_token(token: str) -> str:
-    """An escaped token; a newline shows as a faint ↵ followed by a real line break."""
-    return html.escape(token, quote=True).replace("\n", "<span class='nl'>↵</span>\n")
+    """An escaped token, control characters made visible; a newline shows as a faint ↵ and a line break."""
+    pieces = [html.escape(visible(part), quote=True) for part in token.split("\n")]
+    return "<span class='nl'>↵</span>\n".join(pieces)
 
 
 def render_example_html(example: Example) -> str:

@@ -28,6 +28,7 @@ import logging
 import netrc
 import os
 import struct
+import time
 import warnings
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -56,6 +57,8 @@ EXIT_CODE_EXCEPTION = 1
 EXIT_CODE_INTERRUPT = 255
 # Seconds an online start may take before it is abandoned (then the run falls back to offline).
 ONLINE_INIT_TIMEOUT_S = 30.0
+# Seconds `finish` waits for W&B's writer to flush the run file's exit record.
+FLUSH_TIMEOUT_S = 10.0
 
 
 class TrackingError(ValueError):
@@ -370,12 +373,15 @@ class Tracker:
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     def finish(self, exit_code: int = 0) -> None:
-        """Finish the run (idempotent): flushes everything to the run directory; non-zero marks it failed."""
+        """Finish the run (idempotent), non-zero marks it failed; offline, returns once the run file is complete."""
         if self.exit_code is not None:
             return
         self.exit_code = exit_code
         if self.run is not None:
+            run_dir = self.run_dir
             self.run.finish(exit_code=exit_code)
+            if run_dir is not None and self.mode == "offline":
+                wait_for_run_file(run_dir)
 
     def __enter__(self) -> Tracker:
         """Use as `with start_run(...) as tracker:`; the run is finished on exit."""
@@ -572,16 +578,35 @@ class OfflineRun:
         return [row[key] for row in self.history if key in row]
 
 
-def _wandb_records(path: Path) -> Iterator[bytes]:
-    """The raw protobuf records of a run-<id>.wandb file (W&B's LevelDB-log style, CRC-checked)."""
-    data = path.read_bytes()
+def _wandb_records(path: Path, tail_bytes: int | None = None) -> Iterator[bytes]:
+    """The raw protobuf records of a run-<id>.wandb file (W&B's LevelDB-log style, CRC-checked).
+
+    With `tail_bytes`, only the blocks covering the file's last `tail_bytes` are read (records that began
+    earlier are skipped): a cheap look at the end of a large run file.
+    """
+    data = path.read_bytes() if tail_bytes is None else b""
+    start = _LOG_HEADER.size
+    if tail_bytes is not None:
+        size = path.stat().st_size
+        first_block = max(0, (size - tail_bytes) // _LOG_BLOCK)
+        with path.open("rb") as fh:
+            head = fh.read(_LOG_HEADER.size)
+            fh.seek(first_block * _LOG_BLOCK)
+            body = fh.read()
+        # keep absolute offsets: pad the skipped prefix with a placeholder that is never parsed
+        data = (
+            head + b"\0" * (first_block * _LOG_BLOCK - len(head)) + body
+            if first_block
+            else head + body[len(head) :]
+        )
+        start = max(_LOG_HEADER.size, first_block * _LOG_BLOCK)
     if len(data) < _LOG_HEADER.size:
         raise TrackingError(f"{path} is too short to be a W&B run file")
     ident, magic, _version = _LOG_HEADER.unpack_from(data, 0)
     if ident != b":W&B" or magic != 0xBEE1:
         raise TrackingError(f"{path} is not a W&B run file (header {data[:7]!r})")
     crc = {t: zlib.crc32(bytes([t])) for t in (_FULL, _FIRST, _MIDDLE, _LAST)}
-    offset, pending = _LOG_HEADER.size, b""
+    offset, pending, in_record = start, b"", start == _LOG_HEADER.size
     while offset < len(data):
         left = _LOG_BLOCK - offset % _LOG_BLOCK
         if left < _REC_HEADER.size:
@@ -593,17 +618,51 @@ def _wandb_records(path: Path) -> Iterator[bytes]:
             continue
         chunk = data[offset + _REC_HEADER.size : offset + _REC_HEADER.size + length]
         if kind not in crc or len(chunk) != length or zlib.crc32(chunk, crc[kind]) & 0xFFFFFFFF != checksum:
+            if tail_bytes is not None and offset + _REC_HEADER.size + length > len(data):
+                return  # a record still being written
             raise TrackingError(f"{path}: corrupt or truncated record at byte {offset}")
         offset += _REC_HEADER.size + length
         if kind == _FULL:
+            in_record = True
             yield chunk
         elif kind == _FIRST:
-            pending = chunk
+            in_record, pending = True, chunk
         elif kind == _MIDDLE:
             pending += chunk
-        else:
+        elif in_record:  # _LAST of a record whose start we read
             yield pending + chunk
             pending = b""
+
+
+def _exit_record_written(path: Path) -> bool:
+    """Whether W&B's writer has flushed the run's exit record (the last thing it writes) to `path`."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    if not path.is_file() or path.stat().st_size < _LOG_HEADER.size:
+        return False
+    try:
+        for raw in _wandb_records(path, tail_bytes=2 * _LOG_BLOCK):
+            record = pb.Record()
+            record.ParseFromString(raw)
+            if record.WhichOneof("record_type") == "exit":
+                return True
+    except (TrackingError, OSError, ValueError):
+        return False
+    return False
+
+
+def wait_for_run_file(run_dir: str | Path, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
+    """Wait until a finished run's exit record is on disk (W&B's writer flushes it just after finish returns)."""
+    run_dir = Path(run_dir)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        files = sorted(run_dir.glob("run-*.wandb"))
+        if files and _exit_record_written(files[0]):
+            return True
+        if time.monotonic() >= deadline:
+            logger.warning("W&B run file in %s has no exit record after %.1f s", run_dir, timeout_s)
+            return False
+        time.sleep(0.01)
 
 
 def _apply_items(target: dict[str, Any], items: Iterable[Any], nest: bool = False) -> None:
@@ -687,4 +746,5 @@ __all__ = [
     "resolve_mode",
     "start_run",
     "tracker_from_args",
+    "wait_for_run_file",
 ]

@@ -67,8 +67,7 @@ class DeepseekV3Attention(nn.Module):
         self.hook_attn_scores = HookPoint()  # [batch, head, pos, kv_pos], scaled and masked
         self.hook_pattern = HookPoint()  # [batch, head, pos, kv_pos]
         self.hook_z = HookPoint()  # [batch, pos, head, v_head_dim]
-        if cfg.use_attn_result:
-            self.hook_result = HookPoint()  # [batch, pos, head, d_model]
+        self.hook_result = HookPoint()  # [batch, pos, head, d_model], fires only with cfg.use_attn_result
 
     def positions(
         self, batch: int, n_new: int, past: int, attention_mask: torch.Tensor | None, device: torch.device

@@ -1,0 +1,311 @@
+"""`steer`: add a direction (or clamp/ablate an SAE feature) at a hook, only where a gate is open.
+
+    with steer(model, hook_name="blocks.37.hook_resid_post", direction=vec, strength=8.0,
+               gate=AfterResponsePrefix()) as result:
+        out = model.generate(tokens, max_new_tokens=256, use_past_kv_cache=True)
+    result.open_at  # per row: the real position where steering began (None: never)
+
+Works for `generate` (cached and uncached), `model(...)`, `run_with_cache` and `run_with_hooks`: the hook is a
+permanent TransformerLens hook (so `run_with_hooks`' clean-up keeps it) and positions come from the shared
+`SequenceTracker`. Leaving the block (normally or by an exception) removes exactly what it added.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from r1_plugin.steering.gates import NEVER, Gate, GateRunner, as_gate
+from r1_plugin.steering.tracker import SequenceTracker, SequenceView
+
+
+class GateNeverOpenedWarning(UserWarning):
+    """A steer block's gate never opened on some row: nothing was steered there."""
+
+
+@dataclass
+class GateRecord:
+    """Where the gate opened in one sequence (one `generate` call or one forward), per batch row.
+
+    open_at: real position (left padding not counted) of the first steered position, None if never steered.
+    open_at_absolute: the same as an index into the padded token tensor (`open_at + pads`), or None.
+    length: real length of each row seen; pads: left padding per row; prompt_length: real prompt length.
+    tokens: `[batch, seq]` ids of the sequence as the gate saw it (None when fed embeddings).
+    """
+
+    open_at: list[int | None]
+    open_at_absolute: list[int | None]
+    length: list[int]
+    pads: list[int]
+    prompt_length: list[int]
+    tokens: torch.Tensor | None = None
+
+    @property
+    def never_opened(self) -> list[int]:
+        """Rows where nothing was steered."""
+        return [row for row, pos in enumerate(self.open_at) if pos is None]
+
+    @property
+    def n_steered(self) -> list[int]:
+        """Number of steered positions per row."""
+        return [0 if p is None else n - p for p, n in zip(self.open_at, self.length)]
+
+
+@dataclass
+class SteeringResult:
+    """What one `steer` block did: its gate records (one per sequence processed), in order."""
+
+    hook_name: str
+    gate: Gate
+    records: list[GateRecord] = field(default_factory=list)
+
+    @property
+    def last(self) -> GateRecord:
+        """The record of the most recent sequence."""
+        if not self.records:
+            raise ValueError("the steer block has not run the model yet: no gate record")
+        return self.records[-1]
+
+    @property
+    def open_at(self) -> list[int | None]:
+        """Per row of the most recent sequence: real position where steering began, or None."""
+        return self.last.open_at
+
+    @property
+    def opened(self) -> bool:
+        """Whether the gate opened on every row of every sequence."""
+        return bool(self.records) and all(not r.never_opened for r in self.records)
+
+    def summary(self) -> str:
+        """One line per sequence: where the gate opened on each row."""
+        lines = []
+        for i, rec in enumerate(self.records):
+            where = ", ".join(
+                f"row {r}: " + ("never" if p is None else f"pos {p} (abs {a}, {s} steered)")
+                for r, (p, a, s) in enumerate(zip(rec.open_at, rec.open_at_absolute, rec.n_steered))
+            )
+            lines.append(f"[{i}] {self.gate!r} at {self.hook_name}: {where}")
+        return "\n".join(lines)
+
+
+class Intervention:
+    """How a gated position is changed: `apply(act, mask)` returns the new activation."""
+
+    def apply(self, act: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`act` `[batch, n, ...]`, `mask` `[batch, n]` bool: the steered activation."""
+        raise NotImplementedError
+
+
+class AddDirection(Intervention):
+    """Add `strength * direction` (per-row strengths allowed); `relative` scales by each position's norm."""
+
+    def __init__(
+        self, direction: torch.Tensor, strength: float | Sequence[float] | torch.Tensor, relative: bool = False
+    ) -> None:
+        self.direction = direction.detach()
+        self.strength = torch.as_tensor(strength, dtype=torch.float32).detach()
+        if self.strength.dim() > 1:
+            raise ValueError("strength must be a number or a 1-d sequence (one per batch row)")
+        self.relative = relative
+        self._cache: dict[tuple[Any, Any], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _tensors(self, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (act.dtype, act.device)
+        if key not in self._cache:
+            self._cache[key] = (self.direction.to(act.device, act.dtype), self.strength.to(act.device, act.dtype))
+        return self._cache[key]
+
+    def apply(self, act: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        direction, strength = self._tensors(act)
+        extra = act.dim() - 2  # trailing dims the direction covers (d_model, or heads x d_head)
+        if direction.shape != act.shape[2:]:
+            raise ValueError(
+                f"direction has shape {tuple(direction.shape)} but the hook's activation is "
+                f"{tuple(act.shape)} ([batch, pos, ...]): give a direction of shape {tuple(act.shape[2:])}"
+            )
+        if strength.dim() == 1:
+            if strength.shape[0] != act.shape[0]:
+                raise ValueError(f"{strength.shape[0]} strengths given for a batch of {act.shape[0]} rows")
+            scale = mask.to(act.dtype) * strength.unsqueeze(1)
+        else:
+            scale = mask.to(act.dtype) * strength
+        scale = scale.reshape(*scale.shape, *([1] * extra))
+        if self.relative:
+            dims = tuple(range(2, act.dim()))
+            scale = scale * act.norm(dim=dims, keepdim=True)
+        return act + scale * direction
+
+
+def _as_direction(direction: Any, normalize: bool, relative: bool) -> torch.Tensor:
+    vec = torch.as_tensor(direction).detach()
+    if not vec.is_floating_point():
+        vec = vec.float()
+    if normalize or relative:
+        norm = vec.norm()
+        if norm == 0:
+            raise ValueError("the steering direction is all zeros: nothing to normalise")
+        vec = vec / norm
+    return vec
+
+
+class _SteerHook:
+    """The TransformerLens hook of one steer block: gate mask per forward, then the intervention."""
+
+    def __init__(
+        self,
+        tracker: SequenceTracker,
+        runner: GateRunner,
+        intervention: Intervention,
+        result: SteeringResult,
+    ) -> None:
+        self.tracker = tracker
+        self.runner = runner
+        self.intervention = intervention
+        self.result = result
+        self._forward_id = -1
+        self._mask: torch.Tensor | None = None
+        self._record_view: SequenceView | None = None
+        self._record_open: torch.Tensor | None = None
+
+    def mask(self, act: torch.Tensor) -> torch.Tensor:
+        """`[batch, n]` bool: which processed positions the gate opens (once per forward)."""
+        view = self.tracker.view(act)
+        if view.forward_id != self._forward_id or self._mask is None or self._mask.shape[1] != act.shape[1]:
+            if self._record_view is not None and view.seq_id != self._record_view.seq_id:
+                self.flush()
+            open_from = self.runner.open_from(view)
+            real = view.real_positions()
+            self._mask = (real >= open_from.unsqueeze(1)) & (real >= 0)
+            self._forward_id = view.forward_id
+            self._record_view, self._record_open = view, open_from
+        return self._mask
+
+    def __call__(self, act: torch.Tensor, hook: Any) -> torch.Tensor:
+        return self.intervention.apply(act, self.mask(act))
+
+    def flush(self) -> None:
+        """Turn the current sequence's state into a GateRecord (done lazily: it needs a device sync)."""
+        view, open_from = self._record_view, self._record_open
+        if view is None or open_from is None:
+            return
+        pads = view.pads.tolist()
+        length = [view.length - p for p in pads]
+        prompt = [view.prompt_length - p for p in pads]
+        opens = open_from.tolist()
+        open_at = [o if o < NEVER and o < n else None for o, n in zip(opens, length)]
+        absolute = [None if o is None else o + p for o, p in zip(open_at, pads)]
+        tokens = view.tokens.detach().cpu() if view.tokens is not None else None
+        self.result.records.append(GateRecord(open_at, absolute, length, pads, prompt, tokens))
+        self._record_view = self._record_open = None
+
+
+def _remove_hook(model: Any, hook_name: str, fn: Any) -> None:
+    hook_point = model.hook_dict[hook_name]
+    for handle in list(hook_point.fwd_hooks):
+        if handle.user_hook is fn:
+            handle.hook.remove()
+            hook_point.fwd_hooks.remove(handle)
+
+
+@contextmanager
+def steer(
+    model: Any,
+    hook_name: str | None = None,
+    direction: Any = None,
+    strength: float | Sequence[float] | torch.Tensor = 1.0,
+    gate: Gate | str | int | None = None,
+    *,
+    normalize: bool = False,
+    relative: bool = False,
+    sae: Any = None,
+    feature: int | Sequence[int] | None = None,
+    mode: str = "add",
+    intervention: Intervention | None = None,
+    warn_never_opened: bool = True,
+) -> Iterator[SteeringResult]:
+    """Steer `model` at `hook_name` wherever `gate` is open, for the duration of the `with` block.
+
+    direction: a vector of the hook's trailing shape (d_model for the residual stream); `strength * direction`
+        is added as given, or as a unit vector with `normalize=True`. `strength` may be one number or one per
+        batch row (used by sweeps to run several strengths in one batch).
+    relative: strength is a fraction of each position's activation norm (`strength * |x| * unit(direction)`),
+        so the same number means the same push at every layer.
+    sae, feature: steer by SAE feature(s) instead of a direction. `mode="add"` adds `strength` x the decoder
+        row(s) (the Neuronpedia convention); `mode="clamp"` sets the feature activation(s) to `strength` through
+        the SAE with its error term; `mode="ablate"` sets them to 0. `hook_name` defaults to the SAE's hook.
+    gate: where to steer (default `AfterResponsePrefix()`); see `r1_plugin.steering.gates`.
+    intervention: a custom `Intervention` (then direction/sae are not used).
+
+    Yields a `SteeringResult`. On exit rows whose gate never opened are reported with a
+    `GateNeverOpenedWarning` (unless `warn_never_opened=False`) and are listed in the result.
+    """
+    from r1_plugin.steering import sae_directions
+
+    gate_obj = as_gate(gate)
+    if sae is not None:
+        if feature is None:
+            raise ValueError("steering by SAE needs `feature` (a feature index or a list of them)")
+        hook_name = hook_name or sae_directions.sae_hook_name(sae)
+    if hook_name is None:
+        raise ValueError("steer needs `hook_name` (e.g. 'blocks.12.hook_resid_post') or an `sae` to take it from")
+    if hook_name not in model.hook_dict:
+        near = [n for n in model.hook_dict if n.split(".")[-1] == hook_name.split(".")[-1]][:5]
+        raise ValueError(f"{hook_name!r} is not a hook of this model; e.g. {near or list(model.hook_dict)[:5]}")
+    if intervention is None:
+        if sae is not None:
+            intervention = sae_directions.sae_intervention(
+                sae, feature, strength=strength, mode=mode, normalize=normalize, relative=relative
+            )
+        else:
+            if direction is None:
+                raise ValueError("steer needs a `direction`, an `sae` and `feature`, or an `intervention`")
+            if mode != "add":
+                raise ValueError(f"mode={mode!r} needs an `sae` and `feature`; a plain direction is only added")
+            intervention = AddDirection(_as_direction(direction, normalize, relative), strength, relative)
+    if gate_obj.needs_tokens and getattr(model, "tokenizer", None) is None:
+        raise ValueError(f"{gate_obj!r} reads the text, but the model has no tokenizer: set model.tokenizer")
+
+    result = SteeringResult(hook_name=hook_name, gate=gate_obj)
+    tracker = SequenceTracker.acquire(model)
+    fn: _SteerHook | None = None
+    try:
+        fn = _SteerHook(tracker, gate_obj.runner(getattr(model, "tokenizer", None)), intervention, result)
+        model.add_hook(hook_name, fn, is_permanent=True)
+        yield result
+    finally:
+        if fn is not None:
+            _remove_hook(model, hook_name, fn)
+            fn.flush()
+        tracker.release()
+    if warn_never_opened:
+        _warn_unopened(result)
+
+
+def _warn_unopened(result: SteeringResult) -> None:
+    if not result.records:
+        warnings.warn(
+            f"steer at {result.hook_name} with {result.gate!r}: the model never ran inside the block, "
+            "so nothing was steered",
+            GateNeverOpenedWarning,
+            stacklevel=3,
+        )
+        return
+    bad = [(i, rec.never_opened) for i, rec in enumerate(result.records) if rec.never_opened]
+    if bad:
+        where = "; ".join(f"sequence {i}: rows {rows}" for i, rows in bad)
+        hint = (
+            " Does the text contain `<think>` (use r1_chat_tokens) and enough new tokens to finish the prefix?"
+            if "ResponsePrefix" in repr(result.gate)
+            else " Check the pattern/position and max_new_tokens."
+        )
+        warnings.warn(
+            f"steer at {result.hook_name}: gate {result.gate!r} never opened ({where}); nothing was steered "
+            f"there.{hint} See the SteeringResult (`with steer(...) as result`).",
+            GateNeverOpenedWarning,
+            stacklevel=3,
+        )

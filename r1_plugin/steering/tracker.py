@@ -1,0 +1,277 @@
+"""Which absolute positions (and which tokens) a forward pass of a HookedTransformer is processing.
+
+TransformerLens hooks see only activations: `[batch, pos, d]` for a full run, `[batch, 1, d]` for each cached
+decode step of `generate`, and never the KV-cache length or the token ids (`generate` embeds tokens itself and
+feeds residuals into `forward(start_at_layer=0)`, so `hook_tokens`/`hook_embed` never see generated ids).
+`SequenceTracker` recovers both, exactly, with two hooks that every HookedTransformer (distills and the
+DeepSeek-V3 architecture) goes through:
+
+- a forward pre-hook on `model.embed` records every token id that is embedded (prompt and each sampled token);
+- an instance-level wrapper of `model.forward` (which `generate` calls as `self.forward`, and `model(...)`,
+  `run_with_cache`, `run_with_hooks` call through `__call__`) reads `past_kv_cache` (the cached length, via
+  `model.get_pos_offset`, = the absolute position of the first processed position) and `attention_mask`
+  (leading zeros = each row's left padding).
+
+A forward whose tokens extend the previous forward's (a cached decode step, or an uncached `generate` step that
+re-runs the whole sequence) continues the same *sequence* (`seq_id` unchanged, gates keep their state);
+anything else starts a new one. One tracker per model is shared by all active `steer` blocks (reference-counted)
+and removed when the last block exits.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+_ATTR = "_r1_steering_tracker"
+
+
+@dataclass
+class SequenceView:
+    """What the current forward pass processes, in absolute positions of the whole (padded) sequence.
+
+    offset: absolute position of the forward's first position (the KV-cache length; 0 without a cache).
+    n: number of positions this forward processes (1 for a cached decode step).
+    tokens: `[batch, offset + n]` ids of the whole sequence so far (pads included), or None when the forward got
+        embeddings whose ids were never seen (then only position gates work).
+    pads: `[batch]` number of left-padding positions per row; a row's real position = absolute - pads.
+    prompt_length: absolute length of the sequence's first forward (the prompt, under `generate`).
+    seq_id: changes whenever a new sequence starts (gates reset then).
+    forward_id: changes on every forward pass (per-forward caches key on it).
+    """
+
+    offset: int
+    n: int
+    tokens: torch.Tensor | None
+    pads: torch.Tensor
+    prompt_length: int
+    seq_id: int
+    forward_id: int
+
+    @property
+    def batch(self) -> int:
+        """Batch size."""
+        return int(self.pads.shape[0])
+
+    @property
+    def length(self) -> int:
+        """Absolute length of the sequence up to and including this forward's last position."""
+        return self.offset + self.n
+
+    def real_positions(self) -> torch.Tensor:
+        """`[batch, n]` real (padding-free) positions of the processed slots; negative on padding."""
+        absolute = torch.arange(self.offset, self.length, device=self.pads.device)
+        return absolute.unsqueeze(0) - self.pads.unsqueeze(1)
+
+
+def _leading_zeros(mask: torch.Tensor) -> torch.Tensor:
+    """Number of leading zeros per row of a `[batch, pos]` attention mask (= left padding)."""
+    return (mask.cumsum(-1) == 0).sum(-1)
+
+
+class SequenceTracker:
+    """Tracks absolute positions, token ids and padding of the sequences a model processes (see module doc)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.users = 0
+        self.forward_id = 0
+        self.seq_id = 0
+        self._pending: list[torch.Tensor] = []  # ids embedded since the last forward started consuming them
+        self._in_forward = 0
+        self._entry: dict[str, Any] | None = None  # what the current forward's wrapper saw
+        self._view: SequenceView | None = None  # resolved view of the current forward
+        self._prev: SequenceView | None = None  # view of the previous forward (for continuations)
+        self._embed_handle: Any = None
+        self._orig_forward_in_dict = False
+
+    # -- install / remove ------------------------------------------------------------------------------------
+    @classmethod
+    def acquire(cls, model: Any) -> SequenceTracker:
+        """The model's tracker (installed on first use), with one more user."""
+        tracker = model.__dict__.get(_ATTR)
+        if tracker is None:
+            tracker = cls(model)
+            tracker._install()
+            model.__dict__[_ATTR] = tracker
+        tracker.users += 1
+        return tracker
+
+    def release(self) -> None:
+        """Drop one user; the last one removes every hook and the forward wrapper."""
+        self.users -= 1
+        if self.users <= 0:
+            self._uninstall()
+            self.model.__dict__.pop(_ATTR, None)
+
+    def _install(self) -> None:
+        for name in ("forward", "generate"):
+            if name in self.model.__dict__:
+                raise RuntimeError(
+                    f"model.{name} is already overridden on this instance (another tool wraps it); r1_plugin "
+                    "steering wraps it to see KV-cache positions and sequence boundaries. Remove that wrapper first."
+                )
+        embed = getattr(self.model, "embed", None)
+        if isinstance(embed, torch.nn.Module):
+            self._embed_handle = embed.register_forward_pre_hook(self._on_embed)
+        original_forward: Callable[..., Any] = self.model.forward
+        original_generate: Callable[..., Any] = self.model.generate
+
+        @functools.wraps(original_forward)
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            self._begin_forward(args, kwargs)
+            try:
+                return original_forward(*args, **kwargs)
+            finally:
+                self._end_forward()
+
+        @functools.wraps(original_generate)
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            self._boundary()
+            try:
+                return original_generate(*args, **kwargs)
+            finally:
+                self._boundary()
+
+        self.model.__dict__["forward"] = forward
+        self.model.__dict__["generate"] = generate
+
+    def _uninstall(self) -> None:
+        if self._embed_handle is not None:
+            self._embed_handle.remove()
+            self._embed_handle = None
+        self.model.__dict__.pop("forward", None)
+        self.model.__dict__.pop("generate", None)
+
+    def _boundary(self) -> None:
+        """A `generate` call starts or ends: the next forward begins a new sequence."""
+        if not self._in_forward:
+            self._pending = []
+            self._prev = None
+
+    # -- events ----------------------------------------------------------------------------------------------
+    def _on_embed(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        tokens = args[0] if args else None
+        if isinstance(tokens, torch.Tensor) and tokens.dim() == 2 and not tokens.is_floating_point():
+            self._pending.append(tokens.detach())
+            if len(self._pending) > 64:  # stale ids nobody consumed (e.g. embed called by hand)
+                self._pending = self._pending[-64:]
+
+    def _begin_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._in_forward += 1
+        if self._in_forward > 1:
+            return  # a nested forward (e.g. called from a hook) keeps the outer view
+        self.forward_id += 1
+        inp = args[0] if args else kwargs.get("input")
+        tokens_input = kwargs.get("start_at_layer") is None
+        if tokens_input:
+            self._pending = []  # this forward embeds its own ids; older pending ids are stale
+        cache = kwargs.get("past_kv_cache")
+        offset = 0
+        if cache is not None:
+            # Read the cached length now: the blocks extend the cache as they run, before later hooks fire.
+            if isinstance(inp, torch.Tensor):
+                batch = int(inp.shape[0]) if inp.dim() > 1 else 1
+            else:
+                batch = len(inp) if isinstance(inp, (list, tuple)) else 1
+            offset = int(self.model.get_pos_offset(cache, batch))
+        self._entry = dict(
+            offset=offset,
+            input=inp,
+            tokens_input=tokens_input,
+            cache=kwargs.get("past_kv_cache"),
+            attention_mask=kwargs.get("attention_mask"),
+            prepend_bos=kwargs.get("prepend_bos"),
+        )
+        self._view = None
+
+    def _end_forward(self) -> None:
+        self._in_forward -= 1
+        if self._in_forward == 0:
+            if self._view is not None:
+                self._prev = self._view
+            self._view = None
+            self._entry = None
+
+    # -- resolution ------------------------------------------------------------------------------------------
+    def view(self, activation: torch.Tensor) -> SequenceView:
+        """The view of the forward pass that produced `activation` (`[batch, n, ...]`), resolved once per pass."""
+        if self._view is not None and self._view.forward_id == self.forward_id and self._in_forward:
+            return self._view
+        batch, n = int(activation.shape[0]), int(activation.shape[1])
+        if not self._in_forward or self._entry is None:
+            # A hook fired outside model.forward (a block called by hand): a fresh, unpadded sequence.
+            self.seq_id += 1
+            self.forward_id += 1
+            pads = torch.zeros(batch, dtype=torch.long, device=activation.device)
+            return SequenceView(0, n, None, pads, n, self.seq_id, self.forward_id)
+        self._view = self._resolve(batch, n, activation.device)
+        return self._view
+
+    def _resolve(self, batch: int, n: int, device: torch.device) -> SequenceView:
+        entry = self._entry
+        assert entry is not None
+        offset = int(entry["offset"])
+        length = offset + n
+        prev = self._prev if (self._prev is not None and self._prev.batch == batch) else None
+
+        # The ids of this forward's positions: the trailing pending embeds of this batch size.
+        recent: list[torch.Tensor] = []
+        have = 0
+        for ids in reversed(self._pending):
+            if ids.shape[0] != batch or have >= length:
+                break
+            recent.insert(0, ids)
+            have += int(ids.shape[1])
+        self._pending = []
+        new_ids = torch.cat(recent, dim=1).to(device) if recent else None
+
+        tokens: torch.Tensor | None = None
+        continues = False
+        if (
+            prev is not None
+            and have > 0
+            and have + prev.length == length
+            and offset in (0, prev.length)
+        ):
+            # A cached decode step (offset = previous length) or an uncached re-run of the whole sequence
+            # (offset 0) whose new ids were embedded since the previous forward: the same sequence goes on.
+            continues = True
+            if prev.tokens is not None and new_ids is not None:
+                tokens = torch.cat([prev.tokens, new_ids], dim=1)
+        elif prev is not None and have == 0 and offset > 0 and offset == prev.length:
+            continues = True  # a cached step fed embeddings whose ids were never seen
+        elif new_ids is not None and have >= length:
+            tokens = new_ids[:, -length:]  # a fresh sequence: all its ids were just embedded
+
+        mask = entry["attention_mask"]
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[0] == batch:
+            pads = _leading_zeros(mask.to(device)).long()
+        elif continues and prev is not None:
+            pads = prev.pads
+        elif tokens is not None and entry["tokens_input"] and self._left_padding():
+            pads = self._pads_from_tokens(tokens, entry["prepend_bos"])
+        else:
+            pads = torch.zeros(batch, dtype=torch.long, device=device)
+
+        if continues and prev is not None:
+            return SequenceView(offset, n, tokens, pads, prev.prompt_length, prev.seq_id, self.forward_id)
+        self.seq_id += 1
+        return SequenceView(offset, n, tokens, pads, length, self.seq_id, self.forward_id)
+
+    def _left_padding(self) -> bool:
+        tokenizer = getattr(self.model, "tokenizer", None)
+        return tokenizer is not None and getattr(tokenizer, "padding_side", None) == "left"
+
+    def _pads_from_tokens(self, tokens: torch.Tensor, prepend_bos: Any) -> torch.Tensor:
+        """Left padding as TransformerLens's `input_to_embed` computes it for a left-padding tokenizer."""
+        from transformer_lens.utilities.tokenize_utils import get_attention_mask
+
+        if not isinstance(prepend_bos, bool):
+            prepend_bos = bool(self.model.cfg.default_prepend_bos)
+        mask = get_attention_mask(self.model.tokenizer, tokens, prepend_bos)
+        return _leading_zeros(mask).long()

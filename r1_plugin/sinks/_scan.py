@@ -67,8 +67,14 @@ class ScanState:
         track_alpha: bool = True,
         track_residual: bool = False,
         min_value: float = 100.0,
+        query_mask: torch.Tensor | None = None,
     ) -> None:
-        """Set up empty state for `model`; buffers are allocated on the first hook call (batch size known)."""
+        """Set up empty state for `model`; buffers are allocated on the first hook call (batch size known).
+
+        `query_mask` [batch, seq] (the attention mask, when known up front) says which query rows are real.
+        Without it a row is real when it attends anywhere: TransformerLens masks keys only, so this catches left
+        padding (what `generate` uses), not right padding, whose pad queries still attend to earlier tokens.
+        """
         self.model = model
         self.layers = pattern_layers(model)
         self.n_layers = len(self.layers)
@@ -77,6 +83,8 @@ class ScanState:
         self.track_residual = track_residual
         self.min_value = float(min_value)
         self.length = 0  # positions processed as queries so far
+        self.query_mask = None if query_mask is None else query_mask.bool()
+        self._mask_has_pad = self.query_mask is not None and not bool(self.query_mask.all())
         self.batch: int | None = None
         self.n_heads: int | None = None
         self.device: torch.device | None = None
@@ -135,14 +143,20 @@ class ScanState:
                         "and a fresh tracker (or .reset()) per generate call"
                     )
                 self.qvalid = _grow(self.qvalid, n_k, False)
-                rows = pattern[:, 0].detach().sum(dim=-1) > 0  # [batch, q]: a real query attends somewhere
+                if self.query_mask is not None:
+                    rows = self.query_mask[:, offset:n_k]
+                else:
+                    rows = pattern[:, 0].detach().sum(dim=-1) > 0  # [batch, q]: a real query attends somewhere
                 self.qvalid[:, offset:n_k] = rows.to(self.device)
                 self.length = n_k
             self._offset[li] = offset
             if self.track_alpha:
-                assert self.colsum is not None
+                assert self.colsum is not None and self.qvalid is not None
                 self.colsum = _grow(self.colsum, n_k, 0.0)
-                sums = pattern.detach().sum(dim=2, dtype=torch.float64)  # [batch, head, key]
+                pattern = pattern.detach()
+                if self._mask_has_pad:  # right-padding queries attend to real keys: drop their rows
+                    pattern = pattern * self.qvalid[:, None, offset:n_k, None].to(pattern.device, pattern.dtype)
+                sums = pattern.sum(dim=2, dtype=torch.float64)  # [batch, head, key]
                 self.colsum[:, li, :, :n_k] += sums.to(self.device)
 
         return hook

@@ -488,7 +488,9 @@ def scan_sinks(
     if not 0 <= epsilon <= 1:
         raise SinkDetectionError(f"epsilon must be in [0, 1], got {epsilon}")
     ids, mask, is_batched = prepare_tokens(model, tokens, attention_mask, batched)
-    state = ScanState(model, track_alpha=attention, track_residual=massive, min_value=min_value)
+    state = ScanState(
+        model, track_alpha=attention, track_residual=massive, min_value=min_value, query_mask=mask
+    )
     run_chunked(model, ids, mask, state, chunk_size)
     if state.length != ids.shape[1]:
         raise SinkDetectionError(f"the hooks saw {state.length} of {ids.shape[1]} positions")

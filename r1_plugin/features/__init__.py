@@ -16,19 +16,10 @@ from r1_plugin.features.db import (
     FeatureLabel,
     detect_format,
 )
+
+# Eager on purpose: the function `harvest` must shadow the submodule of the same name.
+from r1_plugin.features.harvest import HarvestConfig, HarvestResult, harvest, merge_shards
 from r1_plugin.features.render import render_html, render_terminal
-
-_HARVEST_NAMES = ("HarvestConfig", "harvest", "merge_shards")
-
-
-def __getattr__(name: str) -> object:
-    """Import the harvesting API (which needs torch) only when it is used."""
-    if name in _HARVEST_NAMES:
-        from r1_plugin.features import harvest as _harvest
-
-        return getattr(_harvest, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 __all__ = [
     "ACTIVATIONS_SCHEMA",
@@ -38,6 +29,7 @@ __all__ = [
     "FeatureDBError",
     "FeatureLabel",
     "HarvestConfig",
+    "HarvestResult",
     "detect_format",
     "harvest",
     "merge_shards",

@@ -113,6 +113,27 @@ def _fingerprint(config: HarvestConfig, prompts: Sequence[Prompt], start: int, e
     return digest.hexdigest()
 
 
+def topk_rows(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Row indices [min(k, n), d] of each column's k largest values, ties to the lowest row, in row order.
+
+    Vectorised over columns (features): one `topk` for the k-th value, comparisons, and a cumulative count
+    only in the columns where ties straddle the cut.
+    """
+    n, d = values.shape
+    k = min(k, n)
+    kth = values.topk(k, dim=0).values[-1]  # [d]
+    mask = values >= kth
+    over = mask.sum(0) > k
+    if bool(over.any()):
+        cols = over.nonzero()[:, 0]
+        sub, sub_kth = values[:, cols], kth[cols]
+        greater = sub > sub_kth
+        ties = sub == sub_kth
+        need = k - greater.sum(0)
+        mask[:, cols] = greater | (ties & (ties.cumsum(0) <= need))
+    return mask.T.nonzero()[:, 1].view(d, k).T
+
+
 class _Harvester:
     """One shard's harvest: tokenising, the forward pass, the running top-k and the checkpoint files."""
 
@@ -183,7 +204,12 @@ class _Harvester:
         return acts.float(), valid
 
     def merge_topk(self, acts: torch.Tensor, seq_ids: torch.Tensor, tok_idx: torch.Tensor) -> None:
-        """Merge a batch into the running per-feature top-k: one topk over the batch, one over (state + batch)."""
+        """Merge a batch into the running per-feature top-k (all features at once, ties to earlier tokens).
+
+        The state is kept in (sequence_id, token_idx) order and a batch's rows follow it in that order (a
+        shard's prompts run in order), so "largest k, ties to the lowest row" is exactly the merge rule
+        ORDER BY strength DESC, sequence_id, token_idx.
+        """
         k = self.config.top_k
         if self.values is None:
             d_sae = acts.shape[1]
@@ -191,13 +217,13 @@ class _Harvester:
             self.seqs = torch.zeros((k, d_sae), dtype=torch.long, device=acts.device)
             self.toks = torch.zeros((k, d_sae), dtype=torch.long, device=acts.device)
         assert self.seqs is not None and self.toks is not None
-        kk = min(k, acts.shape[0])
-        batch_vals, batch_rows = acts.topk(kk, dim=0)  # [kk, d_sae]
         seq_ids, tok_idx = seq_ids.to(acts.device), tok_idx.to(acts.device)
-        all_vals = torch.cat([self.values, batch_vals])
-        all_seqs = torch.cat([self.seqs, seq_ids[batch_rows]])
-        all_toks = torch.cat([self.toks, tok_idx[batch_rows]])
-        self.values, keep = all_vals.topk(k, dim=0)
+        rows = topk_rows(acts, k)  # [kk, d_sae] batch rows, ascending
+        all_vals = torch.cat([self.values, acts.gather(0, rows)])
+        all_seqs = torch.cat([self.seqs, seq_ids[rows]])
+        all_toks = torch.cat([self.toks, tok_idx[rows]])
+        keep = topk_rows(all_vals, k)
+        self.values = all_vals.gather(0, keep)
         self.seqs = all_seqs.gather(0, keep)
         self.toks = all_toks.gather(0, keep)
 
@@ -286,6 +312,12 @@ def harvest(
         raise ValueError("hook_name is needed: the SAE's config does not name the hook it reads")
     if top_k < 1 or batch_size < 1 or max_length < 1 or checkpoint_every < 1:
         raise ValueError("top_k, batch_size, max_length and checkpoint_every must all be >= 1")
+    hook_dict = getattr(model, "hook_dict", None)
+    if hook_dict is not None and hook_name not in hook_dict:
+        near = [h for h in hook_dict if h.endswith(hook_name.rsplit(".", 1)[-1])][:5]
+        raise FeatureDBError(
+            f"hook {hook_name!r} is not a hook point of this model (e.g. {near or list(hook_dict)[:5]})"
+        )
     config = HarvestConfig(hook_name, top_k, max_length, prepend_bos, float(min_strength))
     n_total = len(prompts)
     start, end = shard_range(n_total, shard_index, num_shards)

@@ -52,14 +52,16 @@ def tiny_model(seed: int = 0, **overrides: object) -> HookedTransformer:
     return HookedTransformer(HookedTransformerConfig(**cfg))
 
 
-def forced_sink_model(position: int, n_layers: int = 2, n_heads: int = 3, d_vocab: int = 64) -> HookedTransformer:
+def forced_sink_model(
+    position: int, n_layers: int = 2, n_heads: int = 3, d_vocab: int = 64, n_ctx: int = 64
+) -> HookedTransformer:
     """Attention-only model in which every head's queries i >= `position` put ~all attention on `position`.
 
     Only W_pos[position] has a component on residual dim 0; every key reads dim 0 (W_K), every query is the
     constant b_Q, so score(i, k) = 40 * x_k[0]; no head writes dim 0 back (W_O[..., 0] = 0).
     """
     cfg = HookedTransformerConfig(
-        n_layers=n_layers, d_model=16, n_ctx=64, d_head=4, n_heads=n_heads, d_vocab=d_vocab, act_fn="relu",
+        n_layers=n_layers, d_model=16, n_ctx=n_ctx, d_head=4, n_heads=n_heads, d_vocab=d_vocab, act_fn="relu",
         attn_only=True, normalization_type=None, positional_embedding_type="standard", seed=1,
     )
     model = HookedTransformer(cfg)

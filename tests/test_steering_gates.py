@@ -1,0 +1,105 @@
+"""Gates without a model: the online scanners equal their one-shot definitions on every prefix."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+import torch
+
+from r1_plugin.response_prefix import ResponsePrefixSpec, find_response_prefix_end
+from r1_plugin.steering import (
+    AfterResponsePrefix,
+    AfterText,
+    Always,
+    FromPosition,
+    GeneratedOnly,
+    ResponsePrefixScanner,
+    as_gate,
+)
+from r1_plugin.steering.gates import NEVER, _TextScanner
+from r1_plugin.steering.tracker import SequenceView
+
+PIECES = ["<think>", "\n", "\n\n", "Okay", ",", " so", " the", " user", ".", " ", "!", "?", '"', ")", " 3", ".5",
+          "\n", " asked", ". ", ".\n", "e.g", "  ", "Wait"]
+
+
+def random_tokens(rng: random.Random, n: int) -> list[str]:
+    """A random token-string sequence rich in sentence ends, quotes and `<think>`s."""
+    return [rng.choice(PIECES) for _ in range(n)]
+
+
+@pytest.mark.parametrize("spec", [
+    ResponsePrefixSpec(),
+    ResponsePrefixSpec(end="newline"),
+    ResponsePrefixSpec(max_tokens=4),
+    ResponsePrefixSpec(max_tokens=None),
+])
+def test_online_response_prefix_equals_one_shot_on_every_prefix(spec: ResponsePrefixSpec) -> None:
+    rng = random.Random(0)
+    for _ in range(300):
+        toks = random_tokens(rng, rng.randint(1, 30))
+        scanner = ResponsePrefixScanner(spec)
+        for p, piece in enumerate(toks):
+            online = scanner.end_at(piece, p)
+            one_shot = find_response_prefix_end(toks[: p + 1], spec)
+            if one_shot is not None:
+                assert online == one_shot, (toks[: p + 1], online, one_shot)
+                break  # the gate is decided at the first prefix that decides the end
+            assert online is None, (toks[: p + 1], online)
+
+
+def test_response_prefix_gate_opens_after_the_end_or_when_decidable() -> None:
+    gate = AfterResponsePrefix()
+    # "." is decided only when the next token brings the space: open at that token (the one after the end).
+    assert gate.reference_open_from(["<think>", "\n", "Okay", ".", " So", " then"], 0) == 4
+    # ".\n" decides itself: open at the next token.
+    assert gate.reference_open_from(["<think>", "\n", "Okay", ".\n", "So"], 0) == 4
+    # A closing quote delays the decision: the token after the quote is the first that can be steered.
+    assert gate.reference_open_from(["<think>", "Hi", ".", '"', " So", " x"], 0) == 4
+    assert gate.reference_open_from(["no", " think", "."], 0) is None
+    assert AfterResponsePrefix(max_tokens=2).reference_open_from(["<think>", "a", "b", "c", "d"], 0) == 3
+
+
+def test_after_text_online_equals_reference() -> None:
+    rng = random.Random(1)
+    for pattern, regex in [(" user", False), ("so the", False), (r"\.(?=\s)", True), (r"Wait|asked", True)]:
+        gate = AfterText(pattern, regex=regex)
+        for _ in range(200):
+            toks = random_tokens(rng, rng.randint(1, 20))
+            scanner = _TextScanner(pattern, regex)
+            online = next((hit for p, t in enumerate(toks) if (hit := scanner.push(t, p)) is not None), None)
+            ref = gate.reference_open_from(toks, 0)
+            if ref is None:
+                assert online is None or online >= len(toks)
+            else:
+                assert online == ref
+
+
+def view(batch: int, offset: int, n: int, pads: list[int], prompt: int) -> SequenceView:
+    """A hand-made view (no model)."""
+    return SequenceView(offset, n, None, torch.tensor(pads), prompt, seq_id=1, forward_id=1)
+
+
+def test_position_gates_are_per_row_on_real_positions() -> None:
+    v = view(3, 10, 1, [0, 2, 5], prompt=8)
+    assert Always().runner(None).open_from(v).tolist() == [0, 0, 0]
+    assert FromPosition(6).runner(None).open_from(v).tolist() == [6, 6, 6]
+    assert GeneratedOnly().runner(None).open_from(v).tolist() == [8, 6, 3]
+    assert v.real_positions().tolist() == [[10], [8], [5]]
+    with pytest.raises(ValueError):
+        FromPosition(-1)
+
+
+def test_as_gate_spellings() -> None:
+    assert isinstance(as_gate(None), AfterResponsePrefix)
+    assert as_gate("prefix:newline:12").spec == ResponsePrefixSpec(end="newline", max_tokens=12)
+    assert as_gate(5).position == 5 and as_gate("pos:7").position == 7
+    assert isinstance(as_gate("always"), Always) and isinstance(as_gate("generated"), GeneratedOnly)
+    assert as_gate("text:so the").pattern == "so the"
+    assert as_gate("regex:a+b").regex
+    assert AfterText(re.compile(r"\d")).regex
+    with pytest.raises(ValueError, match="unknown gate"):
+        as_gate("sometimes")
+    assert NEVER > 10**15

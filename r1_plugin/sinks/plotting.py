@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,10 @@ _TITLES = {
     "alpha_mean": "alpha, mean over heads",
     "alpha_max": "alpha, max over heads",
 }
+
+
+# R1's special tokens use full-width bars and the SentencePiece space, which DejaVu Sans lacks.
+_PLOT_SAFE = str.maketrans({"\uff5c": "|", "\u2581": "_"})
 
 
 def _tick_positions(report: SinkReport, max_labels: int, marked: list[int]) -> list[int]:
@@ -50,7 +55,9 @@ def heatmap_figure(
     fig, ax = plt.subplots(figsize=(width, max(3.0, 0.22 * row.n_layers + 2.0)))
     im = ax.imshow(values, aspect="auto", cmap="viridis", vmin=0.0, interpolation="nearest")
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
-    labels = [f"{p}:{row.str_tokens[p]!r}" if row.str_tokens is not None else str(p) for p in ticks]
+    labels = [
+        f"{p}:{row.str_tokens[p]!r}".translate(_PLOT_SAFE) if row.str_tokens is not None else str(p) for p in ticks
+    ]
     ax.set_xticks(ticks, labels, rotation=90, fontsize=7)
     for tick, p in zip(ax.get_xticklabels(), ticks):
         if p in sinks or p in marked:
@@ -61,7 +68,9 @@ def heatmap_figure(
     ax.set_xlabel("key position (token)")
     ax.set_ylabel("layer")
     ax.set_title(title or _TITLES.get(value, value).format(eps=report.epsilon))
-    fig.tight_layout()
+    with warnings.catch_warnings():  # other scripts (e.g. CJK in R1's traces) render as boxes, not warnings
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.tight_layout()
     return fig
 
 
@@ -136,7 +145,9 @@ def save_heatmap(
 
     fig = heatmap_figure(report, batch_index, value, marked=marked, title=title)
     try:
-        fig.savefig(path, dpi=120)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+            fig.savefig(path, dpi=120)
     finally:
         plt.close(fig)
     return path

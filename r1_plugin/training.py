@@ -232,11 +232,14 @@ def _new_run_id() -> str:
 
 @dataclass
 class SAETrainingResult:
-    """A trained SAE and where SAELens's W&B run was written (None when not logging)."""
+    """A trained SAE, where SAELens's W&B run was written (None when not logging), and the SAELens runner."""
 
     sae: TrainingSAE[Any]
     run_dir: Path | None
     wandb_id: str | None
+    runner: Any = (
+        None  # LanguageModelSAETrainingRunner: .model (the possibly truncated LLM), .activations_store
+    )
 
 
 @contextlib.contextmanager
@@ -327,7 +330,7 @@ def train_sae(
     run_dir = Path(runs[-1].settings.sync_dir) if runs and mode != "disabled" else None
     if run_dir is not None and mode == "offline":
         wait_for_run_file(run_dir)
-    return SAETrainingResult(sae=sae, run_dir=run_dir, wandb_id=wandb_id)
+    return SAETrainingResult(sae=sae, run_dir=run_dir, wandb_id=wandb_id, runner=runner)
 
 
 __all__ = [

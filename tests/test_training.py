@@ -32,9 +32,12 @@ TEXTS = [
 ] * 8
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def tiny_distill(hf_cache: Path) -> str:
-    """A tiny random R1-Distill-Qwen (2 layers, d_model 64) in the offline HF cache under its real id."""
+    """A tiny random R1-Distill-Qwen (2 layers, d_model 64) in the offline HF cache under its real id.
+
+    Written per test: other test modules write their own tiny checkpoints under the same id.
+    """
     from r1_plugin.testing.distill_checkpoints import write_tiny_distill
 
     write_tiny_distill(DISTILL)
@@ -137,6 +140,7 @@ def test_train_sae_on_truncated_distill_logs_offline(tiny_distill: str, tmp_path
     assert os.environ.get("WANDB_MODE") == mode_before
 
     assert result.sae.cfg.d_in == 64 and result.sae.cfg.d_sae == 96
+    assert len(result.runner.model.blocks) == 1  # first_n_layers=1 of the 2-layer distill
     assert result.sae.cfg.metadata.model_from_pretrained_kwargs["first_n_layers"] == 1
     assert (tmp_path / "sae" / "cfg.json").is_file()
     assert result.run_dir is not None and result.run_dir.parent == (tmp_path / "wandb").resolve()

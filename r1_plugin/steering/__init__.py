@@ -15,6 +15,7 @@ from r1_plugin.steering.gates import (
     AfterText,
     Always,
     FromPosition,
+    FromPositions,
     Gate,
     GateRunner,
     GeneratedOnly,
@@ -40,6 +41,7 @@ from r1_plugin.steering.steer import (
 __all__ = [
     "steer",
     "FromPosition",
+    "FromPositions",
     "AfterText",
     "AfterResponsePrefix",
     "Always",

@@ -93,6 +93,32 @@ class FromPosition(Gate):
         return f"FromPosition({self.position})"
 
 
+class FromPositions(Gate):
+    """One real start position per batch row (None: that row is not steered); e.g. to replay where a gate opened
+    during generation (`SteeringResult.open_at`) in a later forward pass over the generated tokens."""
+
+    def __init__(self, positions: Sequence[int | None]) -> None:
+        self.positions = [None if p is None else int(p) for p in positions]
+        if any(p is not None and p < 0 for p in self.positions):
+            raise ValueError(f"FromPositions needs positions >= 0 or None, got {self.positions}")
+
+    def runner(self, tokenizer: Any) -> GateRunner:
+        values = torch.tensor([NEVER if p is None else p for p in self.positions], dtype=torch.long)
+
+        def value_of(v: SequenceView) -> torch.Tensor:
+            if v.batch != len(self.positions):
+                raise ValueError(f"FromPositions has {len(self.positions)} rows but the batch has {v.batch}")
+            return values.to(v.pads.device)
+
+        return _ConstRunner(value_of)
+
+    def reference_open_from(self, str_tokens: Sequence[str], prompt_length: int) -> int | None:
+        raise NotImplementedError("FromPositions is per row: compare rows against `positions` directly")
+
+    def __repr__(self) -> str:
+        return f"FromPositions({self.positions})"
+
+
 class GeneratedOnly(Gate):
     """Steer only generated tokens: real positions at or after the prompt (the first forward of the sequence).
 

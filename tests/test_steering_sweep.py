@@ -1,0 +1,80 @@
+"""Over-steering sweeps: reversion flagging, the table, the plot, W&B logging; and the `r1-plugin steer` CLI."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from sae_lens import SAE, StandardSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+from transformer_lens import HookedTransformer
+
+from r1_plugin.steering import AfterResponsePrefix
+from r1_plugin.steering.sweep import find_reversions, sweep_strengths
+from r1_plugin.testing.distill_checkpoints import write_tiny_distill
+
+QWEN = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+HOOK = "blocks.0.hook_resid_post"
+
+
+def test_find_reversions() -> None:
+    strengths = [1, 2, 4, 8, 16, -2, -8]
+    # Rises to a peak at 4, falls back toward the baseline (0) at 8 and 16; negative side is monotonic.
+    values = [1.0, 3.0, 6.0, 2.0, 0.5, -1.0, -4.0]
+    flags, peak = find_reversions(strengths, values, baseline=0.0, drop=0.5)
+    assert flags == [False, False, False, True, True, False, False]
+    assert peak == 4
+    monotonic, peak = find_reversions([1, 2, 3], [1.0, 2.0, 3.0], baseline=0.0)
+    assert monotonic == [False, False, False] and peak == 3
+    assert find_reversions([1, 2], [0.0, 0.0], baseline=0.0) == ([False, False], None)
+    assert find_reversions([1, 2, 3], [2.0, math.nan, 0.1], baseline=0.0)[0] == [False, False, True]
+
+
+@pytest.fixture(scope="module")
+def qwen(hf_cache: Any) -> HookedTransformer:
+    write_tiny_distill(QWEN, seed=0)
+    return HookedTransformer.from_pretrained_no_processing(QWEN, device="cpu", dtype=torch.float32)
+
+
+def test_sweep_table_plot_and_wandb(qwen: HookedTransformer, tmp_path: Path) -> None:
+    from r1_plugin.tracking import read_offline_run, start_run
+
+    cfg = StandardSAEConfig(d_in=64, d_sae=32, metadata=SAEMetadata(hook_name=HOOK))
+    sae = SAE.from_dict(cfg.to_dict())
+    with torch.no_grad():
+        sae.b_enc.fill_(0.3)
+    strengths = [0.0, 2.0, 8.0, 32.0]
+    with start_run("sweep", {"test": True}, mode="offline", dir=tmp_path) as tracker:
+        result = sweep_strengths(
+            qwen, ["What is two plus two?", "Name a colour."], strengths, sae=sae, feature=5,
+            gate=AfterResponsePrefix(max_tokens=2), max_new_tokens=8, batch_size=3,
+            behaviour=lambda text: float(text.count("e")), tracker=tracker,
+        )
+        run_dir = tracker.run_dir
+    table = result.table
+    assert len(table) == 2 * (len(strengths) + 1)
+    for col in ("prompt", "strength", "text", "gate_open_at", "feature_act", "kl", "behaviour", "reverted",
+                "reverted_feature_act", "peak_strength"):
+        assert col in table
+    steered = table[~table["baseline"]]
+    base = table[table["baseline"]]
+    # Strength 0 is the unsteered model: same text, zero KL, baseline feature activation.
+    zero = steered[steered["strength"] == 0.0]
+    assert list(zero["text"]) == list(base["text"])
+    assert (zero["kl"].abs() < 1e-6).all()
+    assert list(zero["feature_act"].round(5)) == list(base["feature_act"].round(5))
+    # Stronger pushes move the steered feature and the distribution more.
+    for _, frame in steered.groupby("prompt_index"):
+        frame = frame.sort_values("strength")
+        assert frame["gate_open_at"].notna().all() and frame["gate_open_at"].nunique() == 1
+        assert frame["feature_act"].is_monotonic_increasing
+        assert frame["kl"].iloc[-1] > frame["kl"].iloc[1] > 0
+    assert result.primary_metric == "behaviour"
+    fig = result.plot()
+    assert len(fig.axes) == 3
+    offline = read_offline_run(run_dir)
+    assert offline.table("steering_sweep")["columns"][:3] == ["prompt_index", "prompt", "strength"]
+    assert len(offline.table("steering_sweep_generations")["data"]) == len(table)

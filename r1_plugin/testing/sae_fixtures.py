@@ -37,13 +37,15 @@ def goodfire_entry(name: str, sae_id: str = "layer_37") -> dict[str, Any]:
 def random_goodfire_state_dict(
     d_in: int, d_sae: int, dtype: torch.dtype = torch.float32, seed: int = 0
 ) -> dict[str, torch.Tensor]:
-    """Goodfire's tied-SAE state dict with random values (W columns of norm 1, so activations are O(|x|))."""
+    """Goodfire's tied-SAE state dict with random values (W entries N(0, 1/d_in): columns of norm ~1).
+
+    Drawn directly in `dtype` and scaled in place, so the real shapes (205M entries) take seconds, not tens.
+    """
     gen = torch.Generator().manual_seed(seed)
-    W = torch.randn(d_in, d_sae, generator=gen)
-    W /= W.norm(dim=0, keepdim=True)
-    b_enc = 0.1 * torch.randn(d_sae, generator=gen)
-    b_dec = 0.1 * torch.randn(d_in, generator=gen)
-    return {"W": W.to(dtype), "b_enc": b_enc.to(dtype), "b_dec": b_dec.to(dtype)}
+    W = torch.empty(d_in, d_sae, dtype=dtype).normal_(generator=gen).mul_(d_in**-0.5)
+    b_enc = torch.empty(d_sae, dtype=dtype).normal_(std=0.1, generator=gen)
+    b_dec = torch.empty(d_in, dtype=dtype).normal_(std=0.1, generator=gen)
+    return {"W": W, "b_enc": b_enc, "b_dec": b_dec}
 
 
 def torch_save_bytes(obj: Any) -> bytes:

@@ -32,10 +32,15 @@ from r1_plugin.tracking import (  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def run_dir_id(run_dir: Path) -> str:
+    """The run id at the end of an offline-run-<time>-<id> folder name."""
+    return run_dir.name.rsplit("-", 1)[-1]
+
+
 def _assert_syncable_layout(run_dir: Path) -> None:
     """The layout `wandb sync <run_dir>` uploads: offline-run-<time>-<id>/ with run-<id>.wandb, files/, logs/."""
     assert run_dir.name.startswith("offline-run-"), run_dir
-    run_id = run_dir.name.rsplit("-", 1)[-1]
+    run_id = run_dir_id(run_dir)
     assert (run_dir / f"run-{run_id}.wandb").is_file()
     assert (run_dir / "files").is_dir()
     assert (run_dir / "logs").is_dir()
@@ -138,6 +143,19 @@ def test_exception_inside_with_finishes_the_run_as_failed(tmp_path: Path) -> Non
     assert run.table("partial") == {"columns": ["strength", "kl"], "data": [[1.0, 0.1]]}
     assert run.summary["error"] == "RuntimeError: boom"
     _assert_syncable_layout(tracker.run_dir)
+    # `wandb sync` accepts the failed run as it is (dry run: nothing is uploaded, no key or network needed).
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    out = subprocess.run(
+        [str(wandb_cli), "sync", "--dry-run", str(tracker.run_dir)],
+        env=_child_env(tmp_path),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Would sync 1 run(s)" in out.stdout + out.stderr
+    assert f"run-{run_dir_id(tracker.run_dir)}.wandb" in out.stdout + out.stderr
 
 
 def test_keyboard_interrupt_inside_with_finishes_the_run(tmp_path: Path) -> None:

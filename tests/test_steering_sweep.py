@@ -78,3 +78,36 @@ def test_sweep_table_plot_and_wandb(qwen: HookedTransformer, tmp_path: Path) -> 
     offline = read_offline_run(run_dir)
     assert offline.table("steering_sweep")["columns"][:3] == ["prompt_index", "prompt", "strength"]
     assert len(offline.table("steering_sweep_generations")["data"]) == len(table)
+
+
+def test_cli_direction_file_side_by_side(qwen: HookedTransformer, tmp_path: Path, capsys: Any) -> None:
+    from r1_plugin.cli import main
+
+    path = tmp_path / "vec.pt"
+    torch.save({"direction": torch.randn(64, generator=torch.Generator().manual_seed(0)), "hook_name": HOOK}, path)
+    code = main(["steer", "--model", QWEN, "--prompt", "What is two plus two?", "--direction", str(path),
+                 "--strength", "6", "--gate", "prefix:sentence:2", "--max-new-tokens", "6", "--no-wandb",
+                 "--width", "100"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "unsteered" in out and "| steered" in out
+    assert "gate AfterResponsePrefix(end='sentence', max_tokens=2) opened at position" in out
+    # A gate that cannot open says so.
+    main(["steer", "--model", QWEN, "--prompt", "Hi", "--direction", str(path), "--gate", "text:zzzz-none",
+          "--max-new-tokens", "3", "--no-wandb"])
+    assert "never opened" in capsys.readouterr().out
+
+
+def test_cli_sae_feature_sweep_and_errors(qwen: HookedTransformer, monkeypatch: Any, capsys: Any) -> None:
+    from r1_plugin.cli import main
+
+    sae = SAE.from_dict(StandardSAEConfig(d_in=64, d_sae=32, metadata=SAEMetadata(hook_name=HOOK)).to_dict())
+    monkeypatch.setattr(SAE, "from_pretrained", classmethod(lambda cls, release, sae_id, device="cpu": sae))
+    code = main(["steer", "--model", QWEN, "--prompt", "Hi", "--sae-release", "r", "--sae-id", "i", "--feature", "3",
+                 "--sweep", "0,4,16", "--gate", "generated", "--max-new-tokens", "4", "--no-wandb"])
+    out = capsys.readouterr().out
+    assert code == 0 and "reverted" in out and "feature_act" in out
+    assert main(["steer", "--model", QWEN, "--prompt", "Hi", "--no-wandb"]) == 2
+    assert "exactly one" in capsys.readouterr().err
+    assert main(["steer", "--model", QWEN, "--prompt", "Hi", "--direction", "nope.pt", "--mode", "clamp",
+                 "--no-wandb"]) == 2

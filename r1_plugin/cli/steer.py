@@ -1,0 +1,206 @@
+"""`r1-plugin steer`: generate with and without gated steering and print both continuations side by side.
+
+    r1-plugin steer --model deepseek-ai/DeepSeek-R1-Distill-Llama-8B \\
+        --sae-release llama_scope_r1_distill --sae-id <id> --feature 1234 --strength 8 \\
+        --gate prefix --prompt "What is 7 times 8?"
+    r1-plugin steer --model <name> --direction vec.pt --hook blocks.19.hook_resid_post --strength 4 --gate always ...
+    r1-plugin steer ... --sweep 0,2,4,8,16      # over-steering sweep with reversion flags instead
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from r1_plugin.errors import R1PluginError
+
+
+class SteerCLIError(R1PluginError, ValueError):
+    """A bad combination of `r1-plugin steer` arguments or an unreadable direction file."""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the `steer` subcommand."""
+    from r1_plugin.tracking import add_tracking_args
+
+    parser = subparsers.add_parser(
+        "steer",
+        help="generate with and without gated steering (direction or SAE feature) and compare",
+        description=(
+            "Steers at a hook only where the gate is open (default: after R1's response prefix, the first sentence "
+            "of its thinking), exactly under KV-cache generation, and prints the unsteered and steered "
+            "continuations side by side with where the gate opened. --prompt is a user message put in R1's chat "
+            "format (ending in '<think>\\n'); --raw uses the text as is."
+        ),
+    )
+    parser.add_argument("--model", required=True, help="model name (HF id or alias) TransformerLens can load")
+    parser.add_argument("--prompt", required=True, help="user message (or, with --raw, the exact text)")
+    parser.add_argument("--raw", action="store_true", help="do not apply R1's chat template")
+    src = parser.add_argument_group("what to steer with (an SAE feature or a saved direction)")
+    src.add_argument("--sae-release", default=None, help="SAELens release, e.g. goodfire-deepseek-r1-logic")
+    src.add_argument("--sae-id", default=None, help="SAE id within the release")
+    src.add_argument("--feature", type=int, nargs="+", default=None, help="SAE feature id(s)")
+    src.add_argument("--direction", type=Path, default=None,
+                     help="saved direction: .pt (tensor, or dict with 'direction' [and 'hook_name']) or .npy")
+    src.add_argument("--hook", default=None, help="hook name (default: the SAE's / the direction file's)")
+    how = parser.add_argument_group("how")
+    how.add_argument("--strength", type=float, default=8.0, help="multiplier (clamp value with --mode clamp)")
+    how.add_argument("--mode", choices=("add", "clamp", "ablate"), default="add",
+                     help="add the direction; clamp/ablate the SAE feature through the SAE error term")
+    how.add_argument("--normalize", action="store_true", help="use the unit direction")
+    how.add_argument("--relative", action="store_true", help="strength as a fraction of the residual norm")
+    how.add_argument("--gate", default="prefix",
+                     help="prefix[:sentence|newline][:N], always, generated, pos:N, text:..., regex:... "
+                          "(default: prefix)")
+    how.add_argument("--max-new-tokens", type=int, default=128)
+    how.add_argument("--sample", action="store_true", help="sample (same seed for both runs) instead of greedy")
+    how.add_argument("--temperature", type=float, default=0.6)
+    how.add_argument("--seed", type=int, default=0)
+    how.add_argument("--no-cache", action="store_true", help="generate without the KV cache (slower, same result)")
+    how.add_argument("--sweep", default=None, help="comma-separated strengths: run a sweep and print its table")
+    how.add_argument("--device", default=None, help="torch device (default: TransformerLens's choice)")
+    how.add_argument("--width", type=int, default=None, help="output width (default: the terminal's)")
+    add_tracking_args(parser)
+    return parser
+
+
+def load_direction(path: Path) -> tuple[Any, str | None]:
+    """A direction vector and the hook name stored with it (if any) from a .pt / .npy file."""
+    import torch
+
+    if not path.is_file():
+        raise SteerCLIError(f"direction file {path} does not exist")
+    if path.suffix == ".npy":
+        import numpy as np
+
+        return torch.from_numpy(np.load(path, allow_pickle=False)).float(), None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a pickle with code, or not a torch file
+        raise SteerCLIError(
+            f"could not read {path} as a weights-only torch file ({exc}); save it with "
+            "torch.save({'direction': vec, 'hook_name': name}, path)"
+        ) from exc
+    if isinstance(obj, dict):
+        if "direction" not in obj:
+            raise SteerCLIError(f"{path} holds a dict without a 'direction' key (keys: {sorted(obj)})")
+        return obj["direction"].float(), obj.get("hook_name")
+    if isinstance(obj, torch.Tensor):
+        return obj.float(), None
+    raise SteerCLIError(f"{path} holds a {type(obj).__name__}, not a tensor or a dict with 'direction'")
+
+
+def side_by_side(left: str, right: str, width: int, titles: tuple[str, str] = ("unsteered", "steered")) -> str:
+    """Two texts in two wrapped columns."""
+    col = max(20, (width - 3) // 2)
+
+    def wrap(text: str) -> list[str]:
+        lines: list[str] = []
+        for para in text.split("\n"):
+            lines.extend(textwrap.wrap(para, col, replace_whitespace=False, drop_whitespace=False) or [""])
+        return lines
+
+    a, b = wrap(left), wrap(right)
+    out = [f"{titles[0]:<{col}} | {titles[1]}", f"{'-' * col}-+-{'-' * col}"]
+    for i in range(max(len(a), len(b))):
+        out.append(f"{(a[i] if i < len(a) else ''):<{col}} | {b[i] if i < len(b) else ''}")
+    return "\n".join(out)
+
+
+def describe_gate(model: Any, tokens: Any, open_at: int | None, gate: Any, n_prompt: int) -> str:
+    """Where the gate opened, with the text just before it."""
+    if open_at is None:
+        return f"gate {gate!r} never opened: nothing was steered"
+    before = model.tokenizer.decode(tokens[max(0, open_at - 12) : open_at])
+    at = model.tokenizer.decode(tokens[open_at : open_at + 1])
+    where = "in the prompt" if open_at < n_prompt else f"at generated token {open_at - n_prompt}"
+    return f"gate {gate!r} opened at position {open_at} ({where}): ...{before!r} | {at!r}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model and the direction/SAE, generate unsteered and steered, print them, log to W&B."""
+    import warnings
+
+    import torch
+    from transformer_lens import HookedTransformer
+
+    from r1_plugin.chat import THINK_OPEN, format_r1_prompt
+    from r1_plugin.steering import GateNeverOpenedWarning, as_gate, steer
+    from r1_plugin.tracking import tracker_from_args
+
+    use_sae = args.sae_release is not None or args.sae_id is not None
+    if use_sae == (args.direction is not None):
+        raise SteerCLIError("give either --sae-release/--sae-id/--feature or --direction (exactly one)")
+    if use_sae and (args.sae_release is None or args.sae_id is None or not args.feature):
+        raise SteerCLIError("steering by SAE needs --sae-release, --sae-id and --feature")
+    if args.mode != "add" and not use_sae:
+        raise SteerCLIError(f"--mode {args.mode} works on SAE features: pass --sae-release/--sae-id/--feature")
+    try:
+        gate = as_gate(args.gate)
+    except ValueError as exc:
+        raise SteerCLIError(str(exc)) from exc
+
+    kwargs = {"device": args.device} if args.device else {}
+    model = HookedTransformer.from_pretrained_no_processing(args.model, **kwargs)
+    steer_kwargs: dict[str, Any] = dict(mode=args.mode, normalize=args.normalize, relative=args.relative)
+    if use_sae:
+        from sae_lens import SAE
+
+        sae = SAE.from_pretrained(args.sae_release, args.sae_id, device=str(model.cfg.device))
+        features = args.feature[0] if len(args.feature) == 1 else args.feature
+        steer_kwargs.update(sae=sae, feature=features, hook_name=args.hook)
+        what = f"{args.sae_release}/{args.sae_id} feature {args.feature}"
+    else:
+        vec, stored_hook = load_direction(args.direction)
+        hook = args.hook or stored_hook
+        if hook is None:
+            raise SteerCLIError(f"{args.direction} has no hook_name: pass --hook (e.g. blocks.12.hook_resid_post)")
+        steer_kwargs.update(direction=vec, hook_name=hook)
+        what = f"direction {args.direction}"
+
+    text = args.prompt if args.raw or THINK_OPEN in args.prompt else format_r1_prompt(model, args.prompt)
+    if args.raw:
+        tokens = model.to_tokens(text)  # TransformerLens's BOS rule for raw text
+    else:  # the chat template already starts with BOS
+        tokens = model.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    tokens = tokens.to(model.cfg.device)
+    n_prompt = tokens.shape[1]
+    width = args.width or shutil.get_terminal_size((120, 40)).columns
+    config = dict(model=args.model, what=what, strength=args.strength, gate=repr(gate), mode=args.mode,
+                  max_new_tokens=args.max_new_tokens, prompt=args.prompt, sample=args.sample)
+
+    with tracker_from_args(args, "steer", config) as tracker:
+        if args.sweep:
+            from r1_plugin.steering.sweep import sweep_strengths
+
+            strengths = [float(s) for s in args.sweep.split(",") if s.strip()]
+            result = sweep_strengths(model, tokens, strengths, gate=gate, max_new_tokens=args.max_new_tokens,
+                                     tracker=tracker, **steer_kwargs)
+            cols = ["strength", "gate_open_at", "feature_act", "kl", "reverted", "text"]
+            with_text = result.table.assign(text=result.table["text"].str.slice(0, 60).str.replace("\n", " "))
+            print(with_text[cols].to_string(index=False))
+            return 0
+        gen = dict(max_new_tokens=args.max_new_tokens, use_past_kv_cache=not args.no_cache, verbose=False,
+                   do_sample=args.sample, temperature=args.temperature)
+        with torch.no_grad():
+            torch.manual_seed(args.seed)
+            plain = model.generate(tokens, **gen)
+            torch.manual_seed(args.seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", GateNeverOpenedWarning)
+                with steer(model, strength=args.strength, gate=gate, **steer_kwargs) as result:
+                    steered = model.generate(tokens, **gen)
+        open_at = result.open_at[0]
+        unsteered_text = model.tokenizer.decode(plain[0, n_prompt:])
+        steered_text = model.tokenizer.decode(steered[0, n_prompt:])
+        print(f"model: {args.model}   steering: {what} x {args.strength} ({args.mode}) at "
+              f"{result.hook_name}")
+        print(f"prompt: {text!r}")
+        print(describe_gate(model, steered[0], open_at, gate, n_prompt))
+        print(side_by_side(unsteered_text, steered_text, width))
+        tracker.log_generations([dict(prompt=text, unsteered=unsteered_text, steered=steered_text,
+                                      gate_position=open_at, strength=args.strength)])
+    return 0

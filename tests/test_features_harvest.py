@@ -206,3 +206,28 @@ def test_harvest_argument_errors(model, sae, tmp_path):
         harvest(model, sae, PROMPTS[:2], tmp_path, hook_name="blocks.0.no_such_hook", progress=False)
     with pytest.raises(FeatureDBError, match="no harvest shards"):
         merge_shards(tmp_path / "empty", tmp_path / "out.ddb")
+
+
+def test_running_topk_equals_sorting_everything():
+    """The vectorised running top-k keeps exactly ORDER BY strength DESC, sequence_id, token_idx LIMIT k."""
+    from r1_plugin.features.harvest import RunningTopK
+
+    gen = torch.Generator().manual_seed(0)
+    k, d = 5, 30
+    running = RunningTopK(k, min_strength=0.0)
+    seen = []
+    for batch in range(7):
+        n = int(torch.randint(1, 40, (1,), generator=gen))
+        # sparse, with many exact ties (values on a coarse grid) and zeros
+        acts = torch.randint(0, 4, (n, d), generator=gen).float() * (torch.rand(n, d, generator=gen) < 0.3)
+        seq = torch.full((n,), 100 - batch)  # batches arrive in any sequence order
+        tok = torch.randperm(n, generator=gen)
+        running.update(acts, seq, tok)
+        seen += [(f, int(seq[r]), int(tok[r]), float(acts[r, f])) for r, f in (acts > 0).nonzero().tolist()]
+    got = running.rows()
+    got_rows = sorted(zip(*(got[c].tolist() for c in ("feature_id", "sequence_id", "token_idx", "strength"))))
+    want = []
+    for f in range(d):
+        rows = sorted((r for r in seen if r[0] == f), key=lambda r: (-r[3], r[1], r[2]))[:k]
+        want += rows
+    assert got_rows == sorted(want)

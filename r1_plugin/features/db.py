@@ -391,19 +391,21 @@ class FeatureDB:
     ) -> dict[tuple[int, int], list[tuple[int, int | None, str]]]:
         """Tokens within `context` of each (sequence_id, token_idx) centre: one query, one range per centre.
 
-        Each centre becomes `sequence_id = ? AND token_idx BETWEEN ? AND ?`; with the tokens table stored in
-        (sequence_id, token_idx) order DuckDB's zone maps skip all but a few row groups.
+        A UNION ALL of `sequence_id = ? AND token_idx BETWEEN ? AND ?` branches: each branch is a plain
+        conjunctive filter that DuckDB pushes into the scan, so with the tokens table stored in (sequence_id,
+        token_idx) order its zone maps skip all but one or two row groups (an OR of the ranges is not pushed
+        down and scans the whole table).
         """
-        conds = " OR ".join(["(sequence_id = ? AND token_idx BETWEEN ? AND ?)"] * len(centres))
+        token_col = "token" if self._token_has_id else "NULL"
+        branch = (
+            f"SELECT sequence_id, token_idx, {token_col}, decoded_token FROM acts.tokens "
+            "WHERE sequence_id = ? AND token_idx BETWEEN ? AND ?"
+        )
         params: list[int] = []
         for seq, tok in centres:
             params += [seq, tok - context, tok + context]
-        token_col = "token" if self._token_has_id else "NULL"
-        rows = self._con.execute(
-            f"SELECT sequence_id, token_idx, {token_col}, decoded_token FROM acts.tokens WHERE {conds} "
-            "ORDER BY sequence_id, token_idx",
-            params,
-        ).fetchall()
+        rows = self._con.execute(" UNION ALL ".join([branch] * len(centres)), params).fetchall()
+        rows = sorted(set(rows), key=lambda r: (r[0], r[1]))  # overlapping windows repeat rows
         by_seq: dict[int, list[tuple[int, int | None, str]]] = {}
         for seq, idx, tok_id, text in rows:
             by_seq.setdefault(int(seq), []).append(

@@ -113,25 +113,79 @@ def _fingerprint(config: HarvestConfig, prompts: Sequence[Prompt], start: int, e
     return digest.hexdigest()
 
 
-def topk_rows(values: torch.Tensor, k: int) -> torch.Tensor:
-    """Row indices [min(k, n), d] of each column's k largest values, ties to the lowest row, in row order.
+class RunningTopK:
+    """Per-feature top-k activations over a stream of batches, all features at once (no loop over features).
 
-    Vectorised over columns (features): one `topk` for the k-th value, comparisons, and a cumulative count
-    only in the columns where ties straddle the cut.
+    State: `values`, `seqs`, `toks`, each [k, d_sae], rank-ordered per feature by (strength DESC,
+    sequence_id, token_idx), the same order `merge_shards` uses in SQL; empty slots hold -inf. An update looks
+    only at a batch's entries that can enter (strength > min_strength and >= the feature's current k-th), which
+    for a sparse SAE is a small fraction of the batch, and re-ranks just the features they touch with one
+    lexicographic sort.
     """
-    n, d = values.shape
-    k = min(k, n)
-    kth = values.topk(k, dim=0).values[-1]  # [d]
-    mask = values >= kth
-    over = mask.sum(0) > k
-    if bool(over.any()):
-        cols = over.nonzero()[:, 0]
-        sub, sub_kth = values[:, cols], kth[cols]
-        greater = sub > sub_kth
-        ties = sub == sub_kth
-        need = k - greater.sum(0)
-        mask[:, cols] = greater | (ties & (ties.cumsum(0) <= need))
-    return mask.T.nonzero()[:, 1].view(d, k).T
+
+    def __init__(self, k: int, min_strength: float = 0.0) -> None:
+        self.k, self.min_strength = int(k), float(min_strength)
+        self.values: torch.Tensor | None = None
+        self.seqs: torch.Tensor | None = None
+        self.toks: torch.Tensor | None = None
+
+    def update(self, acts: torch.Tensor, seq_ids: torch.Tensor, tok_idx: torch.Tensor) -> None:
+        """Merge a batch: `acts` [n_tokens, d_sae] with the sequence id and token index of each row."""
+        k = self.k
+        if self.values is None:
+            d_sae = acts.shape[1]
+            self.values = torch.full((k, d_sae), float("-inf"), device=acts.device)
+            self.seqs = torch.zeros((k, d_sae), dtype=torch.long, device=acts.device)
+            self.toks = torch.zeros((k, d_sae), dtype=torch.long, device=acts.device)
+        assert self.seqs is not None and self.toks is not None
+        seq_ids, tok_idx = seq_ids.to(acts.device).long(), tok_idx.to(acts.device).long()
+        entrants = (acts > self.min_strength) & (acts >= self.values[-1])
+        rows, feats = entrants.nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            return
+        touched = torch.unique(feats)
+        old_vals = self.values[:, touched]
+        s_rank, s_col = torch.isfinite(old_vals).nonzero(as_tuple=True)
+        feat = torch.cat([touched[s_col], feats])
+        val = torch.cat([old_vals[s_rank, s_col], acts[rows, feats].float()])
+        seq = torch.cat([self.seqs[:, touched][s_rank, s_col], seq_ids[rows]])
+        tok = torch.cat([self.toks[:, touched][s_rank, s_col], tok_idx[rows]])
+        order = torch.argsort(tok, stable=True)  # lexicographic: feature, -strength, sequence, token
+        for key in (seq, -val, feat):
+            order = order[torch.argsort(key[order], stable=True)]
+        feat, val, seq, tok = feat[order], val[order], seq[order], tok[order]
+        _, counts = torch.unique_consecutive(feat, return_counts=True)
+        starts = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        rank = torch.arange(feat.numel(), device=feat.device) - starts
+        keep = rank < k
+        self.values[:, touched] = float("-inf")
+        self.values[rank[keep], feat[keep]] = val[keep]
+        self.seqs[rank[keep], feat[keep]] = seq[keep]
+        self.toks[rank[keep], feat[keep]] = tok[keep]
+
+    def rows(self) -> dict[str, torch.Tensor]:
+        """The recorded activations as flat columns: feature_id, sequence_id, token_idx, strength."""
+        if self.values is None:
+            empty = torch.zeros(0, dtype=torch.long)
+            return {"feature_id": empty, "sequence_id": empty, "token_idx": empty, "strength": empty.float()}
+        vals, seqs, toks = self.values.cpu(), self.seqs.cpu(), self.toks.cpu()
+        keep = torch.isfinite(vals)
+        features = torch.arange(vals.shape[1]).expand_as(vals)
+        return {
+            "feature_id": features[keep],
+            "sequence_id": seqs[keep],
+            "token_idx": toks[keep],
+            "strength": vals[keep],
+        }
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Plain tensors for a checkpoint."""
+        assert self.values is not None and self.seqs is not None and self.toks is not None
+        return {"values": self.values.cpu(), "seqs": self.seqs.cpu(), "toks": self.toks.cpu()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a checkpoint."""
+        self.values, self.seqs, self.toks = state["values"], state["seqs"], state["toks"]
 
 
 class _Harvester:
@@ -145,9 +199,7 @@ class _Harvester:
         self.sae_device = param.device if param is not None else torch.device("cpu")
         self.sae_dtype = param.dtype if param is not None else torch.float32
         self.decoded: dict[int, str] = {}
-        self.values: torch.Tensor | None = None  # [top_k, d_sae] running top-k strengths (-inf = empty)
-        self.seqs: torch.Tensor | None = None  # [top_k, d_sae] their sequence ids
-        self.toks: torch.Tensor | None = None  # [top_k, d_sae] their token indices
+        self.topk = RunningTopK(config.top_k, config.min_strength)
         self._con = duckdb.connect(":memory:")
 
     # ---------------------------------------------------------------- tokens
@@ -203,35 +255,12 @@ class _Harvester:
         acts = self.sae.encode(x.to(device=self.sae_device, dtype=self.sae_dtype))
         return acts.float(), valid
 
-    def merge_topk(self, acts: torch.Tensor, seq_ids: torch.Tensor, tok_idx: torch.Tensor) -> None:
-        """Merge a batch into the running per-feature top-k (all features at once, ties to earlier tokens).
-
-        The state is kept in (sequence_id, token_idx) order and a batch's rows follow it in that order (a
-        shard's prompts run in order), so "largest k, ties to the lowest row" is exactly the merge rule
-        ORDER BY strength DESC, sequence_id, token_idx.
-        """
-        k = self.config.top_k
-        if self.values is None:
-            d_sae = acts.shape[1]
-            self.values = torch.full((k, d_sae), float("-inf"), device=acts.device)
-            self.seqs = torch.zeros((k, d_sae), dtype=torch.long, device=acts.device)
-            self.toks = torch.zeros((k, d_sae), dtype=torch.long, device=acts.device)
-        assert self.seqs is not None and self.toks is not None
-        seq_ids, tok_idx = seq_ids.to(acts.device), tok_idx.to(acts.device)
-        rows = topk_rows(acts, k)  # [kk, d_sae] batch rows, ascending
-        all_vals = torch.cat([self.values, acts.gather(0, rows)])
-        all_seqs = torch.cat([self.seqs, seq_ids[rows]])
-        all_toks = torch.cat([self.toks, tok_idx[rows]])
-        keep = topk_rows(all_vals, k)
-        self.values = all_vals.gather(0, keep)
-        self.seqs = all_seqs.gather(0, keep)
-        self.toks = all_toks.gather(0, keep)
-
     # ---------------------------------------------------------------- files
     def load_state(self) -> None:
         """Restore the running top-k from the last checkpoint (weights_only: plain tensors)."""
-        state = torch.load(self.shard_dir / STATE_FILE, map_location="cpu", weights_only=True)
-        self.values, self.seqs, self.toks = state["values"], state["seqs"], state["toks"]
+        self.topk.load_state_dict(
+            torch.load(self.shard_dir / STATE_FILE, map_location="cpu", weights_only=True)
+        )
 
     def save_checkpoint(self, token_rows: list[Any], first_seq: int, progress: dict[str, Any]) -> None:
         """Write the new tokens, then the top-k state, then progress.json (last, so a crash leaves the old one)."""
@@ -243,9 +272,9 @@ class _Harvester:
             tmp = target.with_name(target.name + ".tmp")
             self._con.execute("COPY (SELECT * FROM frame) TO ? (FORMAT parquet)", [str(tmp)])
             os.replace(tmp, target)
-        if self.values is not None:
+        if self.topk.values is not None:
             tmp = self.shard_dir / (STATE_FILE + ".tmp")
-            torch.save({"values": self.values.cpu(), "seqs": self.seqs.cpu(), "toks": self.toks.cpu()}, tmp)
+            torch.save(self.topk.state_dict(), tmp)
             os.replace(tmp, self.shard_dir / STATE_FILE)
         _atomic_write_bytes(self.shard_dir / PROGRESS_FILE, json.dumps(progress, indent=1).encode())
 
@@ -253,20 +282,15 @@ class _Harvester:
         """Write the final top-k as activations.parquet (only strengths above min_strength); returns rows."""
         import pandas as pd
 
-        if self.values is None:
-            frame = pd.DataFrame({"feature_id": [], "sequence_id": [], "token_idx": [], "strength": []})
-        else:
-            vals, seqs, toks = self.values.cpu(), self.seqs.cpu(), self.toks.cpu()
-            keep = torch.isfinite(vals) & (vals > self.config.min_strength)
-            features = torch.arange(vals.shape[1]).expand_as(vals)
-            frame = pd.DataFrame(
-                {
-                    "feature_id": features[keep].numpy().astype("int32"),
-                    "sequence_id": seqs[keep].numpy().astype("int64"),
-                    "token_idx": toks[keep].numpy().astype("int32"),
-                    "strength": vals[keep].numpy().astype("float32"),
-                }
-            )
+        cols = self.topk.rows()
+        frame = pd.DataFrame(
+            {
+                "feature_id": cols["feature_id"].numpy().astype("int32"),
+                "sequence_id": cols["sequence_id"].numpy().astype("int64"),
+                "token_idx": cols["token_idx"].numpy().astype("int32"),
+                "strength": cols["strength"].numpy().astype("float32"),
+            }
+        )
         tmp = self.shard_dir / (ACTIVATIONS_FILE + ".tmp")
         self._con.register("acts_frame", frame)
         self._con.execute(
@@ -357,7 +381,7 @@ def harvest(
             "end": end,
             "done": n_done,
             "complete": complete,
-            "d_sae": None if worker.values is None else int(worker.values.shape[1]),
+            "d_sae": None if worker.topk.values is None else int(worker.topk.values.shape[1]),
             "model_name": getattr(getattr(model, "cfg", None), "model_name", None),
             "shard_index": shard_index,
             "num_shards": num_shards,
@@ -379,7 +403,7 @@ def harvest(
             acts, valid = worker.sae_acts(ids)
             rows, cols = valid.nonzero(as_tuple=True)
             seq_ids = rows + b0
-            worker.merge_topk(acts, seq_ids, cols)
+            worker.topk.update(acts, seq_ids, cols)
             flat_ids = torch.tensor([t for seq in ids for t in seq])
             pending.append(
                 pd.DataFrame(

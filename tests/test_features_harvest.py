@@ -220,8 +220,8 @@ def test_running_topk_equals_sorting_everything():
         n = int(torch.randint(1, 40, (1,), generator=gen))
         # sparse, with many exact ties (values on a coarse grid) and zeros
         acts = torch.randint(0, 4, (n, d), generator=gen).float() * (torch.rand(n, d, generator=gen) < 0.3)
-        seq = torch.full((n,), 100 - batch)  # batches arrive in any sequence order
-        tok = torch.randperm(n, generator=gen)
+        seq = torch.full((n,), 10 * batch)
+        tok = torch.arange(n)
         running.update(acts, seq, tok)
         seen += [(f, int(seq[r]), int(tok[r]), float(acts[r, f])) for r, f in (acts > 0).nonzero().tolist()]
     got = running.rows()
@@ -231,3 +231,5 @@ def test_running_topk_equals_sorting_everything():
         rows = sorted((r for r in seen if r[0] == f), key=lambda r: (-r[3], r[1], r[2]))[:k]
         want += rows
     assert got_rows == sorted(want)
+    with pytest.raises(ValueError, match="increasing"):
+        running.update(acts, torch.zeros(n, dtype=torch.long), torch.arange(n))

@@ -10,7 +10,7 @@ the same prompt list. `merge_shards` lets DuckDB merge the shards into one `.ddb
 Shard directory layout (`<out_dir>/shard-<i>-of-<n>/`):
 
     progress.json             fingerprint, prompt range, prompts done, complete flag
-    state.pt                  running top-k (values, sequence ids, token indices), [top_k, d_sae] each
+    state.pt                  running top-k (values, sequence ids, token indices), [d_sae, top_k] each
     tokens-<first_seq>.parquet  tokens of the prompts done, one file per checkpoint
     activations.parquet       the final top-k rows (written when the shard is complete)
 """
@@ -116,11 +116,12 @@ def _fingerprint(config: HarvestConfig, prompts: Sequence[Prompt], start: int, e
 class RunningTopK:
     """Per-feature top-k activations over a stream of batches, all features at once (no loop over features).
 
-    State: `values`, `seqs`, `toks`, each [k, d_sae], rank-ordered per feature by (strength DESC,
-    sequence_id, token_idx), the same order `merge_shards` uses in SQL; empty slots hold -inf. An update looks
-    only at a batch's entries that can enter (strength > min_strength and >= the feature's current k-th), which
-    for a sparse SAE is a small fraction of the batch, and re-ranks just the features they touch with one
-    lexicographic sort.
+    State: `values`, `seqs`, `toks`, each [d_sae, k], every feature's row ranked by (strength DESC,
+    sequence_id, token_idx), the order `merge_shards` uses in SQL; empty slots hold -inf. Batches must come in
+    (sequence_id, token_idx) order (each batch after the previous one, rows in order), as `harvest` feeds them:
+    then one stable descending sort per feature row of [state | new entries] breaks ties exactly like the SQL.
+    Only entries that can enter (strength > min_strength and >= the feature's current k-th) are looked at, a
+    small fraction of a sparse SAE's batch.
     """
 
     def __init__(self, k: int, min_strength: float = 0.0) -> None:
@@ -128,40 +129,53 @@ class RunningTopK:
         self.values: torch.Tensor | None = None
         self.seqs: torch.Tensor | None = None
         self.toks: torch.Tensor | None = None
+        self.last: tuple[int, int] | None = None  # (sequence_id, token_idx) of the last row seen
 
     def update(self, acts: torch.Tensor, seq_ids: torch.Tensor, tok_idx: torch.Tensor) -> None:
         """Merge a batch: `acts` [n_tokens, d_sae] with the sequence id and token index of each row."""
-        k = self.k
+        if acts.shape[0] == 0:
+            return
         if self.values is None:
             d_sae = acts.shape[1]
-            self.values = torch.full((k, d_sae), float("-inf"), device=acts.device)
-            self.seqs = torch.zeros((k, d_sae), dtype=torch.long, device=acts.device)
-            self.toks = torch.zeros((k, d_sae), dtype=torch.long, device=acts.device)
+            self.values = torch.full((d_sae, self.k), float("-inf"), device=acts.device)
+            self.seqs = torch.zeros((d_sae, self.k), dtype=torch.long, device=acts.device)
+            self.toks = torch.zeros((d_sae, self.k), dtype=torch.long, device=acts.device)
         assert self.seqs is not None and self.toks is not None
         seq_ids, tok_idx = seq_ids.to(acts.device).long(), tok_idx.to(acts.device).long()
-        entrants = (acts > self.min_strength) & (acts >= self.values[-1])
-        rows, feats = entrants.nonzero(as_tuple=True)
+        order_key = seq_ids * (int(tok_idx.max()) + 1) + tok_idx
+        first = (int(seq_ids[0]), int(tok_idx[0]))
+        if bool((order_key[1:] <= order_key[:-1]).any()) or (self.last is not None and first <= self.last):
+            raise ValueError("RunningTopK.update needs rows in increasing (sequence_id, token_idx) order")
+        self.last = (int(seq_ids[-1]), int(tok_idx[-1]))
+        floor = torch.nextafter(torch.tensor(self.min_strength), torch.tensor(float("inf"))).to(acts.device)
+        entrants = acts >= torch.maximum(
+            self.values[:, -1], floor
+        )  # > min_strength and >= the k-th: one pass
+        rows, feats = entrants.nonzero(as_tuple=True)  # row-major: in token order
         if rows.numel() == 0:
             return
-        touched = torch.unique(feats)
-        old_vals = self.values[:, touched]
-        s_rank, s_col = torch.isfinite(old_vals).nonzero(as_tuple=True)
-        feat = torch.cat([touched[s_col], feats])
-        val = torch.cat([old_vals[s_rank, s_col], acts[rows, feats].float()])
-        seq = torch.cat([self.seqs[:, touched][s_rank, s_col], seq_ids[rows]])
-        tok = torch.cat([self.toks[:, touched][s_rank, s_col], tok_idx[rows]])
-        order = torch.argsort(tok, stable=True)  # lexicographic: feature, -strength, sequence, token
-        for key in (seq, -val, feat):
-            order = order[torch.argsort(key[order], stable=True)]
-        feat, val, seq, tok = feat[order], val[order], seq[order], tok[order]
-        _, counts = torch.unique_consecutive(feat, return_counts=True)
-        starts = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        rank = torch.arange(feat.numel(), device=feat.device) - starts
-        keep = rank < k
-        self.values[:, touched] = float("-inf")
-        self.values[rank[keep], feat[keep]] = val[keep]
-        self.seqs[rank[keep], feat[keep]] = seq[keep]
-        self.toks[rank[keep], feat[keep]] = tok[keep]
+        by_feat = torch.argsort(feats, stable=True)  # group by feature, keeping token order
+        rows, feats = rows[by_feat], feats[by_feat]
+        _, counts = torch.unique_consecutive(feats, return_counts=True)
+        slot = torch.arange(feats.numel(), device=feats.device) - torch.repeat_interleave(
+            torch.cumsum(counts, 0) - counts, counts
+        )
+        width = int(counts.max())
+        d_sae = self.values.shape[0]
+        new_vals = torch.full((d_sae, width), float("-inf"), device=acts.device)
+        new_rows = torch.zeros((d_sae, width), dtype=torch.long, device=acts.device)
+        new_vals[feats, slot] = acts[rows, feats].float()
+        new_rows[feats, slot] = rows
+        all_vals = torch.cat(
+            [self.values, new_vals], dim=1
+        )  # [d_sae, k + width]: state first, then tokens in order
+        all_seqs = torch.cat([self.seqs, seq_ids[new_rows]], dim=1)
+        all_toks = torch.cat([self.toks, tok_idx[new_rows]], dim=1)
+        top_vals, idx = torch.sort(all_vals, dim=1, descending=True, stable=True)
+        self.values = top_vals[:, : self.k].contiguous()
+        keep = idx[:, : self.k]
+        self.seqs = all_seqs.gather(1, keep)
+        self.toks = all_toks.gather(1, keep)
 
     def rows(self) -> dict[str, torch.Tensor]:
         """The recorded activations as flat columns: feature_id, sequence_id, token_idx, strength."""
@@ -170,7 +184,7 @@ class RunningTopK:
             return {"feature_id": empty, "sequence_id": empty, "token_idx": empty, "strength": empty.float()}
         vals, seqs, toks = self.values.cpu(), self.seqs.cpu(), self.toks.cpu()
         keep = torch.isfinite(vals)
-        features = torch.arange(vals.shape[1]).expand_as(vals)
+        features = torch.arange(vals.shape[0])[:, None].expand_as(vals)
         return {
             "feature_id": features[keep],
             "sequence_id": seqs[keep],
@@ -181,11 +195,14 @@ class RunningTopK:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Plain tensors for a checkpoint."""
         assert self.values is not None and self.seqs is not None and self.toks is not None
-        return {"values": self.values.cpu(), "seqs": self.seqs.cpu(), "toks": self.toks.cpu()}
+        last = torch.tensor(self.last if self.last is not None else (-1, -1))
+        return {"values": self.values.cpu(), "seqs": self.seqs.cpu(), "toks": self.toks.cpu(), "last": last}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore a checkpoint."""
         self.values, self.seqs, self.toks = state["values"], state["seqs"], state["toks"]
+        last = tuple(int(v) for v in state["last"])
+        self.last = None if last == (-1, -1) else (last[0], last[1])
 
 
 class _Harvester:
@@ -381,7 +398,7 @@ def harvest(
             "end": end,
             "done": n_done,
             "complete": complete,
-            "d_sae": None if worker.topk.values is None else int(worker.topk.values.shape[1]),
+            "d_sae": None if worker.topk.values is None else int(worker.topk.values.shape[0]),
             "model_name": getattr(getattr(model, "cfg", None), "model_name", None),
             "shard_index": shard_index,
             "num_shards": num_shards,

@@ -3,6 +3,7 @@ written straight into a HookedTransformer built on the meta device (never throug
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import re
@@ -209,6 +210,14 @@ def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
         raise KeyError(f"{name} is not a parameter or buffer of the model")
 
 
+def release_freed_memory() -> None:
+    """Return freed heap pages to the OS after each shard (glibc keeps them, so RSS would creep up per shard)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class StreamingLoader:
     """Reads the tensors a DeepSeek-V3 HookedTransformer needs, shard by shard, into the meta-built model."""
 
@@ -247,6 +256,7 @@ class StreamingLoader:
                     for name, expert, transform in destinations(key, self.cfg) or []:
                         self._store(name, expert, transform(tensor))
                     del tensor
+            release_freed_memory()
         self._finish()
 
     def _dequantize(self, key: str, weight: torch.Tensor, handle: Any, weight_map: dict[str, str], shard: str) -> Any:
@@ -275,7 +285,10 @@ class StreamingLoader:
         if expert is None:
             if tuple(value.shape) != tuple(meta.shape):
                 raise ValueError(f"{name}: checkpoint gives shape {tuple(value.shape)}, config needs {tuple(meta.shape)}.")
-            _assign(self.model, name, value.to(device=device, dtype=dtype).contiguous())
+            value = value.to(device=device, dtype=dtype)
+            # W_U stays a transposed view of lm_head's [vocab, d_model] storage: TL's Unembed multiplies by
+            # W_U.T.contiguous(), which is then free instead of a vocab x d_model copy per forward.
+            _assign(self.model, name, value if name == "unembed.W_U" else value.contiguous())
             del self.expected[name]
             return
         filled = self.filled_experts[name]
@@ -353,8 +366,8 @@ def fold_layer_norms(model: nn.Module, norm_weights: dict[str, torch.Tensor]) ->
             scale_rows(mlp.W_gate, ln2, 0)
             scale_rows(mlp.W_in, ln2, 0)
     w_u = model.unembed.W_U  # type: ignore[attr-defined]
-    folded = (w_u.float() * norm_weights.pop("ln_final.w").to(w_u.device)[:, None]).to(w_u.dtype)
-    model.unembed._parameters["W_U"] = nn.Parameter(folded, requires_grad=w_u.requires_grad)  # type: ignore[attr-defined]
+    folded = (w_u.t().float() * norm_weights.pop("ln_final.w").to(w_u.device)[None, :]).to(w_u.dtype)
+    model.unembed._parameters["W_U"] = nn.Parameter(folded.t(), requires_grad=w_u.requires_grad)  # type: ignore[attr-defined]
 
 
 @torch.no_grad()

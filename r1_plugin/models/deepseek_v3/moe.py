@@ -51,7 +51,8 @@ class DeepseekV3Experts(nn.Module):
     def forward(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x [tokens, d_model], indices/weights [tokens, k] -> sum_k weights * expert_k(x), [tokens, d_model].
 
-        The (token, slot) pairs are sorted by expert so each expert reads one contiguous block of rows.
+        The (token, slot) pairs are sorted by expert so each expert reads one contiguous block of rows; the
+        results are scattered back by the inverse permutation and summed over the k slots.
         """
         n_tokens, k = indices.shape
         flat = indices.reshape(-1)
@@ -65,8 +66,10 @@ class DeepseekV3Experts(nn.Module):
             rows, self.W_in, counts, offsets
         )
         out = grouped_matmul(hidden, self.W_out, counts, offsets)
-        out = (out * weights.reshape(-1)[order, None]).to(x.dtype)
-        return x.new_zeros(n_tokens, x.shape[-1]).index_add_(0, token_of_row, out)
+        unsorted = torch.empty_like(out)
+        unsorted[order] = out  # back to (token, slot) order: every token has exactly k rows
+        weighted = unsorted.view(n_tokens, k, -1) * weights[..., None]
+        return weighted.sum(dim=1).to(x.dtype)
 
 
 class DeepseekV3MoE(nn.Module):

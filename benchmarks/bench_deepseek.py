@@ -1,0 +1,154 @@
+"""DeepSeek-V3 HookedTransformer vs transformers on a mid-size random config (CPU): forward time, greedy
+generation speed, KV-cache bytes per token and peak RSS while streaming a multi-shard FP8 checkpoint.
+
+Run by hand: `.venv/bin/python benchmarks/bench_deepseek.py [--quick]`; results go to docs/models-deepseek.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+_TMP = Path(tempfile.mkdtemp(prefix="bench_deepseek_"))
+os.environ.setdefault("HF_HUB_CACHE", str(_TMP / "hf"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import torch  # noqa: E402
+
+MID = dict(
+    hidden_size=512, num_hidden_layers=4, first_k_dense_replace=1, num_attention_heads=8, num_key_value_heads=8,
+    q_lora_rank=256, kv_lora_rank=128, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64,
+    intermediate_size=1536, moe_intermediate_size=256, n_routed_experts=32, num_experts_per_tok=4,
+    n_group=4, topk_group=2, n_shared_experts=1, routed_scaling_factor=2.5,
+)
+
+
+def timed_pair(fn_a, fn_b, repeats: int) -> tuple[float, float]:
+    """Best-of-`repeats` wall time of two functions, runs interleaved so machine load hits both alike."""
+    fn_a(), fn_b()
+    times_a, times_b = [], []
+    for _ in range(repeats):
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return min(times_a), min(times_b)
+
+
+def bench_compute(quick: bool) -> dict:
+    """Forward and generation: TL (via from_pretrained_no_processing) vs HF on the same float32 weights."""
+    from transformer_lens import HookedTransformer
+
+    import r1_plugin  # noqa: F401
+    from r1_plugin.models.deepseek_v3.kv_cache import DeepseekLatentKVCache
+    from r1_plugin.testing.deepseek_checkpoints import hf_reference_model, tiny_config, write_tiny_checkpoint
+
+    name = "deepseek-ai/DeepSeek-R1"
+    ck = write_tiny_checkpoint(name, tiny_config(**MID), seed=0)
+    model = HookedTransformer.from_pretrained_no_processing(name, device="cpu")
+    hf = hf_reference_model(ck.config, ck.tensors)
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 0
+    tokens = torch.randint(2, ck.config["vocab_size"], (4, 128), generator=torch.Generator().manual_seed(0))
+    repeats = 3 if quick else 7
+    with torch.inference_mode():
+        max_diff = (model(tokens) - hf(tokens).logits).abs().max().item()
+        t_tl, t_hf = timed_pair(lambda: model(tokens), lambda: hf(tokens), repeats)
+        prompt, new = tokens[:1, :32], 32 if quick else 64
+        kw = dict(max_new_tokens=new, do_sample=False, stop_at_eos=False, verbose=False)
+        g_tl, g_hf = timed_pair(
+            lambda: model.generate(prompt, use_past_kv_cache=True, **kw),
+            lambda: hf.generate(prompt, max_new_tokens=new, do_sample=False),
+            2 if quick else 3,
+        )
+        same = torch.equal(model.generate(prompt, **kw), hf.generate(prompt, max_new_tokens=new, do_sample=False))
+    latent = DeepseekLatentKVCache.bytes_per_token(model.cfg)
+    full = DeepseekLatentKVCache.full_kv_bytes_per_token(model.cfg)
+    return {
+        "forward_tokens": list(tokens.shape), "forward_tl_s": t_tl, "forward_hf_s": t_hf, "forward_ratio": t_tl / t_hf,
+        "max_abs_logit_diff": max_diff, "gen_new_tokens": new, "gen_tl_tok_s": new / g_tl, "gen_hf_tok_s": new / g_hf,
+        "gen_same_tokens_as_hf": same, "kv_latent_bytes_per_token": latent, "kv_full_bytes_per_token": full,
+        "kv_ratio": full / latent,
+    }
+
+
+def _load_child(folder: str) -> None:
+    """Child process: load the FP8 checkpoint (bf16) and report peak RSS before/after and the model's bytes."""
+    from transformer_lens import HookedTransformer
+
+    import r1_plugin  # noqa: F401
+
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    peak = [rss()]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.002)
+
+    # Warm-up: load one layer first so lazy imports (tokenizer, safetensors, AutoConfig) are not counted.
+    warm = HookedTransformer.from_pretrained_no_processing(folder, device="cpu", dtype=torch.bfloat16, first_n_layers=1)
+    del warm
+    gc.collect()
+    before = rss()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    model = HookedTransformer.from_pretrained_no_processing(folder, device="cpu", dtype=torch.bfloat16)
+    done.set()
+    sampler.join()
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    print(json.dumps({"rss_before": before, "rss_peak": max(peak[0], rss()), "model_bytes": size}))
+
+
+def bench_loading(n_shards: int) -> dict:
+    """Peak RSS growth while streaming a multi-shard FP8 checkpoint, relative to its largest shard."""
+    from r1_plugin.testing.deepseek_checkpoints import tiny_config, write_tiny_checkpoint
+
+    folder = _TMP / "fp8"
+    config = tiny_config(**{**MID, "num_hidden_layers": 8})
+    write_tiny_checkpoint(config=config, seed=1, storage="fp8", n_shards=n_shards, block_size=(128, 128), folder=folder)
+    shards = sorted(folder.glob("*.safetensors"))
+    out = subprocess.run([sys.executable, __file__, "--load-child", str(folder)], capture_output=True, text=True, check=True)
+    stats = json.loads(out.stdout.strip().splitlines()[-1])
+    growth = stats["rss_peak"] - stats["rss_before"]
+    largest = max(p.stat().st_size for p in shards)
+    return {
+        "shards": len(shards), "largest_shard_bytes": largest, "checkpoint_bytes": sum(p.stat().st_size for p in shards),
+        "model_bytes_bf16": stats["model_bytes"], "peak_rss_growth_bytes": growth,
+        "overhead_beyond_model_bytes": growth - stats["model_bytes"],
+        "overhead_vs_largest_shard": (growth - stats["model_bytes"]) / largest,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared box)")
+    parser.add_argument("--load-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.load_child:
+        _load_child(args.load_child)
+        return
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}")
+    results = {"compute": bench_compute(args.quick), "loading": bench_loading(8)}
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -55,11 +55,18 @@ class Gate(ABC):
 
 # -- position gates (vectorised, no token ids needed) -----------------------------------------------------------
 class _ConstRunner(GateRunner):
+    """A gate fixed when the sequence starts: computed once per sequence, then returned as is."""
+
     def __init__(self, value_of: Any) -> None:
         self.value_of = value_of
+        self.seq_id = -1
+        self.value: torch.Tensor | None = None
 
     def open_from(self, view: SequenceView) -> torch.Tensor:
-        return self.value_of(view)
+        if view.seq_id != self.seq_id or self.value is None:
+            self.value = self.value_of(view)
+            self.seq_id = view.seq_id
+        return self.value
 
 
 class Always(Gate):
@@ -189,12 +196,13 @@ class _TextRunner(GateRunner):
         if view.length <= self.seen or all(d is not None for d in self.decided):
             self.seen = max(self.seen, view.length)
             return self.thresholds
-        if view.tokens is None:
+        new_tokens = view.tokens_since(self.seen)
+        if new_tokens is None:
             raise RuntimeError(
                 f"{self.gate!r} needs the token ids, but this forward got embeddings whose ids were never "
                 "embedded by the model: pass token ids or text to the model / generate, or use a position gate."
             )
-        new = view.tokens[:, self.seen : view.length].tolist()
+        new = new_tokens.tolist()
         pads = view.pads.tolist()
         changed = False
         for row, ids in enumerate(new):

@@ -115,30 +115,31 @@ class AddDirection(Intervention):
         self._cache: dict[tuple[Any, Any], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _tensors(self, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unit-or-raw direction, strength x direction) on the activation's dtype/device, cached."""
         key = (act.dtype, act.device)
         if key not in self._cache:
-            self._cache[key] = (self.direction.to(act.device, act.dtype), self.strength.to(act.device, act.dtype))
+            direction = self.direction.to(act.device, act.dtype)
+            strength = self.strength.to(act.device, act.dtype)
+            per_row = strength.reshape(-1, *([1] * direction.dim())) if strength.dim() == 1 else strength
+            self._cache[key] = (direction, per_row * direction)
         return self._cache[key]
 
     def apply(self, act: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        direction, strength = self._tensors(act)
-        extra = act.dim() - 2  # trailing dims the direction covers (d_model, or heads x d_head)
+        direction, delta = self._tensors(act)
         if direction.shape != act.shape[2:]:
             raise ValueError(
                 f"direction has shape {tuple(direction.shape)} but the hook's activation is "
                 f"{tuple(act.shape)} ([batch, pos, ...]): give a direction of shape {tuple(act.shape[2:])}"
             )
-        if strength.dim() == 1:
-            if strength.shape[0] != act.shape[0]:
-                raise ValueError(f"{strength.shape[0]} strengths given for a batch of {act.shape[0]} rows")
-            scale = mask.to(act.dtype) * strength.unsqueeze(1)
-        else:
-            scale = mask.to(act.dtype) * strength
-        scale = scale.reshape(*scale.shape, *([1] * extra))
+        if self.strength.dim() == 1:
+            if self.strength.shape[0] != act.shape[0]:
+                raise ValueError(f"{self.strength.shape[0]} strengths given for a batch of {act.shape[0]} rows")
+            delta = delta.unsqueeze(1)  # [batch, 1, ...]
+        gate = mask.reshape(*mask.shape, *([1] * direction.dim())).to(act.dtype)
         if self.relative:
             dims = tuple(range(2, act.dim()))
-            scale = scale * act.norm(dim=dims, keepdim=True)
-        return act + scale * direction
+            gate = gate * act.norm(dim=dims, keepdim=True)
+        return torch.addcmul(act, gate, delta)
 
 
 def _as_direction(direction: Any, normalize: bool, relative: bool) -> torch.Tensor:
@@ -171,18 +172,33 @@ class _SteerHook:
         self._mask: torch.Tensor | None = None
         self._record_view: SequenceView | None = None
         self._record_open: torch.Tensor | None = None
+        self._absolute: torch.Tensor | None = None
+        self._absolute_seq = -1
 
     def mask(self, act: torch.Tensor) -> torch.Tensor:
-        """`[batch, n]` bool: which processed positions the gate opens (once per forward)."""
+        """`[batch, n]` bool: which processed positions the gate opens (once per forward).
+
+        The hot path of a cached decode step is one comparison: the per-row threshold is kept in absolute
+        positions (`open_from + pads`, recomputed only when the gate's thresholds change) and compared with the
+        step's scalar offset.
+        """
         view = self.tracker.view(act)
-        if view.forward_id != self._forward_id or self._mask is None or self._mask.shape[1] != act.shape[1]:
-            if self._record_view is not None and view.seq_id != self._record_view.seq_id:
-                self.flush()
-            open_from = self.runner.open_from(view)
-            real = view.real_positions()
-            self._mask = (real >= open_from.unsqueeze(1)) & (real >= 0)
-            self._forward_id = view.forward_id
-            self._record_view, self._record_open = view, open_from
+        if view.forward_id == self._forward_id and self._mask is not None and self._mask.shape[1] == act.shape[1]:
+            return self._mask
+        if self._record_view is not None and view.seq_id != self._record_view.seq_id:
+            self.flush()
+        open_from = self.runner.open_from(view)
+        if open_from is not self._record_open or self._absolute is None or view.seq_id != self._absolute_seq:
+            # Gates never open before real position 0, so padding (absolute < pads) is never steered.
+            self._absolute = open_from.clamp(min=0) + view.pads
+            self._absolute_seq = view.seq_id
+        if view.n == 1:
+            self._mask = self._absolute.le(view.offset).unsqueeze(1)
+        else:
+            absolute = torch.arange(view.offset, view.length, device=view.pads.device)
+            self._mask = absolute.unsqueeze(0) >= self._absolute.unsqueeze(1)
+        self._forward_id = view.forward_id
+        self._record_view, self._record_open = view, open_from
         return self._mask
 
     def __call__(self, act: torch.Tensor, hook: Any) -> torch.Tensor:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,27 +29,36 @@ import torch
 _ATTR = "_r1_steering_tracker"
 
 
-@dataclass
 class SequenceView:
     """What the current forward pass processes, in absolute positions of the whole (padded) sequence.
 
     offset: absolute position of the forward's first position (the KV-cache length; 0 without a cache).
     n: number of positions this forward processes (1 for a cached decode step).
     tokens: `[batch, offset + n]` ids of the whole sequence so far (pads included), or None when the forward got
-        embeddings whose ids were never seen (then only position gates work).
+        embeddings whose ids were never seen (then only position gates work). Built lazily from the per-step
+        chunks, so position-only steering never concatenates ids.
     pads: `[batch]` number of left-padding positions per row; a row's real position = absolute - pads.
     prompt_length: absolute length of the sequence's first forward (the prompt, under `generate`).
     seq_id: changes whenever a new sequence starts (gates reset then).
     forward_id: changes on every forward pass (per-forward caches key on it).
     """
 
-    offset: int
-    n: int
-    tokens: torch.Tensor | None
-    pads: torch.Tensor
-    prompt_length: int
-    seq_id: int
-    forward_id: int
+    __slots__ = ("offset", "n", "pads", "prompt_length", "seq_id", "forward_id", "_chunks", "_tokens")
+
+    def __init__(
+        self,
+        offset: int,
+        n: int,
+        tokens: torch.Tensor | list[torch.Tensor] | None,
+        pads: torch.Tensor,
+        prompt_length: int,
+        seq_id: int,
+        forward_id: int,
+    ) -> None:
+        self.offset, self.n, self.pads = offset, n, pads
+        self.prompt_length, self.seq_id, self.forward_id = prompt_length, seq_id, forward_id
+        self._chunks: list[torch.Tensor] | None = [tokens] if isinstance(tokens, torch.Tensor) else tokens
+        self._tokens: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -61,6 +69,26 @@ class SequenceView:
     def length(self) -> int:
         """Absolute length of the sequence up to and including this forward's last position."""
         return self.offset + self.n
+
+    @property
+    def tokens(self) -> torch.Tensor | None:
+        """`[batch, length]` ids of the sequence so far (None if unknown)."""
+        if self._tokens is None and self._chunks is not None:
+            chunks = self._chunks
+            self._tokens = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
+            self._chunks = [self._tokens]
+        return self._tokens
+
+    def tokens_since(self, start: int) -> torch.Tensor | None:
+        """`[batch, length - start]` ids of absolute positions start.. (cheap when only the last chunk is new)."""
+        if self._chunks is None:
+            return None
+        last = self._chunks[-1]
+        if self.length - last.shape[1] <= start:
+            return last[:, start - (self.length - last.shape[1]) :]
+        tokens = self.tokens
+        assert tokens is not None
+        return tokens[:, start:]
 
     def real_positions(self) -> torch.Tensor:
         """`[batch, n]` real (padding-free) positions of the processed slots; negative on padding."""
@@ -228,9 +256,9 @@ class SequenceTracker:
             recent.insert(0, ids)
             have += int(ids.shape[1])
         self._pending = []
-        new_ids = torch.cat(recent, dim=1).to(device) if recent else None
+        new_ids = (recent[0] if len(recent) == 1 else torch.cat(recent, dim=1)).to(device) if recent else None
 
-        tokens: torch.Tensor | None = None
+        tokens: list[torch.Tensor] | None = None
         continues = False
         if (
             prev is not None
@@ -241,20 +269,22 @@ class SequenceTracker:
             # A cached decode step (offset = previous length) or an uncached re-run of the whole sequence
             # (offset 0) whose new ids were embedded since the previous forward: the same sequence goes on.
             continues = True
-            if prev.tokens is not None and new_ids is not None:
-                tokens = torch.cat([prev.tokens, new_ids], dim=1)
+            if prev._chunks is not None and new_ids is not None:
+                tokens = [*prev._chunks, new_ids]
+                if len(tokens) > 256:  # keep the chunk list short on long generations
+                    tokens = [torch.cat(tokens, dim=1)]
         elif prev is not None and have == 0 and offset > 0 and offset == prev.length:
             continues = True  # a cached step fed embeddings whose ids were never seen
         elif new_ids is not None and have >= length:
-            tokens = new_ids[:, -length:]  # a fresh sequence: all its ids were just embedded
+            tokens = [new_ids[:, -length:]]  # a fresh sequence: all its ids were just embedded
 
         mask = entry["attention_mask"]
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[0] == batch:
+        if continues and prev is not None:
+            pads = prev.pads  # left padding is fixed when the sequence starts
+        elif isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[0] == batch:
             pads = _leading_zeros(mask.to(device)).long()
-        elif continues and prev is not None:
-            pads = prev.pads
         elif tokens is not None and entry["tokens_input"] and self._left_padding():
-            pads = self._pads_from_tokens(tokens, entry["prepend_bos"])
+            pads = self._pads_from_tokens(tokens[0], entry["prepend_bos"])
         else:
             pads = torch.zeros(batch, dtype=torch.long, device=device)
 

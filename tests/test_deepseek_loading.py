@@ -164,3 +164,53 @@ def test_non_deepseek_names_fall_through() -> None:
     assert loading.deepseek_official_name("gpt2") is None
     assert loading.deepseek_official_name("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B") is None
     assert loading.deepseek_official_name("r1") == "deepseek-ai/DeepSeek-R1"
+
+
+def mapped_files() -> set[str]:
+    """Paths of the files this process has memory-mapped (from /proc/self/maps)."""
+    with open("/proc/self/maps") as maps:
+        return {parts[5] for parts in (line.split() for line in maps) if len(parts) >= 6}
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("storage", ["bfloat16", "fp8"])
+def test_parameters_own_their_storage_and_one_shard_is_mapped_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, storage: str
+) -> None:
+    # bf16 storage loaded as bf16: `.to(dtype)` is a no-op there, the case where a parameter would alias the mmap.
+    folder = tmp_path / storage
+    write_tiny_checkpoint(config=tiny_config(num_hidden_layers=3), seed=17, storage=storage, n_shards=3, folder=folder)
+    shards = {str(p.resolve()) for p in folder.glob("*.safetensors")}
+    assert len(shards) == 3
+    mapped_at_open: list[set[str]] = []
+    original = loading.open_safetensors
+
+    @contextmanager
+    def spy(path: Path):
+        mapped_at_open.append(mapped_files() & shards)  # earlier shards must be unmapped by now
+        with original(path) as handle:
+            yield handle
+
+    monkeypatch.setattr(loading, "open_safetensors", spy)
+    model = HookedTransformer.from_pretrained_no_processing(str(folder), device="cpu", dtype=torch.bfloat16)
+    assert len(mapped_at_open) >= 3 and all(not m for m in mapped_at_open), mapped_at_open
+    assert not mapped_files() & shards  # nothing in the model keeps a view of a shard's memory map
+    regions = []
+    with open("/proc/self/maps") as maps:
+        for parts in (line.split() for line in maps):
+            if len(parts) >= 6 and parts[5].endswith(".safetensors"):
+                start, end = (int(a, 16) for a in parts[0].split("-"))
+                regions.append((start, end))
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        ptr = tensor.untyped_storage().data_ptr()
+        assert not any(start <= ptr < end for start, end in regions), f"{name} is backed by a safetensors mmap"
+    assert model.W_E.dtype == torch.bfloat16
+
+
+def test_loader_copies_into_freshly_allocated_storage() -> None:
+    source = torch.randn(6, 4)
+    out = loading.materialise(source, torch.float32, torch.device("cpu"))
+    assert out.untyped_storage().data_ptr() != source.untyped_storage().data_ptr() and torch.equal(out, source)
+    transposed = loading.materialise(source.t(), torch.bfloat16, torch.device("cpu"), transposed=True)
+    assert transposed.shape == (4, 6) and transposed.t().is_contiguous()
+    assert torch.equal(transposed, source.t().to(torch.bfloat16))

@@ -38,9 +38,16 @@ def dequantize_blockwise(
             f"weight_scale_inv has shape {tuple(scale_inv.shape)} but a {rows}x{cols} weight with block size "
             f"{b0}x{b1} needs {expected[0]}x{expected[1]}; check quantization_config.weight_block_size."
         )
-    scale = scale_inv.to(device=weight.device, dtype=torch.float32)
-    scale = scale.repeat_interleave(b0, dim=0)[:rows].repeat_interleave(b1, dim=1)[:, :cols]
-    return (weight.to(torch.float32) * scale).to(dtype)
+    # In place on one float32 copy, with the scale broadcast over column blocks (no full-size scale grid):
+    # peak is one float32 copy of the weight plus the output, not four full-size temporaries.
+    row_scale = scale_inv.to(device=weight.device, dtype=torch.float32).repeat_interleave(b0, dim=0)[:rows]
+    out = weight.to(torch.float32, copy=True)  # never scale the caller's (possibly mmap-backed) tensor
+    full = cols - cols % b1
+    if full:
+        out[:, :full].view(rows, full // b1, b1).mul_(row_scale[:, : full // b1, None])
+    if full < cols:
+        out[:, full:].mul_(row_scale[:, -1:])
+    return out.to(dtype)
 
 
 def quantize_blockwise(

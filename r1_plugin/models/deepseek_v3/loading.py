@@ -210,6 +210,21 @@ def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
         raise KeyError(f"{name} is not a parameter or buffer of the model")
 
 
+def materialise(value: torch.Tensor, dtype: torch.dtype, device: torch.device, transposed: bool = False) -> torch.Tensor:
+    """A copy of `value` in freshly allocated storage on `device` (never a view of the shard's mmap).
+
+    safe_open returns tensors backed by the shard's memory map, and `.to()` at the file's dtype is a no-op: a
+    parameter aliasing it would keep the whole shard file mapped (and counted in RSS) for the model's lifetime.
+    `transposed`: allocate [cols, rows] and return its transpose (W_U stays a transposed view of lm_head's
+    [vocab, d_model] layout, so TL's Unembed's `W_U.T.contiguous()` is free instead of a copy per forward).
+    """
+    if transposed:
+        out = torch.empty(tuple(reversed(value.shape)), dtype=dtype, device=device).t()
+    else:
+        out = torch.empty(value.shape, dtype=dtype, device=device)
+    return out.copy_(value)
+
+
 def release_freed_memory() -> None:
     """Return freed heap pages to the OS after each shard (glibc keeps them, so RSS would creep up per shard)."""
     try:
@@ -285,10 +300,7 @@ class StreamingLoader:
         if expert is None:
             if tuple(value.shape) != tuple(meta.shape):
                 raise ValueError(f"{name}: checkpoint gives shape {tuple(value.shape)}, config needs {tuple(meta.shape)}.")
-            value = value.to(device=device, dtype=dtype)
-            # W_U stays a transposed view of lm_head's [vocab, d_model] storage: TL's Unembed multiplies by
-            # W_U.T.contiguous(), which is then free instead of a vocab x d_model copy per forward.
-            _assign(self.model, name, value if name == "unembed.W_U" else value.contiguous())
+            _assign(self.model, name, materialise(value, dtype, device, transposed=name == "unembed.W_U"))
             del self.expected[name]
             return
         filled = self.filled_experts[name]

@@ -100,7 +100,7 @@ def main() -> None:
         variants: dict[str, Callable[[], Any]] = {
             "none": lambda: None,
             "Always": Always,
-            "FromPosition": lambda: FromPosition(width + 4),
+            "FromPosition": lambda start=width + 4: FromPosition(start),
             "AfterResponsePrefix": lambda: AfterResponsePrefix(max_tokens=8),
             "AfterText(never)": lambda: AfterText("this text never appears"),
         }

@@ -211,6 +211,12 @@ def test_loader_copies_into_freshly_allocated_storage() -> None:
     source = torch.randn(6, 4)
     out = loading.materialise(source, torch.float32, torch.device("cpu"))
     assert out.untyped_storage().data_ptr() != source.untyped_storage().data_ptr() and torch.equal(out, source)
-    transposed = loading.materialise(source.t(), torch.bfloat16, torch.device("cpu"), transposed=True)
-    assert transposed.shape == (4, 6) and transposed.t().is_contiguous()
+    transposed = loading.materialise(source.t(), torch.bfloat16, torch.device("cpu"))
+    assert transposed.shape == (4, 6) and transposed.t().is_contiguous()  # the checkpoint's layout is kept
     assert torch.equal(transposed, source.t().to(torch.bfloat16))
+    # kv_b_proj's key half: a strided slice of [head, nope + v, r]; the copy is dense, in [head, nope, r] order.
+    kv_b = torch.randn(4 * (6 + 5), 7)
+    w_k_b = kv_b.view(4, 11, 7)[:, :6].transpose(1, 2)
+    copied = loading.materialise(w_k_b, torch.float32, torch.device("cpu"))
+    assert torch.equal(copied, w_k_b) and copied.untyped_storage().nbytes() == w_k_b.numel() * 4
+    assert copied.transpose(1, 2).is_contiguous()

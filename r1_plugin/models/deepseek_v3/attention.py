@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -15,6 +17,24 @@ from r1_plugin.models.deepseek_v3.rope import DeepseekRotary
 
 # transformers' DeepseekV3RMSNorm default: the q/kv latent norms do not use rms_norm_eps.
 LATENT_NORM_EPS = 1e-6
+
+
+def heads_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """[head, in, out] -> [in, head * out] for one matmul over all heads.
+
+    A view (no copy) when the weight keeps the checkpoint's [head, out, in] storage, as the loader leaves it;
+    a copy for a contiguous [head, in, out] tensor.
+    """
+    return weight.permute(1, 0, 2).reshape(weight.shape[1], -1)
+
+
+def is_observed(hook: HookPoint) -> bool:
+    """Whether any forward/backward hook (TransformerLens's or a raw torch one, local or global) would see `hook`."""
+    from torch.nn.modules import module as torch_module
+
+    local = (hook._forward_hooks, hook._forward_pre_hooks, hook._backward_hooks, hook._backward_pre_hooks)
+    global_names = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
+    return any(local) or any(getattr(torch_module, name, None) for name in global_names)
 
 
 def latent_norm(cfg: DeepseekV3HookedConfig, length: int) -> RMSNorm:
@@ -68,6 +88,8 @@ class DeepseekV3Attention(nn.Module):
         self.hook_pattern = HookPoint()  # [batch, head, pos, kv_pos]
         self.hook_z = HookPoint()  # [batch, pos, head, v_head_dim]
         self.hook_result = HookPoint()  # [batch, pos, head, d_model], fires only with cfg.use_attn_result
+        # Attend in latent space (weight absorption) when hook_k/hook_v are unobserved and it is cheaper (decode).
+        self.absorb_when_unobserved = True
 
     def positions(
         self, batch: int, n_new: int, past: int, attention_mask: torch.Tensor | None, device: torch.device
@@ -86,17 +108,17 @@ class DeepseekV3Attention(nn.Module):
         """x [batch, pos, d_model] (already ln1-normalised) -> attention output [batch, pos, d_model]."""
         cfg = self.cfg
         batch, n_new, _ = x.shape
-        nope, rope = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim
+        h, nope, rope = cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim
 
         if cfg.q_lora_rank is not None:
             q_latent = x @ self.W_Q_a
             if cfg.attention_bias:
                 q_latent = q_latent + self.b_Q_a
             q_latent = self.hook_q_latent(self.q_a_norm(q_latent))
-            q = torch.einsum("bpr,hrd->bphd", q_latent, self.W_Q_b)
+            q = q_latent @ heads_matrix(self.W_Q_b)
         else:
-            q = torch.einsum("bpm,hmd->bphd", x, self.W_Q)
-        q = self.hook_q(q)
+            q = x @ heads_matrix(self.W_Q)
+        q = self.hook_q(q.view(batch, n_new, h, cfg.qk_head_dim))
 
         compressed = x @ self.W_KV_a
         if cfg.attention_bias:
@@ -117,21 +139,17 @@ class DeepseekV3Attention(nn.Module):
         q = self.hook_rot_q(torch.cat([q_nope, self.rotary.apply(q_rope, cos[:, :, None], sin[:, :, None])], -1))
         k_rope = self.hook_k_rope(self.rotary.apply(k_rope, cos, sin))
 
+        latent = torch.cat([kv_latent, k_rope], dim=-1)  # [batch, new, kv_lora_rank + rope]: what the cache holds
         if past_kv_cache_entry is not None:
-            latent = past_kv_cache_entry.append(torch.cat([kv_latent, k_rope], dim=-1))
-            kv_latent, k_rope = latent.split([cfg.kv_lora_rank, rope], dim=-1)
-
-        k_nope = torch.einsum("bkr,hrd->bkhd", kv_latent, self.W_K_b)
-        k = torch.cat([k_nope, k_rope[:, :, None, :].expand(-1, -1, cfg.n_heads, -1)], dim=-1)
-        k = self.hook_k(k)
-        v = self.hook_v(torch.einsum("bkr,hrd->bkhd", kv_latent, self.W_V_b))
-
-        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * cfg.softmax_scale
-        scores = self.hook_attn_scores(self.apply_causal_mask(scores, past, attention_mask))
+            latent = past_kv_cache_entry.append(latent)
+        if self.use_absorbed(n_new, latent.shape[1]):
+            scores, z_of = self.absorbed_scores(q, latent)
+        else:
+            scores, z_of = self.expanded_scores(q, latent)
+        scores = self.hook_attn_scores(self.apply_causal_mask(scores * cfg.softmax_scale, past, attention_mask))
         pattern = F.softmax(scores, dim=-1, dtype=torch.float32)
-        pattern = torch.where(torch.isnan(pattern), torch.zeros_like(pattern), pattern).to(v.dtype)
-        pattern = self.hook_pattern(pattern)
-        z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v))
+        pattern = self.hook_pattern(torch.nan_to_num(pattern, nan=0.0).to(latent.dtype))
+        z = self.hook_z(z_of(pattern))  # [batch, pos, head, v_head_dim]
 
         if cfg.use_attn_result:
             out = self.hook_result(torch.einsum("bqhd,hdm->bqhm", z, self.W_O)).sum(dim=2)
@@ -140,6 +158,56 @@ class DeepseekV3Attention(nn.Module):
         if cfg.attention_bias:
             out = out + self.b_O
         return out
+
+    def use_absorbed(self, n_q: int, n_k: int) -> bool:
+        """Whether to attend in latent space: nobody observes hook_k/hook_v and it takes fewer multiply-adds.
+
+        Expanded: K*h*r*(nope+v) to build K and V, h*q*K*(qk+v) to attend. Absorbed: q*h*r*(nope+v) to fold
+        W_K_b into the queries and W_V_b into z, h*q*K*(2r+rope) to attend over the latents. Decode (q=1 new
+        query against K cached positions) wins by ~K; prefill (q=K) loses, so it keeps the expanded maths.
+        """
+        if not self.absorb_when_unobserved or is_observed(self.hook_k) or is_observed(self.hook_v):
+            return False
+        cfg = self.cfg
+        r, nope, rope, v = cfg.kv_lora_rank, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+        expanded = n_k * r * (nope + v) + n_q * n_k * (nope + rope + v)
+        absorbed = n_q * r * (nope + v) + n_q * n_k * (2 * r + rope)
+        return absorbed < expanded
+
+    def expanded_scores(
+        self, q: torch.Tensor, latent: torch.Tensor
+    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """Per-head K and V from the latents (hook_k/hook_v fire): unscaled scores [b, h, q, K] and pattern -> z."""
+        cfg = self.cfg
+        batch, n_k, _ = latent.shape
+        kv_latent, k_rope = latent.split([cfg.kv_lora_rank, cfg.qk_rope_head_dim], dim=-1)
+        k_nope = (kv_latent @ heads_matrix(self.W_K_b)).view(batch, n_k, cfg.n_heads, cfg.qk_nope_head_dim)
+        k = self.hook_k(torch.cat([k_nope, k_rope[:, :, None, :].expand(-1, -1, cfg.n_heads, -1)], dim=-1))
+        v = self.hook_v((kv_latent @ heads_matrix(self.W_V_b)).view(batch, n_k, cfg.n_heads, cfg.v_head_dim))
+        scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1))
+        return scores, lambda pattern: torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2)
+
+    def absorbed_scores(
+        self, q: torch.Tensor, latent: torch.Tensor
+    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """Same scores and z without materialising K/V: q_nope . (c W_K_b) = (q_nope W_K_b^T) . c, and
+        pattern @ (c W_V_b) = (pattern @ c) W_V_b per head, with c the cached latent [b, K, r] (+ rope key)."""
+        cfg = self.cfg
+        batch, n_q, h, _ = q.shape
+        r, nope = cfg.kv_lora_rank, cfg.qk_nope_head_dim
+        q_nope, q_rope = q.split([nope, cfg.qk_rope_head_dim], dim=-1)
+        # Heads as the batch of one matmul against W_K_b^T [h, nope, r]: [h, b*q, nope] -> [h, b*q, r].
+        q_absorbed = torch.matmul(q_nope.permute(2, 0, 1, 3).reshape(h, batch * n_q, nope), self.W_K_b.transpose(1, 2))
+        q_latent = torch.cat([q_absorbed.view(h, batch, n_q, r).transpose(0, 1), q_rope.transpose(1, 2)], dim=-1)
+        # Heads folded into the query axis: one [b, h*q, r+rope] @ [b, r+rope, K], the latent read once per batch.
+        scores = torch.matmul(q_latent.reshape(batch, h * n_q, -1), latent.transpose(1, 2)).view(batch, h, n_q, -1)
+
+        def z_of(pattern: torch.Tensor) -> torch.Tensor:
+            z_latent = torch.matmul(pattern.reshape(batch, h * n_q, -1), latent[..., :r])  # [b, h*q, r]
+            z = torch.matmul(z_latent.view(batch, h, n_q, r).transpose(0, 1).reshape(h, batch * n_q, r), self.W_V_b)
+            return z.view(h, batch, n_q, -1).permute(1, 2, 0, 3)
+
+        return scores, z_of
 
     @staticmethod
     def apply_causal_mask(

@@ -210,19 +210,17 @@ def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
         raise KeyError(f"{name} is not a parameter or buffer of the model")
 
 
-def materialise(value: torch.Tensor, dtype: torch.dtype, device: torch.device, transposed: bool = False) -> torch.Tensor:
+def materialise(value: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A copy of `value` in freshly allocated storage on `device` (never a view of the shard's mmap).
 
     safe_open returns tensors backed by the shard's memory map, and `.to()` at the file's dtype is a no-op: a
     parameter aliasing it would keep the whole shard file mapped (and counted in RSS) for the model's lifetime.
-    `transposed`: allocate [cols, rows] and return its transpose (W_U stays a transposed view of lm_head's
-    [vocab, d_model] layout, so TL's Unembed's `W_U.T.contiguous()` is free instead of a copy per forward).
+    The copy keeps the checkpoint's memory layout (`empty_like` preserves the dimension order of the TL-oriented
+    view): W_U stays a transposed view of lm_head's [vocab, d_model] layout (TL's Unembed's `W_U.T.contiguous()`
+    is then free), and W_Q_b/W_K_b/W_V_b keep HF's [head, out, in] storage, so attention multiplies all heads at
+    once through a view (`heads_matrix`) instead of copying the weight on every forward.
     """
-    if transposed:
-        out = torch.empty(tuple(reversed(value.shape)), dtype=dtype, device=device).t()
-    else:
-        out = torch.empty(value.shape, dtype=dtype, device=device)
-    return out.copy_(value)
+    return torch.empty_like(value, dtype=dtype, device=device).copy_(value)
 
 
 def release_freed_memory() -> None:
@@ -300,7 +298,7 @@ class StreamingLoader:
         if expert is None:
             if tuple(value.shape) != tuple(meta.shape):
                 raise ValueError(f"{name}: checkpoint gives shape {tuple(value.shape)}, config needs {tuple(meta.shape)}.")
-            _assign(self.model, name, materialise(value, dtype, device, transposed=name == "unembed.W_U"))
+            _assign(self.model, name, materialise(value, dtype, device))
             del self.expected[name]
             return
         filled = self.filled_experts[name]

@@ -10,6 +10,10 @@ from transformer_lens.hook_points import HookPoint
 from r1_plugin.models.deepseek_v3.config import DeepseekV3HookedConfig
 from r1_plugin.models.deepseek_v3.mlp import DeepseekV3DenseMLP
 
+# At most this many (token, slot) rows (decode steps of small batches) run as one matmul per expert that received
+# rows: grouped_mm's per-call cost over all experts dominates there (measured ~2x slower at 4-8 rows, 256 experts).
+SEGMENT_LOOP_MAX_ROWS = 16
+
 # (device type, dtype) pairs where torch's grouped_mm raised: use the per-expert segment loop there.
 _GROUPED_MM_UNSUPPORTED: set[tuple[str, torch.dtype]] = set()
 
@@ -17,13 +21,15 @@ _GROUPED_MM_UNSUPPORTED: set[tuple[str, torch.dtype]] = set()
 def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, counts: list[int], offsets: torch.Tensor) -> torch.Tensor:
     """Row block g of x (rows sorted by expert; counts[g] of them) times weight[g]; empty experts cost nothing.
 
-    Uses torch's segmented `grouped_mm` when available and no gradient is needed (its CPU backward is broken in
-    torch 2.13), else one matmul per expert that received tokens, on contiguous slices (no gathers).
+    Uses torch's segmented `grouped_mm` when available, no gradient is needed (its CPU backward is broken in
+    torch 2.13) and there are more than SEGMENT_LOOP_MAX_ROWS rows; else one matmul per expert that received
+    tokens, on contiguous slices (no gathers).
     """
     key = (x.device.type, x.dtype)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     grouped_mm = getattr(F, "grouped_mm", None)
-    if grouped_mm is not None and not needs_grad and key not in _GROUPED_MM_UNSUPPORTED and x.shape[0] > 0:
+    few_rows = x.shape[0] <= SEGMENT_LOOP_MAX_ROWS  # decode: a handful of rows, most experts empty
+    if grouped_mm is not None and not needs_grad and not few_rows and key not in _GROUPED_MM_UNSUPPORTED:
         try:
             return grouped_mm(x, weight, offs=offsets)
         except (RuntimeError, NotImplementedError, TypeError):
@@ -66,10 +72,12 @@ class DeepseekV3Experts(nn.Module):
             rows, self.W_in, counts, offsets
         )
         out = grouped_matmul(hidden, self.W_out, counts, offsets)
-        unsorted = torch.empty_like(out)
-        unsorted[order] = out  # back to (token, slot) order: every token has exactly k rows
-        weighted = unsorted.view(n_tokens, k, -1) * weights[..., None]
-        return weighted.sum(dim=1).to(x.dtype)
+        # Back to (token, slot) order by gathering with the inverse permutation (a gather, not a scatter), then
+        # each token's k rows are combined by one batched [1, k] @ [k, d_model] product with its routing weights.
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        per_slot = out.index_select(0, inverse).view(n_tokens, k, -1).to(weights.dtype)
+        return torch.bmm(weights[:, None, :], per_slot)[:, 0].to(x.dtype)
 
 
 class DeepseekV3MoE(nn.Module):

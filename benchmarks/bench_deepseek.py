@@ -71,67 +71,91 @@ def bench_compute(quick: bool) -> dict:
             2 if quick else 3,
         )
         same = torch.equal(model.generate(prompt, **kw), hf.generate(prompt, max_new_tokens=new, do_sample=False))
+        long_prompt, long_new = tokens[:1, :] if quick else torch.cat([tokens[:1], tokens[1:2]], dim=1), 32
+        lg_tl, lg_hf = timed_pair(
+            lambda: model.generate(long_prompt, use_past_kv_cache=True, **{**kw, "max_new_tokens": long_new}),
+            lambda: hf.generate(long_prompt, max_new_tokens=long_new, do_sample=False),
+            2 if quick else 3,
+        )
     latent = DeepseekLatentKVCache.bytes_per_token(model.cfg)
     full = DeepseekLatentKVCache.full_kv_bytes_per_token(model.cfg)
     return {
         "forward_tokens": list(tokens.shape), "forward_tl_s": t_tl, "forward_hf_s": t_hf, "forward_ratio": t_tl / t_hf,
         "max_abs_logit_diff": max_diff, "gen_new_tokens": new, "gen_tl_tok_s": new / g_tl, "gen_hf_tok_s": new / g_hf,
-        "gen_same_tokens_as_hf": same, "kv_latent_bytes_per_token": latent, "kv_full_bytes_per_token": full,
+        "gen_same_tokens_as_hf": same, "gen_ratio_tl_over_hf_tok_s": g_hf / g_tl,
+        "long_gen_prompt": long_prompt.shape[1], "long_gen_new_tokens": long_new, "long_gen_tl_tok_s": long_new / lg_tl,
+        "long_gen_hf_tok_s": long_new / lg_hf, "long_gen_ratio_tl_over_hf_tok_s": lg_hf / lg_tl, "kv_latent_bytes_per_token": latent, "kv_full_bytes_per_token": full,
         "kv_ratio": full / latent,
     }
 
 
+def _status() -> dict[str, int]:
+    """VmRSS, VmHWM, RssAnon and RssFile of this process in bytes (/proc/self/status)."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
 def _load_child(folder: str) -> None:
-    """Child process: load the FP8 checkpoint (bf16) and report peak RSS before/after and the model's bytes."""
+    """Child process: load the FP8 checkpoint (bf16), sampling RSS split into anonymous and file-backed pages."""
     from transformer_lens import HookedTransformer
 
     import r1_plugin  # noqa: F401
+    from r1_plugin.models.deepseek_v3.loading import release_freed_memory
 
-    page = os.sysconf("SC_PAGE_SIZE")
-
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * page
-
-    peak = [rss()]
+    # Warm-up: load one layer first so lazy imports (tokenizer, safetensors, AutoConfig) are not counted.
+    warm = HookedTransformer.from_pretrained_no_processing(
+        folder, device="cpu", dtype=torch.bfloat16, first_n_layers=1, progress=False
+    )
+    del warm
+    gc.collect()
+    release_freed_memory()
+    before = _status()
+    peak = {"anon": before["RssAnon"], "rss": before["VmRSS"]}
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], rss())
-            time.sleep(0.002)
+            now = _status()
+            peak["anon"], peak["rss"] = max(peak["anon"], now["RssAnon"]), max(peak["rss"], now["VmRSS"])
+            time.sleep(0.001)
 
-    # Warm-up: load one layer first so lazy imports (tokenizer, safetensors, AutoConfig) are not counted.
-    warm = HookedTransformer.from_pretrained_no_processing(folder, device="cpu", dtype=torch.bfloat16, first_n_layers=1)
-    del warm
-    gc.collect()
-    before = rss()
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    model = HookedTransformer.from_pretrained_no_processing(folder, device="cpu", dtype=torch.bfloat16)
+    model = HookedTransformer.from_pretrained_no_processing(folder, device="cpu", dtype=torch.bfloat16, progress=False)
     done.set()
     sampler.join()
+    after = _status()
     size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    print(json.dumps({"rss_before": before, "rss_peak": max(peak[0], rss()), "model_bytes": size}))
+    with open("/proc/self/maps") as maps:
+        mapped = {line.split()[-1] for line in maps if line.rstrip().endswith(".safetensors")}
+    print(json.dumps({"before": before, "after": after, "peak": peak, "model_bytes": size, "mapped_shards": len(mapped)}))
 
 
-def bench_loading(n_shards: int) -> dict:
-    """Peak RSS growth while streaming a multi-shard FP8 checkpoint, relative to its largest shard."""
+def bench_loading(n_layers: int, n_shards: int) -> dict:
+    """Peak RSS (total and anonymous) beyond the loaded parameters while streaming an FP8 checkpoint, per shard."""
     from r1_plugin.testing.deepseek_checkpoints import tiny_config, write_tiny_checkpoint
 
-    folder = _TMP / "fp8"
-    config = tiny_config(**{**MID, "num_hidden_layers": 8})
+    folder = _TMP / f"fp8_{n_layers}x{n_shards}"
+    config = tiny_config(**{**MID, "num_hidden_layers": n_layers})
     write_tiny_checkpoint(config=config, seed=1, storage="fp8", n_shards=n_shards, block_size=(128, 128), folder=folder)
     shards = sorted(folder.glob("*.safetensors"))
     out = subprocess.run([sys.executable, __file__, "--load-child", str(folder)], capture_output=True, text=True, check=True)
     stats = json.loads(out.stdout.strip().splitlines()[-1])
-    growth = stats["rss_peak"] - stats["rss_before"]
-    largest = max(p.stat().st_size for p in shards)
+    largest, model = max(p.stat().st_size for p in shards), stats["model_bytes"]
+    rss_over = stats["peak"]["rss"] - stats["before"]["VmRSS"] - model
+    anon_over = stats["peak"]["anon"] - stats["before"]["RssAnon"] - model
     return {
-        "shards": len(shards), "largest_shard_bytes": largest, "checkpoint_bytes": sum(p.stat().st_size for p in shards),
-        "model_bytes_bf16": stats["model_bytes"], "peak_rss_growth_bytes": growth,
-        "overhead_beyond_model_bytes": growth - stats["model_bytes"],
-        "overhead_vs_largest_shard": (growth - stats["model_bytes"]) / largest,
+        "layers": n_layers, "shards": len(shards), "largest_shard_mb": largest / 1e6,
+        "checkpoint_mb": sum(p.stat().st_size for p in shards) / 1e6, "model_mb_bf16": model / 1e6,
+        "peak_rss_overhead_mb": rss_over / 1e6, "peak_rss_overhead_vs_largest_shard": rss_over / largest,
+        "peak_anon_overhead_mb": anon_over / 1e6,
+        "final_file_backed_growth_mb": (stats["after"]["RssFile"] - stats["before"]["RssFile"]) / 1e6,
+        "shards_still_mapped": stats["mapped_shards"],
     }
 
 
@@ -146,7 +170,10 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}")
-    results = {"compute": bench_compute(args.quick), "loading": bench_loading(8)}
+    results = {
+        "compute": bench_compute(args.quick),
+        "loading": [bench_loading(layers, shards) for layers, shards in ((4, 4), (8, 8), (16, 4), (16, 16))],
+    }
     print(json.dumps(results, indent=2))
 
 

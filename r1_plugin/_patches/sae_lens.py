@@ -27,12 +27,12 @@ from sae_lens.loading import pretrained_sae_loaders as loaders
 from sae_lens.loading import pretrained_saes_directory as directory_module
 from sae_lens.registry import SAE_CLASS_REGISTRY, register_sae_class
 
+from r1_plugin._patches._marks import is_patched, mark
 from r1_plugin.saes import batch_topk, goodfire
 from r1_plugin.saes.registry import plugin_lookups
 
 logger = logging.getLogger(__name__)
 
-_MARK = "_r1_plugin_patched"
 _shadowed_warned: set[str] = set()
 
 
@@ -69,7 +69,7 @@ def _register_sae_classes() -> None:
 
 def _wrap_directory() -> None:
     current = directory_module.get_pretrained_saes_directory
-    if getattr(current, _MARK, False):
+    if is_patched(current):
         wrapper, original = current, current.__wrapped_original__
     else:
         original = current
@@ -81,8 +81,7 @@ def _wrap_directory() -> None:
         wrapper = get_pretrained_saes_directory
         wrapper.cache_clear = original.cache_clear  # type: ignore[attr-defined]
         wrapper.cache_info = original.cache_info  # type: ignore[attr-defined]
-        wrapper.__wrapped_original__ = original  # type: ignore[attr-defined]
-        setattr(wrapper, _MARK, True)
+        mark(wrapper, original)
         directory_module.get_pretrained_saes_directory = wrapper
     for name, module in list(sys.modules.items()):
         if (name == "sae_lens" or name.startswith("sae_lens.")) and module is not None:

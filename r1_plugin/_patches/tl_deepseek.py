@@ -6,30 +6,14 @@ other architecture.
 from __future__ import annotations
 
 import functools
-import importlib
 from typing import Any
 
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.components import TransformerBlock
 from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
 
+from r1_plugin._patches._marks import hooked_transformer_module, is_patched, mark
 from r1_plugin.models.deepseek_v3.config import ARCHITECTURE, DeepseekV3HookedConfig
-
-_MARK = "_r1_plugin_deepseek_patched"
-
-# The module, not the class: `import transformer_lens.HookedTransformer as m` yields the class that
-# transformer_lens/__init__.py re-exports under the same name.
-hooked_transformer_module = importlib.import_module("transformer_lens.HookedTransformer")
-
-
-def _is_patched(obj: Any) -> bool:
-    return getattr(obj, _MARK, False)
-
-
-def _mark(fn: Any, original: Any) -> Any:
-    setattr(fn, _MARK, True)
-    fn.__wrapped_original__ = original
-    return fn
 
 
 def is_deepseek_cfg(cfg: Any) -> bool:
@@ -41,7 +25,7 @@ def _patch_config_from_dict() -> None:
     """HookedTransformerConfig.from_dict: `get_pretrained_model_config` ends in `HookedTransformerConfig.from_dict`
     (= cls(**d)), which rejects MLA/MoE keys; build DeepseekV3HookedConfig for DeepseekV3ForCausalLM instead."""
     original = HookedTransformerConfig.__dict__["from_dict"].__func__
-    if _is_patched(original):
+    if is_patched(original):
         return
 
     def from_dict(cls: type, config_dict: dict[str, Any]) -> HookedTransformerConfig:
@@ -50,7 +34,7 @@ def _patch_config_from_dict() -> None:
         return original(cls, config_dict)
 
     functools.update_wrapper(from_dict, original)
-    HookedTransformerConfig.from_dict = classmethod(_mark(from_dict, original))  # type: ignore[method-assign]
+    HookedTransformerConfig.from_dict = classmethod(mark(from_dict, original))  # type: ignore[method-assign]
 
 
 class _BlockFactory(TransformerBlock):
@@ -72,7 +56,7 @@ class _BlockFactory(TransformerBlock):
 
 def _patch_block_factory() -> None:
     """transformer_lens.HookedTransformer.TransformerBlock (module global read by __init__) -> _BlockFactory."""
-    if _is_patched(hooked_transformer_module.TransformerBlock):
+    if is_patched(hooked_transformer_module.TransformerBlock):
         return
     hooked_transformer_module.TransformerBlock = _BlockFactory  # type: ignore[misc]
 
@@ -81,7 +65,7 @@ def _patch_init_cache() -> None:
     """TransformerLensKeyValueCache.init_cache (what `generate(use_past_kv_cache=True)` calls): for DeepSeek-V3
     build the latent cache (kv_lora_rank + qk_rope_head_dim per token per layer) instead of per-head K/V."""
     original = TransformerLensKeyValueCache.__dict__["init_cache"].__func__
-    if _is_patched(original):
+    if is_patched(original):
         return
 
     def init_cache(cls: type, cfg: Any, device: Any, batch_size: int = 1) -> Any:
@@ -92,14 +76,14 @@ def _patch_init_cache() -> None:
         return original(cls, cfg, device, batch_size)
 
     functools.update_wrapper(init_cache, original)
-    TransformerLensKeyValueCache.init_cache = classmethod(_mark(init_cache, original))  # type: ignore[method-assign]
+    TransformerLensKeyValueCache.init_cache = classmethod(mark(init_cache, original))  # type: ignore[method-assign]
 
 
 def _patch_get_pos_offset() -> None:
     """HookedTransformer.get_pos_offset asserts the cache holds [batch, pos, n_heads, d_head] keys; a latent cache
     holds [batch, pos, kv_lora_rank + rope]: take the cached length from it instead."""
     original = hooked_transformer_module.HookedTransformer.get_pos_offset
-    if _is_patched(original):
+    if is_patched(original):
         return
 
     @functools.wraps(original)
@@ -113,7 +97,7 @@ def _patch_get_pos_offset() -> None:
             return past_kv_cache.length
         return original(self, past_kv_cache, batch_size)
 
-    hooked_transformer_module.HookedTransformer.get_pos_offset = _mark(get_pos_offset, original)
+    hooked_transformer_module.HookedTransformer.get_pos_offset = mark(get_pos_offset, original)
 
 
 def _patch_from_pretrained() -> None:
@@ -122,7 +106,7 @@ def _patch_from_pretrained() -> None:
     `cls(cfg, tokenizer, ...)`, so subclasses (SAELens's HookedSAETransformer) get their own class."""
     ht = hooked_transformer_module.HookedTransformer
     original = ht.__dict__["from_pretrained"].__func__
-    if _is_patched(original):
+    if is_patched(original):
         return
 
     def from_pretrained(cls: type, model_name: str, *args: Any, **kwargs: Any) -> Any:
@@ -134,7 +118,7 @@ def _patch_from_pretrained() -> None:
         return load_pretrained(cls, model_name, official, *args, **kwargs)
 
     functools.update_wrapper(from_pretrained, original)
-    ht.from_pretrained = classmethod(_mark(from_pretrained, original))  # type: ignore[method-assign]
+    ht.from_pretrained = classmethod(mark(from_pretrained, original))  # type: ignore[method-assign]
 
 
 def apply() -> None:

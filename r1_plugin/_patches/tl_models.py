@@ -15,7 +15,6 @@ TransformerLens has no plugin API for HookedTransformer (TL issue #888), so a th
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import os
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import transformer_lens.loading_from_pretrained as loading
 from transformer_lens import supported_models
 
+from r1_plugin._patches._marks import hooked_transformer_module, is_patched, mark
 from r1_plugin.errors import (
     MissingFromCacheError,
     UnknownModelError,
@@ -31,20 +31,6 @@ from r1_plugin.errors import (
     is_missing_file_error,
 )
 from r1_plugin.models import configs, registry
-
-_MARK = "_r1_plugin_patched"
-# The module, not the class: `transformer_lens.HookedTransformer` the attribute is the class.
-hooked_transformer_module = importlib.import_module("transformer_lens.HookedTransformer")
-
-
-def _is_patched(obj: Any) -> bool:
-    return getattr(obj, _MARK, False)
-
-
-def _mark(fn: Any, original: Any) -> Any:
-    setattr(fn, _MARK, True)
-    fn.__wrapped_original__ = original
-    return fn
 
 
 def local_checkpoint_architecture(model_name: str) -> str | None:
@@ -74,7 +60,7 @@ def register_model_names() -> None:
 
 def _patch_get_official_model_name() -> None:
     original = loading.get_official_model_name
-    if _is_patched(original):
+    if is_patched(original):
         return
 
     @functools.wraps(original)
@@ -98,7 +84,7 @@ def _patch_get_official_model_name() -> None:
 
     # HookedTransformer calls it as `loading.get_official_model_name`, and loading's own functions look the global
     # up at call time, so replacing the module attribute covers both.
-    loading.get_official_model_name = _mark(get_official_model_name, original)
+    loading.get_official_model_name = mark(get_official_model_name, original)
 
 
 def load_hf_config(name: str, **kwargs: Any) -> Any:
@@ -118,7 +104,7 @@ def load_hf_config(name: str, **kwargs: Any) -> Any:
 
 def _patch_convert_hf_model_config() -> None:
     original = loading.convert_hf_model_config
-    if _is_patched(original):
+    if is_patched(original):
         return
 
     @functools.wraps(original)
@@ -140,12 +126,12 @@ def _patch_convert_hf_model_config() -> None:
         hf_config = load_hf_config(official, **kwargs)
         return configs.hf_to_tl_config(hf_config, official)
 
-    loading.convert_hf_model_config = _mark(convert_hf_model_config, original)
+    loading.convert_hf_model_config = mark(convert_hf_model_config, original)
 
 
 def _patch_get_pretrained_state_dict() -> None:
     original = loading.get_pretrained_state_dict
-    if _is_patched(original):
+    if is_patched(original):
         return
 
     @functools.wraps(original)
@@ -157,7 +143,7 @@ def _patch_get_pretrained_state_dict() -> None:
                 raise MissingFromCacheError(official_model_name, "model weights (*.safetensors)") from exc
             raise
 
-    loading.get_pretrained_state_dict = _mark(get_pretrained_state_dict, original)
+    loading.get_pretrained_state_dict = mark(get_pretrained_state_dict, original)
 
 
 class _AutoTokenizerWithClearErrors:
@@ -182,7 +168,7 @@ class _AutoTokenizerWithClearErrors:
 
 def _patch_tokenizer_errors() -> None:
     current = hooked_transformer_module.AutoTokenizer
-    if _is_patched(current):
+    if is_patched(current):
         return
     hooked_transformer_module.AutoTokenizer = _AutoTokenizerWithClearErrors(current)
 

@@ -80,7 +80,7 @@ def test_report_and_plots_are_written(demo: tuple) -> None:
     report = (out / "report.md").read_text()
     for heading in ("## Unsteered vs steered", "## Strength sweep", "## Attention sinks around the end"):
         assert heading in report
-    assert result.feature_label in report and "heuristic" in report
+    assert f"feature {result.feature_id}: {result.feature_label}" in report and "heuristic" in report
     for name in ("sinks_heatmap.png", "feature_activations.png", "steering_sweep.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5_000, name

@@ -530,7 +530,7 @@ HEURISTIC_PROMPT_VERSION = "heuristic-v1"
 class FeatureHarvestConfig:
     """How much the feature database holds."""
 
-    n_prompts: int = 200
+    n_prompts: int = 120
     top_k: int = 12
     batch_size: int = 16
     examples_for_label: int = 12
@@ -574,10 +574,9 @@ def heuristic_label(examples: Sequence[Any]) -> tuple[str, float]:
     )
     token, n_token = tokens.most_common(1)[0]
     role, n_role = roles.most_common(1)[0]
-    shown = token.replace("\n", "\\n")
-    if role is not None and n_role >= n_token:
-        return f"{role}; most common token {shown!r}", n_role / len(examples)
-    return f"token {shown!r}", n_token / len(examples)
+    if role is not None and 2 * n_role >= len(examples):
+        return f"{role}; most common token {token!r}", n_role / len(examples)
+    return f"token {token!r}", n_token / len(examples)
 
 
 def _write_sqlite_labels(path: Path, rows: Sequence[Any]) -> None:

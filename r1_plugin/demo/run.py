@@ -30,7 +30,8 @@ from r1_plugin.demo.synthetic import demo_questions
 from r1_plugin.errors import R1PluginError
 
 DEFAULT_OUT = Path("demo_out")
-DEFAULT_FEATURE = "backtracking"
+DEFAULT_FEATURE = "before backtracking"
+FALLBACK_FEATURE = "backtracking"  # searched when the default finds nothing (e.g. Goodfire's labels)
 # Auto strength: this many times the feature's strongest activation in the feature database.
 DEFAULT_STRENGTH_FACTOR = 3.0
 SWEEP_FACTORS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
@@ -189,6 +190,8 @@ def resolve_feature(cfg: DemoConfig, sae: Any) -> tuple[int, str, list[Any], flo
             label = db.label(fid)
         else:
             hits = db.search(cfg.feature, limit=5)
+            if not hits and cfg.feature == DEFAULT_FEATURE:
+                hits = db.search(FALLBACK_FEATURE, limit=5)
             if not hits:
                 raise DemoError(
                     f"no feature label in {labels or activations} contains {cfg.feature!r}; "
@@ -329,7 +332,7 @@ def render_report(result: DemoResult, cfg: DemoConfig) -> str:
         "# r1_plugin demo",
         "",
         f"model: {cfg.model}   SAE: {cfg.sae_release} / {cfg.sae_id} at {result.hook_name}",
-        f"feature {result.feature_id}: {result.feature_label!r}   steering strength {result.strength:.3g} "
+        f"feature {result.feature_id}: {result.feature_label}   steering strength {result.strength:.3g} "
         "(gate: AfterResponsePrefix, KV-cached generation)",
         "",
         "## Unsteered vs steered",

@@ -69,6 +69,7 @@ class DemoConfig:
     device: str = "cpu"
     dtype: str = "float32"
     first_n_layers: int | None = None
+    n_devices: int = 1  # split the blocks across this many GPUs (R1 needs ~10 H200s in bf16)
     out: Path = DEFAULT_OUT
     max_new_tokens: int = 120
     features_labels: Path | None = None  # autointerp.db / .csv; default: the embedded DB for the embedded SAE
@@ -132,6 +133,8 @@ def load_model(cfg: DemoConfig) -> Any:
     kwargs: dict[str, Any] = {"device": cfg.device, "dtype": cfg.dtype}
     if cfg.first_n_layers is not None:
         kwargs["first_n_layers"] = cfg.first_n_layers
+    if cfg.n_devices > 1:
+        kwargs["n_devices"] = cfg.n_devices
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         model = HookedTransformer.from_pretrained_no_processing(cfg.model, **kwargs)
@@ -418,6 +421,7 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> DemoResult:
         "device": cfg.device,
         "dtype": cfg.dtype,
         "first_n_layers": cfg.first_n_layers,
+        "n_devices": cfg.n_devices,
     }
     files: dict[str, Path] = {}
     with start_run("demo", run_config, mode=cfg.wandb_mode, dir=wandb_dir, seed=cfg.seed) as tracker:
@@ -482,7 +486,8 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> DemoResult:
         sinks: dict[str, Any] = {"summary": "no prompts", "window": []}
         if first_unsteered is not None:
             check = check_response_prefix_sink(model, first_unsteered)
-            check.save_heatmap(out / "sinks_heatmap.png")
+            # alpha (max over heads) shows where attention rests even where no head passes epsilon
+            check.save_heatmap(out / "sinks_heatmap.png", value="alpha_max")
             files["sinks_heatmap"] = out / "sinks_heatmap.png"
             tracker.log_figure("sinks_heatmap", out / "sinks_heatmap.png")
             window = _sink_window(check)
@@ -537,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--first-n-layers", type=int, default=None, help="load only the first N layers (memory)")
+    p.add_argument("--n-devices", type=int, default=1, help="split the blocks across N GPUs (default: 1)")
     p.add_argument("--max-new-tokens", type=int, default=120)
     p.add_argument("--features-labels", type=Path, default=None, help="autointerp.db/.csv of the SAE")
     p.add_argument("--features-activations", type=Path, default=None, help="<sae>.ddb activations file")
@@ -560,6 +566,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         device=args.device,
         dtype=args.dtype,
         first_n_layers=args.first_n_layers,
+        n_devices=args.n_devices,
         out=args.out,
         max_new_tokens=args.max_new_tokens,
         features_labels=args.features_labels,

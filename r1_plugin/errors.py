@@ -9,6 +9,11 @@ class R1PluginError(Exception):
     """Base class for r1_plugin errors."""
 
 
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE is set to a true value."""
+    return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+
+
 class UnknownModelError(R1PluginError, ValueError):
     """A model name that neither r1_plugin nor TransformerLens knows."""
 
@@ -24,7 +29,7 @@ class MissingFromCacheError(R1PluginError, FileNotFoundError):
         from huggingface_hub import constants
 
         what = f"'{filename}' of '{repo_id}'" if filename else f"the files of '{repo_id}'"
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+        offline = hub_offline()
         fetch = f"hf download {repo_id}" + (f" {filename}" if filename else "")
         msg = (
             f"{what} is not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
@@ -52,7 +57,7 @@ def is_missing_file_error(exc: BaseException) -> bool:
     if isinstance(exc, LocalEntryNotFoundError):
         return True
     text = str(exc)
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+    offline = hub_offline()
     if offline and isinstance(exc, OSError) and "does not appear to have a file named" in text:
         return True  # transformers' wording when offline and the weights were never cached
     return isinstance(exc, OSError) and (

@@ -111,3 +111,48 @@ def test_missing_weights_offline_names_repo(hf_cache, r1_configs):
     with pytest.raises(MissingFromCacheError) as err:
         HookedTransformer.from_pretrained_no_processing("deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", revision="cfgonly")
     assert "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B" in str(err.value)
+
+
+@pytest.fixture
+def empty_hf_cache(tmp_path, monkeypatch):
+    """A fresh, empty HF cache for one test (huggingface_hub and transformers read the constant at call time)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    return tmp_path / "hf_cache"
+
+
+def test_missing_tokenizer_offline_is_a_clear_error_not_an_empty_tokenizer(empty_hf_cache):
+    # Weights and config cached, tokenizer files not: transformers 5 would silently build an EMPTY tokenizer from
+    # the config's model_type (len 1, every text encodes to []), or fail with an unrelated sentencepiece message.
+    _, snapshot = write_tiny_distill("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B")
+    for path in snapshot.iterdir():
+        if path.name.startswith("tokenizer") or path.name in ("vocab.json", "merges.txt", "special_tokens_map.json"):
+            path.unlink()
+    with pytest.raises(MissingFromCacheError) as err:
+        HookedTransformer.from_pretrained_no_processing("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", device="cpu")
+    message = str(err.value)
+    assert "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B" in message and "tokenizer" in message
+    assert "hf download" in message
+
+
+def test_missing_deepseek_weights_offline_names_repo_and_fix(empty_hf_cache):
+    from r1_plugin.testing.deepseek_checkpoints import tiny_config, tokenizer_files
+    from r1_plugin.testing.hub import write_hf_repo
+
+    write_hf_repo("deepseek-ai/DeepSeek-V3-0324", {"config.json": json.dumps(tiny_config()), **tokenizer_files("r1")})
+    with pytest.raises(MissingFromCacheError) as err:
+        HookedTransformer.from_pretrained_no_processing("deepseek-ai/DeepSeek-V3-0324", device="cpu")
+    message = str(err.value)
+    assert "deepseek-ai/DeepSeek-V3-0324" in message and "model.safetensors" in message
+    assert "hf download" in message and "HF_HUB_OFFLINE" in message
+
+
+def test_missing_deepseek_tokenizer_offline_names_repo(empty_hf_cache):
+    from r1_plugin.testing.deepseek_checkpoints import tiny_config
+    from r1_plugin.testing.hub import write_hf_repo
+
+    write_hf_repo("deepseek-ai/DeepSeek-V3", {"config.json": json.dumps(tiny_config())})
+    with pytest.raises(MissingFromCacheError) as err:
+        HookedTransformer.from_pretrained_no_processing("deepseek-ai/DeepSeek-V3", device="cpu")
+    assert "deepseek-ai/DeepSeek-V3" in str(err.value) and "tokenizer" in str(err.value)

@@ -28,6 +28,7 @@ from r1_plugin.errors import (
     MissingFromCacheError,
     UnknownModelError,
     UnsupportedArchitectureError,
+    hub_offline,
     is_missing_file_error,
 )
 from r1_plugin.models import configs, registry
@@ -146,6 +147,29 @@ def _patch_get_pretrained_state_dict() -> None:
     loading.get_pretrained_state_dict = mark(get_pretrained_state_dict, original)
 
 
+# Any one of these in the cache means the repo's tokenizer can be built offline.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def tokenizer_missing_offline(name: str, revision: str | None = None) -> bool:
+    """Whether `name` is a hub repo none of whose tokenizer files is cached while HF_HUB_OFFLINE is set.
+
+    transformers 5 does not raise then: it builds a tokenizer from config.json's model_type with an EMPTY
+    vocabulary (every text encodes to []) or fails with an unrelated sentencepiece message.
+    """
+    if not hub_offline() or not isinstance(name, str) or Path(name).expanduser().is_dir():
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in TOKENIZER_FILES:
+        try:
+            if isinstance(try_to_load_from_cache(name, filename, revision=revision), str):
+                return False
+        except Exception:  # an id huggingface_hub rejects: let transformers say what is wrong
+            return False
+    return True
+
+
 class _AutoTokenizerWithClearErrors:
     """Stands in for `AutoTokenizer` inside HookedTransformer so a tokenizer missing offline gets a clear error."""
 
@@ -155,6 +179,8 @@ class _AutoTokenizerWithClearErrors:
         self._auto = auto_tokenizer
 
     def from_pretrained(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        if tokenizer_missing_offline(name, kwargs.get("revision")):
+            raise MissingFromCacheError(name, "tokenizer files (tokenizer.json, tokenizer_config.json)")
         try:
             return self._auto.from_pretrained(name, *args, **kwargs)
         except Exception as exc:

@@ -63,6 +63,7 @@ class CheckpointFiles:
         self.name = name
         self.local = Path(name) if Path(name).is_dir() else None
         self.hub_kwargs = {k: v for k, v in hub_kwargs.items() if k in _HUB_KWARGS}
+        self.cache_misses: list[str] = []  # files `exists` found absent only because they are not cached offline
 
     def path(self, filename: str) -> Path:
         """Local path of `filename`, fetched through huggingface_hub for hub repos."""
@@ -86,9 +87,14 @@ class CheckpointFiles:
         """Whether the checkpoint has `filename` (without downloading weights)."""
         if self.local is not None:
             return (self.local / filename).is_file()
+        from r1_plugin.errors import MissingFromCacheError
+
         try:
             self.path(filename)
             return True
+        except MissingFromCacheError:
+            self.cache_misses.append(filename)
+            return False
         except (FileNotFoundError, OSError):
             return False
         except Exception as exc:  # huggingface_hub raises its own types for missing entries
@@ -107,6 +113,10 @@ class CheckpointFiles:
         if self.exists(SINGLE_FILE):
             with open_safetensors(self.path(SINGLE_FILE)) as handle:
                 return {key: SINGLE_FILE for key in handle.keys()}
+        if INDEX_FILE in self.cache_misses and SINGLE_FILE in self.cache_misses:
+            from r1_plugin.errors import MissingFromCacheError
+
+            raise MissingFromCacheError(self.name, f"{INDEX_FILE} (or {SINGLE_FILE}) and its safetensors shards")
         raise FileNotFoundError(f"{self.name} has neither {INDEX_FILE} nor {SINGLE_FILE}.")
 
 

@@ -103,3 +103,24 @@ def test_as_gate_spellings() -> None:
     with pytest.raises(ValueError, match="unknown gate"):
         as_gate("sometimes")
     assert NEVER > 10**15
+
+
+def test_after_text_matches_characters_split_across_byte_tokens() -> None:
+    """A byte-level tokenizer splits '×' or '答案' over several tokens, each decoding alone to '\\ufffd'; the gate
+    reads the decoded text, so it opens right after the token that completes the match (online and reference)."""
+    from r1_plugin.steering.gates import text_pieces
+    from r1_plugin.testing.tokenizers import build_tokenizer
+
+    tok = build_tokenizer("r1")
+    ids = tok("What is 4 × 6? 答案 is 24.", add_special_tokens=False)["input_ids"]
+    assert "\ufffd" in "".join(tok.decode([i]) for i in ids)  # the fixture does split the characters
+    assert "".join(text_pieces(tok, ids)) == tok.decode(ids)
+    for pattern in ["×", "答案", "6? 答", "案 is"]:
+        expected = next(p + 1 for p in range(len(ids)) if pattern in tok.decode(ids[: p + 1]))
+        runner = AfterText(pattern).runner(tok)
+        for n in range(1, len(ids) + 1):  # one token per forward, as in cached decoding
+            v = SequenceView(n - 1, 1, torch.tensor([ids[:n]]),
+                             torch.zeros(1, dtype=torch.long), 1, seq_id=1, forward_id=n)
+            opened = int(runner.open_from(v)[0])
+        assert opened == expected, pattern
+        assert AfterText(pattern).reference_open_from(text_pieces(tok, ids), 0) == expected

@@ -161,6 +161,42 @@ class _TokenStrings:
         return [self.cache[i] for i in ids]
 
 
+_REPLACEMENT = "\ufffd"
+_MAX_PENDING = 4  # a UTF-8 character has at most 4 bytes, so at most 4 byte tokens can be needed to complete it
+
+
+class _Completer:
+    """Turns per-token strings into each token's contribution to the decoded text.
+
+    A byte-level tokenizer can split one character ('×', '答') over several tokens that each decode alone to
+    '\ufffd'. Such tokens are held back (they contribute "") until the token that completes the character arrives,
+    which then contributes the whole character, so the concatenated pieces equal `tokenizer.decode(ids)`.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.pending: list[int] = []
+
+    def push(self, token_id: int, piece: str) -> str:
+        if not self.pending and _REPLACEMENT not in piece:
+            return piece
+        self.pending.append(token_id)
+        text = self.tokenizer.decode(self.pending, clean_up_tokenization_spaces=False)
+        if text.endswith(_REPLACEMENT) and len(self.pending) < _MAX_PENDING:
+            return ""
+        self.pending = []
+        return text
+
+
+def text_pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """Per token, the text it adds to the decoded sequence ("" for a token that leaves a character incomplete):
+    what the text gates read, one-shot. Their concatenation is `tokenizer.decode(ids)` for valid UTF-8."""
+    strings = _TokenStrings(tokenizer)
+    completer = _Completer(tokenizer)
+    ids = [int(i) for i in ids]
+    return [completer.push(i, piece) for i, piece in zip(ids, strings(ids))]
+
+
 class _Scanner(ABC):
     """Online decision for one row: `push` each real token string; returns `open_from` once decided."""
 
@@ -179,6 +215,7 @@ class _TextRunner(GateRunner):
         self.seq_id = -1
         self.seen = 0  # absolute length already fed
         self.scanners: list[_Scanner] = []
+        self.completers: list[_Completer] = []
         self.decided: list[int | None] = []
         self.thresholds: torch.Tensor | None = None
 
@@ -186,6 +223,7 @@ class _TextRunner(GateRunner):
         self.seq_id = view.seq_id
         self.seen = 0
         self.scanners = [self.make_scanner() for _ in range(view.batch)]
+        self.completers = [_Completer(self.strings.tokenizer) for _ in range(view.batch)]
         self.decided = [None] * view.batch
         self.thresholds = torch.full_like(view.pads, NEVER)
 
@@ -210,9 +248,9 @@ class _TextRunner(GateRunner):
                 continue
             first = self.seen
             start = max(0, pads[row] - first)  # skip left padding
-            scanner = self.scanners[row]
-            for k, piece in enumerate(self.strings(ids[start:]), start=start):
-                hit = scanner.push(piece, first + k - pads[row])
+            scanner, completer = self.scanners[row], self.completers[row]
+            for k, (token_id, piece) in enumerate(zip(ids[start:], self.strings(ids[start:])), start=start):
+                hit = scanner.push(completer.push(token_id, piece), first + k - pads[row])
                 if hit is not None:
                     self.decided[row] = hit
                     changed = True
@@ -245,8 +283,10 @@ class _TextScanner(_Scanner):
 class AfterText(Gate):
     """Steer at every position strictly after the token that completes the first match of `pattern`.
 
-    The text is the concatenation of the row's per-token strings (as `model.to_str_tokens` decodes them, special
-    tokens included) over the whole sequence, prompt included. `pattern` is plain text unless `regex=True` or a
+    The text is the row's decoded sequence, prompt included: the concatenation of its per-token strings (as
+    `model.to_str_tokens` decodes them, special tokens included), except that tokens splitting one character
+    (byte-level tokenizers split '×' or '答' over several tokens) count as the whole character at the token that
+    completes it (`text_pieces`). `pattern` is plain text unless `regex=True` or a
     compiled `re.Pattern` is passed. "Completes" is causal: the first token whose arrival makes the text so far
     contain a match (for a lookahead such as `\\.(?=\\s)` that is the token bringing the whitespace).
     """

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from r1_plugin.steering.gates import Gate
+from r1_plugin.steering.gates import Gate, text_pieces
 
 AddFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (activation, gate mask [batch, pos]) -> activation
 
@@ -29,7 +29,7 @@ def reference_thresholds(model: Any, tokens: torch.Tensor, pads: torch.Tensor, p
     out: list[int | None] = []
     for row in range(tokens.shape[0]):
         real = tokens[row, int(pads[row]) :]
-        str_tokens = [model.tokenizer.decode([int(i)], clean_up_tokenization_spaces=False) for i in real]
+        str_tokens = text_pieces(model.tokenizer, real.tolist())
         out.append(gate.reference_open_from(str_tokens, prompt_length - int(pads[row])))
     return out
 

@@ -156,3 +156,14 @@ def test_missing_deepseek_tokenizer_offline_names_repo(empty_hf_cache):
     with pytest.raises(MissingFromCacheError) as err:
         HookedTransformer.from_pretrained_no_processing("deepseek-ai/DeepSeek-V3", device="cpu")
     assert "deepseek-ai/DeepSeek-V3" in str(err.value) and "tokenizer" in str(err.value)
+
+
+def test_local_folder_without_architectures_gets_a_clear_error(tmp_path):
+    # A config.json without `architectures` (e.g. hand-written): say so, instead of TransformerLens's
+    # "'NoneType' object is not subscriptable" or an unrelated transformers validation error.
+    config = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
+              "intermediate_size": 128, "vocab_size": 400}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedArchitectureError) as err:
+        HookedTransformer.from_pretrained_no_processing(str(tmp_path))
+    assert "architectures" in str(err.value) and str(tmp_path) in str(err.value)

@@ -114,6 +114,12 @@ def _patch_convert_hf_model_config() -> None:
         spec = registry.lookup(model_name) if arch is None else None
         if arch is None and spec is None:
             return original(model_name, **kwargs)
+        if arch == "":
+            raise UnsupportedArchitectureError(
+                f"{model_name}: its config.json names no architecture (`architectures` is missing or empty), so "
+                "it cannot be loaded as a HookedTransformer; add e.g. `\"architectures\": [\"LlamaForCausalLM\"]` "
+                f"(r1_plugin converts {', '.join(registry.SUPPORTED_ARCHITECTURES)})."
+            )
         if arch is not None and arch not in registry.SUPPORTED_ARCHITECTURES:
             try:
                 return original(model_name, **kwargs)
@@ -151,7 +157,7 @@ def _patch_get_pretrained_state_dict() -> None:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def tokenizer_missing_offline(name: str, revision: str | None = None) -> bool:
+def tokenizer_missing_offline(name: str, revision: str | None = None, cache_dir: Any = None) -> bool:
     """Whether `name` is a hub repo none of whose tokenizer files is cached while HF_HUB_OFFLINE is set.
 
     transformers 5 does not raise then: it builds a tokenizer from config.json's model_type with an EMPTY
@@ -163,7 +169,7 @@ def tokenizer_missing_offline(name: str, revision: str | None = None) -> bool:
 
     for filename in TOKENIZER_FILES:
         try:
-            if isinstance(try_to_load_from_cache(name, filename, revision=revision), str):
+            if isinstance(try_to_load_from_cache(name, filename, cache_dir=cache_dir, revision=revision), str):
                 return False
         except Exception:  # an id huggingface_hub rejects: let transformers say what is wrong
             return False
@@ -179,7 +185,7 @@ class _AutoTokenizerWithClearErrors:
         self._auto = auto_tokenizer
 
     def from_pretrained(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        if tokenizer_missing_offline(name, kwargs.get("revision")):
+        if tokenizer_missing_offline(name, kwargs.get("revision"), kwargs.get("cache_dir")):
             raise MissingFromCacheError(name, "tokenizer files (tokenizer.json, tokenizer_config.json)")
         try:
             return self._auto.from_pretrained(name, *args, **kwargs)

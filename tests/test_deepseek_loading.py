@@ -220,3 +220,20 @@ def test_loader_copies_into_freshly_allocated_storage() -> None:
     copied = loading.materialise(w_k_b, torch.float32, torch.device("cpu"))
     assert torch.equal(copied, w_k_b) and copied.untyped_storage().nbytes() == w_k_b.numel() * 4
     assert copied.transpose(1, 2).is_contiguous()
+
+
+def test_tied_embeddings_centering_unembed_leaves_the_embedding_alone(tmp_path: Path) -> None:
+    """A tied checkpoint without lm_head.weight: W_U is W_E.T; centring W_U must not centre the embedding too."""
+    from safetensors.torch import load_file, save_file
+
+    write_tiny_checkpoint(config=tiny_config(tie_word_embeddings=True), seed=5, folder=tmp_path / "tied")
+    tensors = load_file(tmp_path / "tied" / "model.safetensors")
+    del tensors["lm_head.weight"]
+    save_file(tensors, tmp_path / "tied" / "model.safetensors")
+    plain = HookedTransformer.from_pretrained_no_processing(str(tmp_path / "tied"), device="cpu")
+    centred = HookedTransformer.from_pretrained(str(tmp_path / "tied"), device="cpu", fold_ln=False)
+    torch.testing.assert_close(centred.W_E, tensors["model.embed_tokens.weight"], atol=0, rtol=0)
+    tokens = torch.randint(2, 300, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = plain(tokens).log_softmax(-1), centred(tokens).log_softmax(-1)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)

@@ -394,7 +394,13 @@ def fold_layer_norms(model: nn.Module, norm_weights: dict[str, torch.Tensor]) ->
 def center_unembed_weights(model: nn.Module) -> None:
     """Subtract each row's mean over the vocabulary from W_U and b_U (log-probs unchanged, as in TL)."""
     unembed = model.unembed  # type: ignore[attr-defined]
-    unembed.W_U.sub_(unembed.W_U.mean(dim=-1, keepdim=True))
+    w_u = unembed.W_U
+    if w_u.untyped_storage().data_ptr() == model.embed.W_E.untyped_storage().data_ptr():  # type: ignore[attr-defined]
+        # Tied embeddings (W_U is a view of W_E): centre a copy, or the embedding would be centred too.
+        centred = w_u - w_u.mean(dim=-1, keepdim=True)
+        unembed._parameters["W_U"] = nn.Parameter(centred, requires_grad=w_u.requires_grad)
+    else:
+        w_u.sub_(w_u.mean(dim=-1, keepdim=True))
     unembed.b_U.sub_(unembed.b_U.mean())
 
 

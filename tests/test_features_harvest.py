@@ -233,3 +233,35 @@ def test_running_topk_equals_sorting_everything():
     assert got_rows == sorted(want)
     with pytest.raises(ValueError, match="increasing"):
         running.update(acts, torch.zeros(n, dtype=torch.long), torch.arange(n))
+
+
+def test_crash_between_state_and_progress_writes_resumes(one_run, model, sae, tmp_path, monkeypatch):
+    """A crash after `state.pt` is replaced but before `progress.json` is (the two checkpoint writes) leaves a
+    top-k state ahead of the recorded progress; resuming must continue from the state, not re-harvest prompts
+    the state already holds (which RunningTopK refuses, and which would duplicate rows)."""
+    import sys
+
+    harvest_mod = sys.modules["r1_plugin.features.harvest"]  # the package re-exports the function `harvest`
+    real_write = harvest_mod._atomic_write_bytes
+    progress_writes: list[int] = []
+
+    def crash_on_second_progress(path: Path, data: bytes) -> None:
+        if path.name == "progress.json":
+            progress_writes.append(1)
+            if len(progress_writes) == 2:
+                raise KeyboardInterrupt
+        real_write(path, data)
+
+    monkeypatch.setattr(harvest_mod, "_atomic_write_bytes", crash_on_second_progress)
+    with pytest.raises(KeyboardInterrupt):
+        harvest(model, sae, PROMPTS, tmp_path / "s", top_k=TOP_K, batch_size=3, checkpoint_every=1,
+                progress=False)
+    monkeypatch.setattr(harvest_mod, "_atomic_write_bytes", real_write)
+    shard = tmp_path / "s" / "shard-00000-of-00001"
+    assert json.loads((shard / "progress.json").read_text())["done"] == 3  # the state holds 6 prompts
+    resumed: list[int] = []
+    result = harvest(model, sae, PROMPTS, tmp_path / "s", top_k=TOP_K, batch_size=3, checkpoint_every=1,
+                     progress=False, on_batch=resumed.append)
+    assert resumed == [9, 12] and result.complete
+    merged = merge_shards(tmp_path / "s", tmp_path / "resumed.ddb", labels={3: "third feature"})
+    assert _tables(merged) == _tables(one_run)

@@ -273,11 +273,12 @@ class _Harvester:
         return acts.float(), valid
 
     # ---------------------------------------------------------------- files
-    def load_state(self) -> None:
-        """Restore the running top-k from the last checkpoint (weights_only: plain tensors)."""
-        self.topk.load_state_dict(
-            torch.load(self.shard_dir / STATE_FILE, map_location="cpu", weights_only=True)
-        )
+    def load_state(self) -> int | None:
+        """Restore the running top-k from the last checkpoint (weights_only: plain tensors); returns the number
+        of prompts it holds (None for a state written without that count)."""
+        state = torch.load(self.shard_dir / STATE_FILE, map_location="cpu", weights_only=True)
+        self.topk.load_state_dict(state)
+        return int(state["done"]) if "done" in state else None
 
     def save_checkpoint(self, token_rows: list[Any], first_seq: int, progress: dict[str, Any]) -> None:
         """Write the new tokens, then the top-k state, then progress.json (last, so a crash leaves the old one)."""
@@ -291,7 +292,9 @@ class _Harvester:
             os.replace(tmp, target)
         if self.topk.values is not None:
             tmp = self.shard_dir / (STATE_FILE + ".tmp")
-            torch.save(self.topk.state_dict(), tmp)
+            # The prompt count goes with the state: a crash between this write and progress.json's leaves the
+            # state ahead of progress.json, and the resume must continue from the state.
+            torch.save({**self.topk.state_dict(), "done": torch.tensor(int(progress["done"]))}, tmp)
             os.replace(tmp, self.shard_dir / STATE_FILE)
         _atomic_write_bytes(self.shard_dir / PROGRESS_FILE, json.dumps(progress, indent=1).encode())
 
@@ -380,7 +383,9 @@ def harvest(
         if saved.get("complete"):
             return HarvestResult(shard_dir, end - start, 0, 0.0, True)
         if done and (shard_dir / STATE_FILE).is_file():
-            worker.load_state()
+            state_done = worker.load_state()
+            if state_done is not None and state_done > done:
+                done = state_done  # crashed after writing state.pt (and its tokens file), before progress.json
         else:
             done = 0
     for leftover in shard_dir.glob("tokens-*.parquet"):  # written after the last recorded checkpoint

@@ -111,3 +111,37 @@ def test_cli_sae_feature_sweep_and_errors(qwen: HookedTransformer, monkeypatch: 
     assert "exactly one" in capsys.readouterr().err
     assert main(["steer", "--model", QWEN, "--prompt", "Hi", "--direction", "nope.pt", "--mode", "clamp",
                  "--no-wandb"]) == 2
+
+
+def test_sweep_over_several_features_reads_their_summed_activation(qwen: HookedTransformer, capsys: Any,
+                                                                   monkeypatch: Any) -> None:
+    """`steer` and the CLI take several SAE features; a sweep over them reads the sum of their activations
+    (it used to raise 'readout_sae needs readout_feature', a traceback from `r1-plugin steer --feature 3 5
+    --sweep ...`)."""
+    from r1_plugin.cli import main
+    from r1_plugin.steering.sae_directions import encode_features
+
+    cfg = StandardSAEConfig(d_in=64, d_sae=32, metadata=SAEMetadata(hook_name=HOOK))
+    sae = SAE.from_dict(cfg.to_dict())
+    with torch.no_grad():
+        sae.b_enc.fill_(0.3)
+    result = sweep_strengths(qwen, "What is two plus two?", [0.0, 4.0], sae=sae, feature=[3, 5],
+                             gate=AfterResponsePrefix(max_tokens=2), max_new_tokens=6)
+    table = result.table
+    base = table[table["baseline"]].iloc[0]
+    from r1_plugin.chat import r1_chat_tokens
+
+    tokens = r1_chat_tokens(qwen, "What is two plus two?")
+    with torch.no_grad():
+        full = qwen.generate(tokens, max_new_tokens=6, do_sample=False, verbose=False, stop_at_eos=True)
+        _, cache = qwen.run_with_cache(full, names_filter=[HOOK])
+        acts = encode_features(sae, cache[HOOK], [3, 5]).sum(-1)[0]
+    expected = float(acts[int(base["gate_open_at"]):].mean())
+    assert base["feature_act"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    steered = table[~table["baseline"]].sort_values("strength")
+    assert steered["feature_act"].iloc[1] > steered["feature_act"].iloc[0]
+
+    monkeypatch.setattr(SAE, "from_pretrained", classmethod(lambda cls, release, sae_id, device="cpu": sae))
+    code = main(["steer", "--model", QWEN, "--prompt", "Hi", "--sae-release", "r", "--sae-id", "i", "--feature", "3",
+                 "5", "--sweep", "0,4", "--gate", "generated", "--max-new-tokens", "3", "--no-wandb"])
+    assert code == 0 and "feature_act" in capsys.readouterr().out

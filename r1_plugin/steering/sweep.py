@@ -140,7 +140,7 @@ def sweep_strengths(
     max_new_tokens: int = 64,
     behaviour: Behaviour | None = None,
     readout_sae: Any = None,
-    readout_feature: int | None = None,
+    readout_feature: int | Sequence[int] | None = None,
     readout_hook: str | None = None,
     batch_size: int = 8,
     reversion_drop: float = 0.5,
@@ -152,7 +152,8 @@ def sweep_strengths(
     prompts: text (formatted with R1's chat template when `chat`), or `[1, seq]` ids, or a list of them.
     Steering arguments are those of `steer` (one of direction / sae+feature). The baseline is an unsteered
     generation. `readout_sae`/`readout_feature`/`readout_hook` choose the "steered feature" to read (default: the
-    steering SAE feature at its hook; without an SAE, the projection on the unit direction at `hook_name`).
+    steering SAE feature at its hook, the sum of their activations for several; without an SAE, the projection
+    on the unit direction at `hook_name`).
     The reversion flag uses `behaviour` when given, else the feature activation. `tracker`: an r1_plugin Tracker
     to log the result to.
     """
@@ -167,11 +168,11 @@ def sweep_strengths(
     if hook_name is None:
         raise ValueError("sweep_strengths needs hook_name (or an sae to take it from)")
     readout_sae = readout_sae if readout_sae is not None else sae
-    readout_feature = readout_feature if readout_feature is not None else (
-        (feature if isinstance(feature, int) else None) if readout_sae is sae else None
-    )
+    if readout_feature is None and readout_sae is sae and feature is not None:
+        # the steered feature(s); several are read out as the sum of their activations
+        readout_feature = [int(f) for f in feature] if isinstance(feature, (list, tuple)) else feature
     if readout_sae is not None and readout_feature is None:
-        raise ValueError("readout_sae needs readout_feature (a single feature id)")
+        raise ValueError("readout_sae needs readout_feature (a feature id, or a list whose activations are summed)")
     readout_hook = readout_hook or (sae_hook_name(readout_sae) if readout_sae is not None else hook_name)
     unit = None
     if readout_sae is None:
@@ -266,7 +267,7 @@ def _row_metrics(
     eos: int | None,
     readout_hook: str,
     readout_sae: Any,
-    readout_feature: int | None,
+    readout_feature: int | Sequence[int] | None,
     unit: torch.Tensor | None,
     steering: tuple[Sequence[float], dict[str, Any]] | None,
 ) -> list[dict[str, Any]]:
@@ -298,7 +299,7 @@ def _row_metrics(
             kl = torch.zeros(seqs.shape, dtype=torch.float32)
         act = cache[readout_hook]
         if readout_sae is not None:
-            feat = encode_features(readout_sae, act, readout_feature)[..., 0].float().cpu()
+            feat = encode_features(readout_sae, act, readout_feature).sum(-1).float().cpu()
         else:
             assert unit is not None
             feat = (act.reshape(*act.shape[:2], -1) @ unit.to(act.device, act.dtype)).float().cpu()

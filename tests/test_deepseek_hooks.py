@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from sae_lens import HookedSAETransformer
@@ -150,3 +152,24 @@ def test_default_processing_is_exact_for_log_probs(model: HookedTransformer) -> 
 def test_refactor_factored_attn_matrices_is_refused(hf_cache: object) -> None:
     with pytest.raises(ValueError, match="from_pretrained_no_processing"):
         HookedTransformer.from_pretrained(NAME, device="cpu", refactor_factored_attn_matrices=True)
+
+
+def test_process_weights_after_loading_is_exact_or_refused(model: HookedTransformer) -> None:
+    """TransformerLens's own `process_weights_` / `load_and_process_state_dict` (the usual way to process a model
+    loaded without processing) must fold exactly for MLA/MoE, not swap the norms for RMSNormPre and drop their
+    weights, and must refuse refactor_factored_attn_matrices."""
+    tokens = torch.randint(2, CONFIG["vocab_size"], (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(tokens).log_softmax(-1)
+    fresh = HookedTransformer.from_pretrained_no_processing(NAME, device="cpu")
+    fresh.process_weights_()
+    assert fresh.cfg.normalization_type == "RMSPre"
+    other = HookedTransformer(copy.deepcopy(model.cfg), model.tokenizer)
+    other.load_and_process_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(tokens).log_softmax(-1), expected, atol=1e-4, rtol=0)
+        torch.testing.assert_close(other(tokens).log_softmax(-1), expected, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="from_pretrained_no_processing"):
+        HookedTransformer.from_pretrained_no_processing(NAME, device="cpu").process_weights_(
+            refactor_factored_attn_matrices=True
+        )

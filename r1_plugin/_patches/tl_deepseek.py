@@ -121,6 +121,38 @@ def _patch_from_pretrained() -> None:
     ht.from_pretrained = classmethod(mark(from_pretrained, original))  # type: ignore[method-assign]
 
 
+def _patch_load_and_process_state_dict() -> None:
+    """HookedTransformer.load_and_process_state_dict (what `process_weights_` calls): TL's weight processing
+    assumes W_Q/W_K/W_V/W_in; for DeepSeek-V3 it replaced the norms by RMSNormPre without folding their weights
+    anywhere (silently wrong logits). Use the loader's exact folds instead; refuse the refactoring."""
+    ht = hooked_transformer_module.HookedTransformer
+    original = ht.load_and_process_state_dict
+    if is_patched(original):
+        return
+
+    @functools.wraps(original)
+    def load_and_process_state_dict(
+        self: Any,
+        state_dict: dict[str, Any],
+        fold_ln: bool = True,
+        center_writing_weights: bool = True,
+        center_unembed: bool = True,
+        fold_value_biases: bool = True,
+        refactor_factored_attn_matrices: bool = False,
+    ) -> None:
+        if not is_deepseek_cfg(self.cfg):
+            return original(
+                self, state_dict, fold_ln, center_writing_weights, center_unembed, fold_value_biases,
+                refactor_factored_attn_matrices,
+            )
+        from r1_plugin.models.deepseek_v3.loading import load_and_process_into
+
+        load_and_process_into(self, state_dict, fold_ln, center_unembed, refactor_factored_attn_matrices)
+        return None
+
+    ht.load_and_process_state_dict = mark(load_and_process_state_dict, original)
+
+
 def apply() -> None:
     """Apply every DeepSeek-V3 patch (idempotent)."""
     _patch_config_from_dict()
@@ -128,3 +160,4 @@ def apply() -> None:
     _patch_init_cache()
     _patch_get_pos_offset()
     _patch_from_pretrained()
+    _patch_load_and_process_state_dict()

@@ -404,6 +404,55 @@ def center_unembed_weights(model: nn.Module) -> None:
     unembed.b_U.sub_(unembed.b_U.mean())
 
 
+@torch.no_grad()
+def load_and_process_into(
+    model: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    fold_ln: bool = True,
+    center_unembed: bool = True,
+    refactor_factored_attn_matrices: bool = False,
+) -> None:
+    """HookedTransformer.load_and_process_state_dict (and so `process_weights_`) for DeepSeek-V3.
+
+    TransformerLens's version swaps the norms for RMSNormPre and then folds their weights into W_Q/W_K/W_V and
+    W_in, which MLA/MoE do not have, so the norm weights were silently lost. Here the same exact folds as
+    `from_pretrained` (fold_layer_norms, center_unembed_weights); center_writing_weights is skipped for RMSNorm
+    and fold_value_biases has nothing to fold (no value biases), as in `load_pretrained`.
+    """
+    from transformer_lens.components import RMSNormPre
+
+    if refactor_factored_attn_matrices:
+        raise ValueError(
+            "refactor_factored_attn_matrices is not defined for MLA (queries and keys come from low-rank latents "
+            "with a shared rope key, not per-head W_Q/W_K). " + PROCESSING_HELP
+        )
+    cfg: DeepseekV3HookedConfig = model.cfg  # type: ignore[assignment]
+    state_dict = dict(state_dict)
+    norm_keys = [k for k in state_dict if k.endswith((".ln1.w", ".ln2.w")) or k == "ln_final.w"]
+    fold = fold_ln and bool(norm_keys) and cfg.normalization_type in ("RMS", "RMSPre")
+    norm_weights = {k: state_dict.pop(k).detach().to(torch.float32).clone() for k in norm_keys} if fold else {}
+    if fold and cfg.normalization_type == "RMS":
+        cfg.normalization_type = "RMSPre"
+        model.ln_final = RMSNormPre(cfg)
+        for block in model.blocks:  # type: ignore[attr-defined]
+            block.ln1, block.ln2 = RMSNormPre(cfg), RMSNormPre(cfg)
+    if "unembed.b_U" not in state_dict and "unembed.b_U" in model.state_dict():
+        state_dict["unembed.b_U"] = torch.zeros_like(model.state_dict()["unembed.b_U"])
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"state dict does not fit this DeepSeek-V3 model: missing {sorted(missing)[:5]}, unexpected "
+            f"{sorted(unexpected)[:5]} (a state dict whose norms were already folded needs a model built with "
+            "normalization_type='RMSPre', or fold_ln=False)."
+        )
+    if fold:
+        fold_layer_norms(model, norm_weights)
+    if center_unembed:
+        center_unembed_weights(model)
+    if fold:
+        model.setup()  # type: ignore[operator]  (the norm modules were replaced: rebuild the hook dict)
+
+
 def load_pretrained(
     cls: type,
     model_name: str,

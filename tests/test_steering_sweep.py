@@ -145,3 +145,24 @@ def test_sweep_over_several_features_reads_their_summed_activation(qwen: HookedT
     code = main(["steer", "--model", QWEN, "--prompt", "Hi", "--sae-release", "r", "--sae-id", "i", "--feature", "3",
                  "5", "--sweep", "0,4", "--gate", "generated", "--max-new-tokens", "3", "--no-wandb"])
     assert code == 0 and "feature_act" in capsys.readouterr().out
+
+
+def test_cli_bad_feature_hook_or_direction_shape_is_a_clean_error(qwen: HookedTransformer, monkeypatch: Any,
+                                                                 capsys: Any, tmp_path: Path) -> None:
+    """A feature id out of range, a hook the model lacks or a direction of the wrong shape for the hook is a
+    user error: exit code 2 and one line on stderr, not a traceback."""
+    from r1_plugin.cli import main
+
+    sae = SAE.from_dict(StandardSAEConfig(d_in=64, d_sae=32, metadata=SAEMetadata(hook_name=HOOK)).to_dict())
+    monkeypatch.setattr(SAE, "from_pretrained", classmethod(lambda cls, release, sae_id, device="cpu": sae))
+    common = ["steer", "--model", QWEN, "--prompt", "Hi", "--max-new-tokens", "2", "--gate", "always", "--no-wandb"]
+    assert main([*common, "--sae-release", "r", "--sae-id", "i", "--feature", "99"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert main([*common, "--sae-release", "r", "--sae-id", "i", "--feature", "99", "--sweep", "0,1"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    path = tmp_path / "vec.pt"
+    torch.save(torch.randn(64), path)
+    assert main([*common, "--direction", str(path), "--hook", "blocks.9.hook_resid_post"]) == 2
+    assert "not a hook of this model" in capsys.readouterr().err
+    assert main([*common, "--direction", str(path), "--hook", "blocks.0.attn.hook_z"]) == 2
+    assert "direction has shape" in capsys.readouterr().err

@@ -122,13 +122,10 @@ def describe_gate(model: Any, tokens: Any, open_at: int | None, gate: Any, n_pro
 
 def run(args: argparse.Namespace) -> int:
     """Load the model and the direction/SAE, generate unsteered and steered, print them, log to W&B."""
-    import warnings
-
-    import torch
     from transformer_lens import HookedTransformer
 
     from r1_plugin.chat import THINK_OPEN, format_r1_prompt
-    from r1_plugin.steering import GateNeverOpenedWarning, as_gate, steer
+    from r1_plugin.steering import as_gate
     from r1_plugin.tracking import tracker_from_args
 
     use_sae = args.sae_release is not None or args.sae_id is not None
@@ -173,34 +170,51 @@ def run(args: argparse.Namespace) -> int:
                   max_new_tokens=args.max_new_tokens, prompt=args.prompt, sample=args.sample)
 
     with tracker_from_args(args, "steer", config) as tracker:
-        if args.sweep:
-            from r1_plugin.steering.sweep import sweep_strengths
+        try:
+            return _generate_and_show(args, model, tokens, gate, steer_kwargs, text, what, n_prompt, width, tracker)
+        except ValueError as exc:  # steer/sweep argument checks: a feature id, hook or direction shape that is wrong
+            raise SteerCLIError(str(exc)) from exc
 
-            strengths = [float(s) for s in args.sweep.split(",") if s.strip()]
-            result = sweep_strengths(model, tokens, strengths, gate=gate, max_new_tokens=args.max_new_tokens,
-                                     tracker=tracker, **steer_kwargs)
-            cols = ["strength", "gate_open_at", "feature_act", "kl", "reverted", "text"]
-            with_text = result.table.assign(text=result.table["text"].str.slice(0, 60).str.replace("\n", " "))
-            print(with_text[cols].to_string(index=False))
-            return 0
-        gen = dict(max_new_tokens=args.max_new_tokens, use_past_kv_cache=not args.no_cache, verbose=False,
-                   do_sample=args.sample, temperature=args.temperature)
-        with torch.no_grad():
-            torch.manual_seed(args.seed)
-            plain = model.generate(tokens, **gen)
-            torch.manual_seed(args.seed)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", GateNeverOpenedWarning)
-                with steer(model, strength=args.strength, gate=gate, **steer_kwargs) as result:
-                    steered = model.generate(tokens, **gen)
-        open_at = result.open_at[0]
-        unsteered_text = model.tokenizer.decode(plain[0, n_prompt:])
-        steered_text = model.tokenizer.decode(steered[0, n_prompt:])
-        print(f"model: {args.model}   steering: {what} x {args.strength} ({args.mode}) at "
-              f"{result.hook_name}")
-        print(f"prompt: {text!r}")
-        print(describe_gate(model, steered[0], open_at, gate, n_prompt))
-        print(side_by_side(unsteered_text, steered_text, width))
-        tracker.log_generations([dict(prompt=text, unsteered=unsteered_text, steered=steered_text,
-                                      gate_position=open_at, strength=args.strength)])
+
+def _generate_and_show(
+    args: argparse.Namespace, model: Any, tokens: Any, gate: Any, steer_kwargs: dict[str, Any], text: str,
+    what: str, n_prompt: int, width: int, tracker: Any,
+) -> int:
+    """The sweep table, or the unsteered and steered continuations side by side (logged to `tracker`)."""
+    import warnings
+
+    import torch
+
+    from r1_plugin.steering import GateNeverOpenedWarning, steer
+
+    if args.sweep:
+        from r1_plugin.steering.sweep import sweep_strengths
+
+        strengths = [float(s) for s in args.sweep.split(",") if s.strip()]
+        result = sweep_strengths(model, tokens, strengths, gate=gate, max_new_tokens=args.max_new_tokens,
+                                 tracker=tracker, **steer_kwargs)
+        cols = ["strength", "gate_open_at", "feature_act", "kl", "reverted", "text"]
+        with_text = result.table.assign(text=result.table["text"].str.slice(0, 60).str.replace("\n", " "))
+        print(with_text[cols].to_string(index=False))
+        return 0
+    gen = dict(max_new_tokens=args.max_new_tokens, use_past_kv_cache=not args.no_cache, verbose=False,
+               do_sample=args.sample, temperature=args.temperature)
+    with torch.no_grad():
+        torch.manual_seed(args.seed)
+        plain = model.generate(tokens, **gen)
+        torch.manual_seed(args.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", GateNeverOpenedWarning)
+            with steer(model, strength=args.strength, gate=gate, **steer_kwargs) as result:
+                steered = model.generate(tokens, **gen)
+    open_at = result.open_at[0]
+    unsteered_text = model.tokenizer.decode(plain[0, n_prompt:])
+    steered_text = model.tokenizer.decode(steered[0, n_prompt:])
+    print(f"model: {args.model}   steering: {what} x {args.strength} ({args.mode}) at "
+          f"{result.hook_name}")
+    print(f"prompt: {text!r}")
+    print(describe_gate(model, steered[0], open_at, gate, n_prompt))
+    print(side_by_side(unsteered_text, steered_text, width))
+    tracker.log_generations([dict(prompt=text, unsteered=unsteered_text, steered=steered_text,
+                                  gate_position=open_at, strength=args.strength)])
     return 0

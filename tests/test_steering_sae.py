@@ -150,3 +150,29 @@ def test_deepseek_v3_architecture_cached_generation_equals_reference(hf_cache: A
         assert not torch.equal(out, unsteered)
     assert not [n for n, hp in model.hook_dict.items() if hp.fwd_hooks]
     assert "forward" not in model.__dict__
+
+
+@pytest.mark.parametrize("mode", ["add", "clamp"])
+def test_steering_a_hooked_sae_transformer_with_the_sae_attached(hf_cache: Any, tokens: torch.Tensor,
+                                                                   mode: str) -> None:
+    """SAELens's `HookedSAETransformer.add_sae` splices the SAE in at its hook, whose name then only exists as
+    `<hook>.hook_sae_*`: steering by that SAE (hook taken from it) steers the SAE's output, and with the error
+    term that equals steering the plain model."""
+    from sae_lens import HookedSAETransformer
+
+    write_tiny_distill(QWEN, seed=0)
+    model = HookedSAETransformer.from_pretrained_no_processing(QWEN, device="cpu", dtype=torch.float32)
+    sae = make_sae("standard", model.cfg.d_model)
+    kwargs = dict(sae=sae, feature=7, strength=6.0, mode=mode, gate=GeneratedOnly())
+    with torch.no_grad():
+        with steer(model, **kwargs):
+            want = model.generate(tokens, max_new_tokens=6, **GEN)
+        model.add_sae(sae, use_error_term=True)
+        try:
+            with steer(model, **kwargs) as result:
+                got = model.generate(tokens, max_new_tokens=6, **GEN)
+        finally:
+            model.reset_saes()
+    assert result.hook_name == f"{HOOK}.hook_sae_output"
+    assert result.open_at == [tokens.shape[1]]
+    assert torch.equal(got, want)

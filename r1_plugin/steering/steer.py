@@ -220,6 +220,15 @@ class _SteerHook:
         self._record_view = self._record_open = None
 
 
+def resolve_hook_name(model: Any, hook_name: str) -> str:
+    """`hook_name`, or `<hook_name>.hook_sae_output` when SAELens's `HookedSAETransformer.add_sae` has spliced an
+    SAE in there (the plain name is then gone): the SAE's output is what flows on from that point."""
+    spliced = f"{hook_name}.hook_sae_output"
+    if hook_name not in model.hook_dict and spliced in model.hook_dict:
+        return spliced
+    return hook_name
+
+
 def _remove_hook(model: Any, hook_name: str, fn: Any) -> None:
     hook_point = model.hook_dict[hook_name]
     for handle in list(hook_point.fwd_hooks):
@@ -269,6 +278,7 @@ def steer(
         hook_name = hook_name or sae_directions.sae_hook_name(sae)
     if hook_name is None:
         raise ValueError("steer needs `hook_name` (e.g. 'blocks.12.hook_resid_post') or an `sae` to take it from")
+    hook_name = resolve_hook_name(model, hook_name)
     if hook_name not in model.hook_dict:
         near = [n for n in model.hook_dict if n.split(".")[-1] == hook_name.split(".")[-1]][:5]
         raise ValueError(f"{hook_name!r} is not a hook of this model; e.g. {near or list(model.hook_dict)[:5]}")

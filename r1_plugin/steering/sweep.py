@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from r1_plugin.steering.gates import FromPositions, Gate, as_gate
-from r1_plugin.steering.steer import steer
+from r1_plugin.steering.steer import resolve_hook_name, steer
 
 Behaviour = Callable[[str], float]
 
@@ -173,7 +173,9 @@ def sweep_strengths(
         readout_feature = [int(f) for f in feature] if isinstance(feature, (list, tuple)) else feature
     if readout_sae is not None and readout_feature is None:
         raise ValueError("readout_sae needs readout_feature (a feature id, or a list whose activations are summed)")
-    readout_hook = readout_hook or (sae_hook_name(readout_sae) if readout_sae is not None else hook_name)
+    readout_hook = resolve_hook_name(
+        model, readout_hook or (sae_hook_name(readout_sae) if readout_sae is not None else hook_name)
+    )
     unit = None
     if readout_sae is None:
         vec = feature_direction(sae, feature) if sae is not None else torch.as_tensor(direction).float()

@@ -488,6 +488,14 @@ def test_catalog_lists_r1_saes():
     assert [i.release for i in only_r1] == list(RELEASES)
 
 
+
+def test_catalog_accepts_model_aliases_and_any_case():
+    # The aliases r1_plugin registers (r1, r1-distill-llama-8b, ...) name the same models: same SAEs, not [].
+    for alias, hf_id in (("r1", "deepseek-ai/DeepSeek-R1"), ("r1-distill-llama-8b", "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"),
+                         ("DEEPSEEK-AI/deepseek-r1", "deepseek-ai/DeepSeek-R1")):
+        expected = list_r1_saes(model=hf_id)
+        assert expected and list_r1_saes(model=alias) == expected
+
 def test_cli_saes_list(capsys: pytest.CaptureFixture[str]):
     from r1_plugin.cli import main
 

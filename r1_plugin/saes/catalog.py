@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from r1_plugin.models.registry import ALL_MODELS
+from r1_plugin.models.registry import lookup as lookup_model
 from r1_plugin.saes.registry import raw_releases
 
 R1_MODEL = "deepseek-ai/DeepSeek-R1"
@@ -80,7 +81,8 @@ def list_r1_saes(model: str | None = None) -> list[R1SAEInfo]:
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     ours = raw_releases()
-    wanted = {model} if model else _r1_models()
+    spec = lookup_model(model) if model else None  # an alias (r1, r1-distill-llama-8b) or any case names its HF id
+    wanted = {spec.hf_id if spec is not None else model} if model else _r1_models()
     infos: list[R1SAEInfo] = []
     for release, lookup in get_pretrained_saes_directory().items():
         if lookup.model not in wanted:

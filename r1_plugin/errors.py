@@ -30,7 +30,9 @@ class MissingFromCacheError(R1PluginError, FileNotFoundError):
 
         what = f"'{filename}' of '{repo_id}'" if filename else f"the files of '{repo_id}'"
         offline = hub_offline()
-        fetch = f"hf download {repo_id}" + (f" {filename}" if filename else "")
+        # A description ("model weights (*.safetensors)") is not a path: then the command fetches the whole repo.
+        is_path = bool(filename) and not any(c in filename for c in " ()*,")
+        fetch = f"hf download {repo_id}" + (f" {filename}" if is_path else "")
         msg = (
             f"{what} is not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
             + (" and HF_HUB_OFFLINE is set" if offline else " and the hub could not be reached")

@@ -167,3 +167,11 @@ def test_local_folder_without_architectures_gets_a_clear_error(tmp_path):
     with pytest.raises(UnsupportedArchitectureError) as err:
         HookedTransformer.from_pretrained_no_processing(str(tmp_path))
     assert "architectures" in str(err.value) and str(tmp_path) in str(err.value)
+
+
+def test_fetch_command_in_missing_file_errors_is_runnable():
+    # A description rather than a file name ("model weights (*.safetensors)") must not be pasted into the command.
+    message = str(MissingFromCacheError("deepseek-ai/DeepSeek-R1", "tokenizer files (tokenizer.json, tokenizer_config.json)"))
+    assert "`hf download deepseek-ai/DeepSeek-R1`" in message and "tokenizer files" in message
+    message = str(MissingFromCacheError("deepseek-ai/DeepSeek-R1", "config.json"))
+    assert "`hf download deepseek-ai/DeepSeek-R1 config.json`" in message

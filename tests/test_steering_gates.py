@@ -124,3 +124,32 @@ def test_after_text_matches_characters_split_across_byte_tokens() -> None:
             opened = int(runner.open_from(v)[0])
         assert opened == expected, pattern
         assert AfterText(pattern).reference_open_from(text_pieces(tok, ids), 0) == expected
+
+
+class _ByteTokenizer:
+    """A byte-level tokenizer stub whose tokens straddle characters (space + lead byte, tail + next lead)."""
+
+    vocab = {0: b"Okay.", 1: b" \xe7", 2: b"\xad\x94\xe6", 3: b"\xa1\x88", 4: b" x"}  # "Okay. 答案 x"
+
+    def decode(self, ids: list[int], clean_up_tokenization_spaces: bool = False) -> str:
+        return b"".join(self.vocab[i] for i in ids).decode("utf-8", errors="replace")
+
+    def batch_decode(self, seqs: list[list[int]], clean_up_tokenization_spaces: bool = False) -> list[str]:
+        return [self.decode(s) for s in seqs]
+
+
+def test_text_pieces_emit_complete_text_at_once_when_tokens_straddle_characters() -> None:
+    """The complete part of a token's text counts at that token; only an unfinished character waits: the space
+    of ' \\xe7' ends the sentence 'Okay.' at token 1, as it did before characters were joined."""
+    from r1_plugin.steering.gates import text_pieces
+
+    tok = _ByteTokenizer()
+    ids = [0, 1, 2, 3, 4]
+    assert text_pieces(tok, ids) == ["Okay.", " ", "答", "案", " x"]
+    for gate, expected in [(AfterText(r"\.(?=\s)", regex=True), 2), (AfterText("答案"), 4), (AfterText(" "), 2)]:
+        runner = gate.runner(tok)
+        for n in range(1, len(ids) + 1):
+            v = SequenceView(n - 1, 1, torch.tensor([ids[:n]]), torch.zeros(1, dtype=torch.long), 1,
+                             seq_id=1, forward_id=n)
+            opened = int(runner.open_from(v)[0])
+        assert opened == expected, gate

@@ -162,30 +162,39 @@ class _TokenStrings:
 
 
 _REPLACEMENT = "\ufffd"
-_MAX_PENDING = 4  # a UTF-8 character has at most 4 bytes, so at most 4 byte tokens can be needed to complete it
+_MAX_STALL = 4  # a UTF-8 character has at most 4 bytes: 4 tokens without progress mean invalid bytes, not a split
 
 
 class _Completer:
     """Turns per-token strings into each token's contribution to the decoded text.
 
     A byte-level tokenizer can split one character ('×', '答') over several tokens that each decode alone to
-    '\ufffd'. Such tokens are held back (they contribute "") until the token that completes the character arrives,
-    which then contributes the whole character, so the concatenated pieces equal `tokenizer.decode(ids)`.
+    '\ufffd' (and a token can hold the end of one character and the start of the next). A token contributes the
+    text that is complete once it has arrived; an unfinished character waits for the token that completes it,
+    so the concatenated pieces equal `tokenizer.decode(ids)`.
     """
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
-        self.pending: list[int] = []
+        self.pending: list[int] = []  # ids since the last character boundary
+        self.emitted = 0  # characters of decode(pending) already given out
+        self.stalled = 0  # pushes in a row that completed nothing
 
     def push(self, token_id: int, piece: str) -> str:
         if not self.pending and _REPLACEMENT not in piece:
             return piece
         self.pending.append(token_id)
         text = self.tokenizer.decode(self.pending, clean_up_tokenization_spaces=False)
-        if text.endswith(_REPLACEMENT) and len(self.pending) < _MAX_PENDING:
-            return ""
-        self.pending = []
-        return text
+        if text.endswith(_REPLACEMENT):
+            stable = text.rstrip(_REPLACEMENT)
+            out = stable[self.emitted :]
+            self.stalled = 0 if out else self.stalled + 1
+            if self.stalled < _MAX_STALL:
+                self.emitted += len(out)
+                return out
+        out = text[self.emitted :]
+        self.pending, self.emitted, self.stalled = [], 0, 0
+        return out
 
 
 def text_pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:

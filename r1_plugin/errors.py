@@ -10,8 +10,9 @@ class R1PluginError(Exception):
 
 
 def hub_offline() -> bool:
-    """Whether HF_HUB_OFFLINE is set to a true value."""
-    return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+    """Whether HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE, which huggingface_hub honours too) is set to a true value."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().lower() in ("1", "on", "yes", "true")
 
 
 class UnknownModelError(R1PluginError, ValueError):

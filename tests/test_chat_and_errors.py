@@ -175,3 +175,14 @@ def test_fetch_command_in_missing_file_errors_is_runnable():
     assert "`hf download deepseek-ai/DeepSeek-R1`" in message and "tokenizer files" in message
     message = str(MissingFromCacheError("deepseek-ai/DeepSeek-R1", "config.json"))
     assert "`hf download deepseek-ai/DeepSeek-R1 config.json`" in message
+
+
+def test_transformers_offline_counts_as_offline(monkeypatch):
+    # huggingface_hub treats TRANSFORMERS_OFFLINE=1 as HF_HUB_OFFLINE=1; so must the missing-file checks.
+    from r1_plugin.errors import hub_offline
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    assert hub_offline()
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    assert not hub_offline()

@@ -128,10 +128,12 @@ def describe_gate(model: Any, tokens: Any, open_at: int | None, gate: Any, n_pro
 def run(args: argparse.Namespace) -> int:
     """Load the model and the direction/SAE, generate unsteered and steered, print them, log to W&B."""
     from r1_plugin.chat import THINK_OPEN, format_r1_prompt
+    from r1_plugin.cli._errors import check_tracking_args
     from r1_plugin.cli._model_args import load_model_from_args, load_sae_from_args
     from r1_plugin.steering import as_gate
     from r1_plugin.tracking import tracker_from_args
 
+    check_tracking_args(args)  # a bad W&B mode fails before the model loads
     use_sae = args.sae_release is not None or args.sae_id is not None
     if use_sae == (args.direction is not None):
         raise SteerCLIError("give either --sae-release/--sae-id/--feature or --direction (exactly one)")

@@ -99,7 +99,7 @@ def test_unreadable_databases(tiny_db: Any, tmp_path: Path, capsys: pytest.Captu
     assert main(["features", "show", "1", "--labels", str(tiny_db.labels_path)]) == 0  # the intact file reads
 
 
-def test_a_model_that_does_not_fit_is_one_line(monkeypatch: pytest.MonkeyPatch,
+def test_a_model_that_does_not_fit_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     """The loader's ModelDoesNotFitError (a multi-line plan) is printed as one line by every loading command."""
     plan = "device cuda:0 overflows by 61.2 GB\n  weights 180.0 GB > 141.0 GB\nwould fit: --keep-fp8, or 16 devices"
@@ -109,7 +109,9 @@ def test_a_model_that_does_not_fit_is_one_line(monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing", classmethod(does_not_fit))
     assert issubclass(ModelDoesNotFitError, R1PluginError)
-    for argv in (["steer", "--prompt", "Hi", "--direction", "d.pt"], ["sinks", "--prompt", "Hi"]):
+    direction = tmp_path / "d.pt"
+    torch.save({"direction": torch.zeros(8), "hook_name": "blocks.0.hook_resid_post"}, direction)
+    for argv in (["steer", "--prompt", "Hi", "--direction", str(direction)], ["sinks", "--prompt", "Hi"]):
         assert main([*argv, "--model", "deepseek-ai/DeepSeek-R1", "--no-wandb"]) == 2
         assert_one_line(capsys.readouterr().err, "overflows by 61.2 GB; weights 180.0 GB > 141.0 GB; would fit")
 
@@ -122,3 +124,19 @@ def test_devices_this_machine_lacks(monkeypatch: pytest.MonkeyPatch, capsys: pyt
         assert_one_line(capsys.readouterr().err, words)
     assert main(["sinks", "--model", QWEN, "--prompt", "Hi", "--n-devices", "0"]) == 2
     assert_one_line(capsys.readouterr().err, "must be at least 1")
+
+
+def test_a_model_missing_from_the_offline_cache_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """gpt2 was never cached in the tests' offline HF cache: TransformerLens's own loader cannot fetch it."""
+    assert main(["sinks", "--model", "gpt2", "--prompt", "Hi", "--no-wandb", "--device", "cpu"]) == 2
+    assert_one_line(capsys.readouterr().err)
+
+
+def test_a_bad_direction_file_fails_before_the_model_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing",
+                        classmethod(lambda cls, *a, **k: pytest.fail("the model loaded before the direction")))
+    (tmp_path / "junk.pt").write_text("not a tensor")
+    for path, words in ((tmp_path / "missing.pt", "does not exist"), (tmp_path / "junk.pt", "weights-only")):
+        assert main(["steer", "--model", QWEN, "--prompt", "Hi", "--direction", str(path), "--no-wandb"]) == 2
+        assert_one_line(capsys.readouterr().err, words)

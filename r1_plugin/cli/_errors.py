@@ -33,10 +33,15 @@ def input_error_message(exc: BaseException, args: argparse.Namespace | None = No
     """One line for an error that comes from a file the user gave rather than from r1_plugin; None otherwise.
 
     Such errors are a database file that cannot be read (damaged, truncated, locked or not readable: sqlite3's
-    DatabaseError, DuckDB's I/O and serialization errors) and a path that is missing, a folder or not readable.
+    DatabaseError, DuckDB's I/O and serialization errors), a path that is missing, a folder or not readable,
+    and a model or file that is not in the HF cache while the hub cannot be reached.
     """
     import sqlite3
 
+    from r1_plugin.errors import is_missing_file_error
+
+    if is_missing_file_error(exc):  # a model or file neither in the HF cache nor downloadable now
+        return one_line(exc)
     name = type(exc).__name__
     given = [str(p) for p in (getattr(args, f, None) for f in ("labels", "activations", "db_dir")) if p]
     hint = f" (reading {', '.join(given)}: is the file damaged or incomplete? fetch it again)" if given else (

@@ -146,20 +146,20 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SteerCLIError(str(exc)) from exc
 
-    model = load_model_from_args(args)
     steer_kwargs: dict[str, Any] = dict(mode=args.mode, normalize=args.normalize, relative=args.relative)
-    if use_sae:
-        sae = load_sae_from_args(args, model, args.sae_release, args.sae_id, hook_name=args.hook)
-        features = args.feature[0] if len(args.feature) == 1 else args.feature
-        steer_kwargs.update(sae=sae, feature=features, hook_name=args.hook)
-        what = f"{args.sae_release}/{args.sae_id} feature {args.feature}"
-    else:
+    if not use_sae:  # read the direction file before the (slow) model load, so a bad file fails at once
         vec, stored_hook = load_direction(args.direction)
         hook = args.hook or stored_hook
         if hook is None:
             raise SteerCLIError(f"{args.direction} has no hook_name: pass --hook (e.g. blocks.12.hook_resid_post)")
         steer_kwargs.update(direction=vec, hook_name=hook)
         what = f"direction {args.direction}"
+    model = load_model_from_args(args)
+    if use_sae:
+        sae = load_sae_from_args(args, model, args.sae_release, args.sae_id, hook_name=args.hook)
+        features = args.feature[0] if len(args.feature) == 1 else args.feature
+        steer_kwargs.update(sae=sae, feature=features, hook_name=args.hook)
+        what = f"{args.sae_release}/{args.sae_id} feature {args.feature}"
 
     text = args.prompt if args.raw or THINK_OPEN in args.prompt else format_r1_prompt(model, args.prompt)
     if args.raw:

@@ -13,8 +13,7 @@ from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 from transformer_lens import HookedTransformer
 
 from r1_plugin.chat import format_r1_prompt, r1_chat_tokens
-from r1_plugin.features import harvest, merge_shards
-from r1_plugin.features.harvest import special_token_ids
+from r1_plugin.features import harvest, kept_token_mask, merge_shards, special_token_ids
 from r1_plugin.saes import to_batch_topk
 from r1_plugin.testing.deepseek_checkpoints import tiny_config, write_tiny_checkpoint
 from r1_plugin.testing.distill_checkpoints import write_tiny_distill
@@ -128,3 +127,26 @@ def test_exclude_special_false_keeps_them(hf_cache: object, tmp_path: Path) -> N
     tokens = harvested_tokens(tmp_path)
     special = set(special_token_ids(model.tokenizer))
     assert any(tokens[s][t] in special for s, t in rows.fetchall())
+
+
+def test_read_out_mask_for_a_padded_chat_batch(hf_cache: object) -> None:
+    """kept_token_mask + encode(attention_mask=) on a padded batch equals encoding only the kept tokens."""
+    model = load("qwen")
+    sae = batch_topk_sae(model.cfg.d_model)
+    tok = model.tokenizer
+    rows = [r1_chat_tokens(model, q)[0] for q in QUESTIONS[:3]]
+    width = max(len(r) for r in rows)
+    tokens = torch.full((3, width), tok.pad_token_id)
+    attention = torch.zeros(3, width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r)], attention[i, : len(r)] = r, 1
+    kept = kept_token_mask(tok, tokens, attention)
+    special = set(special_token_ids(tok))
+    assert kept.tolist() == [[bool(attention[i, j]) and int(tokens[i, j]) not in special for j in range(width)]
+                             for i in range(3)]
+    assert not kept[:, 0].any()  # BOS
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, attention_mask=attention, names_filter=HOOK)
+        acts = sae.encode(cache[HOOK], attention_mask=kept)
+        alone = sae.encode(cache[HOOK][kept])
+    assert torch.equal(acts[kept], alone) and not acts[~kept].any()

@@ -109,6 +109,21 @@ def special_token_ids(tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
+def kept_token_mask(
+    tokenizer: Any, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None, exclude_special: bool = True
+) -> torch.Tensor:
+    """Bool [batch, pos]: real tokens (attention_mask nonzero) that are not BOS/special when `exclude_special`.
+
+    Pass it to a batch top-k SAE as `sae.encode(acts, attention_mask=kept_token_mask(...))` so padding and special
+    tokens take no part in the `k x n_tokens` budget, as `harvest` does.
+    """
+    kept = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    if exclude_special:
+        special = torch.tensor(special_token_ids(tokenizer), dtype=tokens.dtype, device=tokens.device)
+        kept = kept & ~torch.isin(tokens, special)
+    return kept
+
+
 def tokenize_prompt(model: Any, prompt: str, prepend_bos: bool = True) -> list[int]:
     """Token ids of a text prompt with at most one BOS: text that already starts with BOS (R1's chat helpers
     emit it, e.g. `format_r1_prompt`) gets none added."""
@@ -237,8 +252,6 @@ class _Harvester:
         self.sae_device = param.device if param is not None else torch.device("cpu")
         self.sae_dtype = param.dtype if param is not None else torch.float32
         self.decoded: dict[int, str] = {}
-        self.special = torch.tensor(special_token_ids(self.tokenizer) if config.exclude_special else [],
-                                    dtype=torch.long)
         self.topk = RunningTopK(config.top_k, config.min_strength)
         self._con = duckdb.connect(":memory:")
 
@@ -290,7 +303,7 @@ class _Harvester:
             raise FeatureDBError(
                 f"hook {self.config.hook_name!r} never ran: is it a hook point of this model?"
             )
-        kept = valid & ~torch.isin(tokens, self.special)
+        kept = kept_token_mask(self.tokenizer, tokens, valid, self.config.exclude_special)
         x = captured["x"][kept.to(captured["x"].device)]  # [n_kept, d_in], padding (and special tokens) dropped
         acts = self.sae.encode(x.to(device=self.sae_device, dtype=self.sae_dtype))
         return acts.float(), kept

@@ -47,7 +47,8 @@ def run_hook(hook: HookPoint, x: torch.Tensor, watch: bool) -> tuple[torch.Tenso
         return hook(x), False
     before = x.clone()
     out = hook(x)
-    return out, out.shape != before.shape or not torch.equal(out, before)
+    same = out.shape == before.shape and out.dtype == before.dtype and torch.equal(out, before)
+    return out, not same
 
 
 def latent_norm(cfg: DeepseekV3HookedConfig, length: int) -> RMSNorm:

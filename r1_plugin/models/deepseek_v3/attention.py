@@ -164,10 +164,12 @@ class DeepseekV3Attention(nn.Module):
         # Per-head K/V of the current positions only, as in TransformerLens; an edit to them is detected only
         # where it has to outlive this forward (a cache that stores), never by changing how anything is computed.
         watch = entry is not None and not entry.frozen
-        k_nope = (kv_latent @ heads_matrix(self.W_K_b)).view(batch, n_new, h, cfg.qk_nope_head_dim)
+        # Read once per forward (FP8 weights dequantise on access).
+        w_k_b, w_v_b = self.W_K_b, self.W_V_b
+        k_nope = (kv_latent @ heads_matrix(w_k_b)).view(batch, n_new, h, cfg.qk_nope_head_dim)
         k, k_edited = run_hook(self.hook_k, torch.cat([k_nope, k_rope[:, :, None].expand(-1, -1, h, -1)], -1), watch)
         v, v_edited = run_hook(
-            self.hook_v, (kv_latent @ heads_matrix(self.W_V_b)).view(batch, n_new, h, cfg.v_head_dim), watch
+            self.hook_v, (kv_latent @ heads_matrix(w_v_b)).view(batch, n_new, h, cfg.v_head_dim), watch
         )
         k, rot_k_edited = run_hook(self.hook_rot_k, self.rotate_heads(k, cos, sin), watch)
 
@@ -180,9 +182,9 @@ class DeepseekV3Attention(nn.Module):
         edited = k_edited or v_edited or rot_k_edited
         keep_kv = entry is not None and not entry.frozen and (past_kv is not None or edited)
         if past_kv is None and past and (keep_kv or not (self.absorb_cached and self.use_absorbed(n_new, past))):
-            past_kv = self.expand_latent(past_latent)  # type: ignore[arg-type]
+            past_kv = self.expand_latent(past_latent, w_k_b, w_v_b)  # type: ignore[arg-type]
         if past_kv is None and past:
-            scores, z_of = self.absorbed_scores(q, past_latent, k, v)  # type: ignore[arg-type]
+            scores, z_of = self.absorbed_scores(q, past_latent, k, v, w_k_b, w_v_b)  # type: ignore[arg-type]
         else:
             if past_kv is not None:
                 k, v = torch.cat([past_kv[0], k], dim=1), torch.cat([past_kv[1], v], dim=1)
@@ -215,14 +217,16 @@ class DeepseekV3Attention(nn.Module):
         absorbed = n_q * r * (nope + v) + n_q * n_past * (2 * r + rope)
         return absorbed < expanded
 
-    def expand_latent(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def expand_latent(
+        self, latent: torch.Tensor, w_k_b: torch.Tensor, w_v_b: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached latents [b, K, r + rope] -> rotated per-head K [b, K, h, qk] and V [b, K, h, v] (no hooks)."""
         cfg = self.cfg
         batch, n_k, _ = latent.shape
         kv_latent, k_rope = latent.split([cfg.kv_lora_rank, cfg.qk_rope_head_dim], dim=-1)
-        k_nope = (kv_latent @ heads_matrix(self.W_K_b)).view(batch, n_k, cfg.n_heads, cfg.qk_nope_head_dim)
+        k_nope = (kv_latent @ heads_matrix(w_k_b)).view(batch, n_k, cfg.n_heads, cfg.qk_nope_head_dim)
         k = torch.cat([k_nope, k_rope[:, :, None, :].expand(-1, -1, cfg.n_heads, -1)], dim=-1)
-        v = (kv_latent @ heads_matrix(self.W_V_b)).view(batch, n_k, cfg.n_heads, cfg.v_head_dim)
+        v = (kv_latent @ heads_matrix(w_v_b)).view(batch, n_k, cfg.n_heads, cfg.v_head_dim)
         return k, v
 
     @staticmethod
@@ -234,7 +238,13 @@ class DeepseekV3Attention(nn.Module):
         return scores, lambda pattern: torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2)
 
     def absorbed_scores(
-        self, q: torch.Tensor, past_latent: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        self,
+        q: torch.Tensor,
+        past_latent: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        w_k_b: torch.Tensor,
+        w_v_b: torch.Tensor,
     ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
         """Scores and z over cached latents c [b, P, r + rope] without rebuilding their K/V, then the current
         positions' per-head k/v: q_nope . (c W_K_b) = (q_nope W_K_b^T) . c and pattern @ (c W_V_b) =
@@ -244,7 +254,7 @@ class DeepseekV3Attention(nn.Module):
         r, nope, n_past = cfg.kv_lora_rank, cfg.qk_nope_head_dim, past_latent.shape[1]
         q_nope, q_rope = q.split([nope, cfg.qk_rope_head_dim], dim=-1)
         # Heads as the batch of one matmul against W_K_b^T [h, nope, r]: [h, b*q, nope] -> [h, b*q, r].
-        q_absorbed = torch.matmul(q_nope.permute(2, 0, 1, 3).reshape(h, batch * n_q, nope), self.W_K_b.transpose(1, 2))
+        q_absorbed = torch.matmul(q_nope.permute(2, 0, 1, 3).reshape(h, batch * n_q, nope), w_k_b.transpose(1, 2))
         q_latent = torch.cat([q_absorbed.view(h, batch, n_q, r).transpose(0, 1), q_rope.transpose(1, 2)], dim=-1)
         # Heads folded into the query axis: one [b, h*q, r+rope] @ [b, r+rope, P], the latent read once per batch.
         past_scores = torch.matmul(q_latent.reshape(batch, h * n_q, -1), past_latent.transpose(1, 2))
@@ -254,7 +264,7 @@ class DeepseekV3Attention(nn.Module):
         def z_of(pattern: torch.Tensor) -> torch.Tensor:
             past_pattern = pattern[..., :n_past].reshape(batch, h * n_q, n_past)
             z_latent = torch.matmul(past_pattern, past_latent[..., :r])  # [b, h*q, r]
-            z = torch.matmul(z_latent.view(batch, h, n_q, r).transpose(0, 1).reshape(h, batch * n_q, r), self.W_V_b)
+            z = torch.matmul(z_latent.view(batch, h, n_q, r).transpose(0, 1).reshape(h, batch * n_q, r), w_v_b)
             return z.view(h, batch, n_q, -1).permute(1, 2, 0, 3) + current_z(pattern[..., n_past:])
 
         return scores, z_of

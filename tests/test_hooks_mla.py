@@ -211,3 +211,24 @@ def test_latent_cache_stays_latent_without_edits(model: HookedTransformer) -> No
     assert [entry.edited_kv is not None for entry in cache.entries] == [False, True, False]
     k, v = cache.entries[1].edited_kv
     assert k.shape[:3] == v.shape[:3] == (1, 6, CONFIG["num_attention_heads"])
+
+
+@pytest.fixture(scope="module")
+def dense_bf16(hf_cache: object) -> HookedTransformer:
+    """A bfloat16 MLA model without MoE layers: a rounding difference cannot flip an expert choice here."""
+    name = "deepseek-ai/DeepSeek-V3"
+    write_tiny_checkpoint(name, tiny_config(num_hidden_layers=3, first_k_dense_replace=3), seed=12)
+    return HookedTransformer.from_pretrained_no_processing(name, device="cpu", dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_bfloat16_edits_agree_with_and_without_the_cache_to_rounding(dense_bf16: HookedTransformer,
+                                                                     edit: str) -> None:
+    """In bfloat16 the cached path rounds differently; an edit must not add any divergence beyond that."""
+    tokens = tokens_for(2, 11, 8)
+    hooks = EDITS[edit]
+    clean_gap = (cached_logits(dense_bf16, tokens, 5, []) - uncached_logits(dense_bf16, tokens, [])).abs().max()
+    full = uncached_logits(dense_bf16, tokens, hooks)
+    edited_gap = (cached_logits(dense_bf16, tokens, 5, hooks) - full).abs().max()
+    assert not torch.allclose(full, uncached_logits(dense_bf16, tokens, []), atol=0.05)
+    assert edited_gap <= 2 * clean_gap + 1e-2, (edited_gap, clean_gap)

@@ -232,3 +232,19 @@ def test_bfloat16_edits_agree_with_and_without_the_cache_to_rounding(dense_bf16:
     edited_gap = (cached_logits(dense_bf16, tokens, 5, hooks) - full).abs().max()
     assert not torch.allclose(full, uncached_logits(dense_bf16, tokens, []), atol=0.05)
     assert edited_gap <= 2 * clean_gap + 1e-2, (edited_gap, clean_gap)
+
+
+def test_frozen_cache_shares_an_edited_prefix(model: HookedTransformer) -> None:
+    """TL's frozen cache (one prefix, several continuations): each continuation sees the prefix's edited K/V and
+    matches the uncached run with the same hook; the frozen entries are not extended."""
+    hooks = EDITS["hook_v"] + EDITS["hook_rot_k"]
+    prefix, tails = tokens_for(1, 6, 9), [tokens_for(1, 3, 10), tokens_for(1, 3, 11)]
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, "cpu", 1)
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        model(prefix, past_kv_cache=cache)
+        cache.freeze()
+        outs = [model(tail, past_kv_cache=cache) for tail in tails]
+    assert cache.entries[1].edited_kv[0].shape[1] == 6 and cache.entries[1].past_latent.shape[1] == 6
+    for tail, out in zip(tails, outs, strict=True):
+        full = uncached_logits(model, torch.cat([prefix, tail], dim=1), hooks)[:, 6:]
+        torch.testing.assert_close(out, full, atol=1e-5, rtol=1e-5)

@@ -108,8 +108,8 @@ def test_as_gate_spellings() -> None:
 def test_after_text_matches_characters_split_across_byte_tokens() -> None:
     """A byte-level tokenizer splits '×' or '答案' over several tokens, each decoding alone to '\\ufffd'; the gate
     reads the decoded text, so it opens right after the token that completes the match (online and reference)."""
-    from r1_plugin.steering.gates import text_pieces
     from r1_plugin.testing.tokenizers import build_tokenizer
+    from r1_plugin.token_text import text_pieces
 
     tok = build_tokenizer("r1")
     ids = tok("What is 4 × 6? 答案 is 24.", add_special_tokens=False)["input_ids"]
@@ -141,7 +141,7 @@ class _ByteTokenizer:
 def test_text_pieces_emit_complete_text_at_once_when_tokens_straddle_characters() -> None:
     """The complete part of a token's text counts at that token; only an unfinished character waits: the space
     of ' \\xe7' ends the sentence 'Okay.' at token 1, as it did before characters were joined."""
-    from r1_plugin.steering.gates import text_pieces
+    from r1_plugin.token_text import text_pieces
 
     tok = _ByteTokenizer()
     ids = [0, 1, 2, 3, 4]

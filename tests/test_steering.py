@@ -401,6 +401,12 @@ def test_generation_patch_is_a_pass_through_without_a_tracker(qwen: HookedTransf
     with pytest.raises(TypeError, match="no_such_argument"):
         qwen(batch, no_such_argument=1)
     assert OBSERVER_ATTR not in qwen.__dict__
+    # Inside a steer block nothing is replaced on the instance either: only the observer is attached.
+    with steer(qwen, HOOK, torch.zeros(qwen.cfg.d_model), 1.0, Always()):
+        assert "forward" not in qwen.__dict__ and "generate" not in qwen.__dict__
+        assert OBSERVER_ATTR in qwen.__dict__
+        assert type(qwen).forward is wrapped["forward"]
+    assert_clean(qwen)
 
 
 def test_batched_chat_prompts_each_row_opens_at_its_own_prefix_end(

@@ -40,7 +40,6 @@ from r1_plugin.token_text import text_pieces  # noqa: F401  (re-exported for cal
 NEVER = 2**62  # `open_from` of a row whose gate has not opened (yet)
 
 
-
 class GateRunner(ABC):
     """The per-`steer`-block state of a gate: turns each forward's `SequenceView` into per-row thresholds.
 

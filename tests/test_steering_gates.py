@@ -235,6 +235,9 @@ def test_closing_gate_algebra_and_spellings() -> None:
     assert Window(5, "</think>") == FromPosition(5) & Until(AfterText("</think>"))
     assert Window("generated", "x") == GeneratedOnly() & Until("x")
     assert as_gate("until:</think>") == Until("</think>")
+    assert as_gate("thinking:newline:12") == Thinking(end="newline", max_tokens=12)
+    assert as_gate("in-prefix") == GeneratedOnly() & Until(AfterResponsePrefix())
+    assert as_gate("in-prefix:8") == GeneratedOnly() & Until(AfterResponsePrefix(max_tokens=8))
     assert (Always() & (GeneratedOnly() & FromPosition(3))).gates == [Always(), GeneratedOnly(), FromPosition(3)]
     assert Thinking() != AfterResponsePrefix() & Until("</answer>")
     assert len({Thinking(), as_gate("thinking"), Until("x")}) == 2

@@ -511,7 +511,9 @@ def as_gate(gate: Gate | str | int | None) -> Gate:
 
     Spellings: "prefix", "prefix:newline", "prefix:sentence:32" (max tokens), "always", "generated",
     "pos:12", "text:<plain text>", "regex:<pattern>", "thinking" (from the response prefix's end to `</think>`,
-    = `Thinking()`), "until:<plain text>" (= `Until(text)`).
+    = `Thinking()`), "in-prefix" (inside the response prefix only: from the first generated token until the
+    prefix's end, = `GeneratedOnly() & Until(AfterResponsePrefix())`), "until:<plain text>" (= `Until(text)`).
+    "thinking" and "in-prefix" take the same ":sentence|newline:N" options as "prefix".
     """
     if gate is None:
         return AfterResponsePrefix()
@@ -521,11 +523,16 @@ def as_gate(gate: Gate | str | int | None) -> Gate:
         return FromPosition(gate)
     kind, _, arg = str(gate).partition(":")
     kind = kind.strip().lower()
-    if kind in ("prefix", "response-prefix", "after-response-prefix"):
+    if kind in ("prefix", "response-prefix", "after-response-prefix", "thinking", "in-prefix"):
         parts = [p for p in arg.split(":") if p]
         end = parts[0] if parts and not parts[0].isdigit() else "sentence"
         digits = [p for p in parts if p.isdigit()]
-        return AfterResponsePrefix(end=end, max_tokens=int(digits[0]) if digits else 64)
+        max_tokens = int(digits[0]) if digits else 64
+        if kind == "thinking":
+            return Thinking(end=end, max_tokens=max_tokens)
+        if kind == "in-prefix":
+            return GeneratedOnly() & Until(AfterResponsePrefix(end=end, max_tokens=max_tokens))
+        return AfterResponsePrefix(end=end, max_tokens=max_tokens)
     if kind == "always":
         return Always()
     if kind in ("generated", "generated-only"):
@@ -536,11 +543,9 @@ def as_gate(gate: Gate | str | int | None) -> Gate:
         return AfterText(arg)
     if kind == "regex":
         return AfterText(arg, regex=True)
-    if kind == "thinking" and not arg:
-        return Thinking()
     if kind == "until" and arg:
         return Until(arg)
     raise ValueError(
         f"unknown gate {gate!r}: use prefix[:sentence|newline][:N], always, generated, pos:N, text:..., regex:..., "
-        "thinking, until:..."
+        "thinking[:...], in-prefix[:...], until:..."
     )

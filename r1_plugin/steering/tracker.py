@@ -166,14 +166,6 @@ class SequenceTracker:
             self._pending = []
             self._prev = None
 
-    def begin_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """A forward call starts (see `_begin_forward`)."""
-        self._begin_forward(args, kwargs)
-
-    def end_forward(self) -> None:
-        """A forward call ends."""
-        self._end_forward()
-
     # -- events ----------------------------------------------------------------------------------------------
     def _on_embed(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
         tokens = args[0] if args else None
@@ -182,7 +174,8 @@ class SequenceTracker:
             if len(self._pending) > 64:  # stale ids nobody consumed (e.g. embed called by hand)
                 self._pending = self._pending[-64:]
 
-    def _begin_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def begin_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """A forward call starts: note its KV-cache offset, attention mask and whether it embeds token ids."""
         self._in_forward += 1
         if self._in_forward > 1:
             return  # a nested forward (e.g. called from a hook) keeps the outer view
@@ -211,7 +204,8 @@ class SequenceTracker:
         )
         self._view = None
 
-    def _end_forward(self) -> None:
+    def end_forward(self) -> None:
+        """A forward call ends: its view becomes the previous one (for continuations)."""
         self._in_forward -= 1
         if self._in_forward == 0:
             if self._view is not None:

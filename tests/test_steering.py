@@ -147,9 +147,12 @@ def test_cached_and_uncached_generation_equal_naive_reference(
 
 
 def test_llama_distill_left_padding_rope_scaling(hf_cache: Any, direction: torch.Tensor) -> None:
+    from r1_plugin.chat import r1_chat_tokens
+
     model = load(LLAMA)
     texts = [format_r1_prompt(model, "Hi"), format_r1_prompt(model, "What is two plus two, really, friend?")]
     tokens = left_padded(model, texts)
+    assert torch.equal(r1_chat_tokens(model, ["Hi", "What is two plus two, really, friend?"]).tokens, tokens)
     gate = AfterResponsePrefix(max_tokens=2)
     ref, thresholds = reference_generate(model, tokens, STEPS, HOOK, gate, add_by_hand(direction, 2.0))
     with steer(model, HOOK, direction, 2.0, gate) as result:

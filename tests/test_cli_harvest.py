@@ -52,14 +52,23 @@ def test_cli_harvest_equals_the_python_call(sae_dir: Path, tmp_path: Path, capsy
                  "--first-n-layers", "2", "--top-k", "5", "--batch-size", "2", "--no-progress", "--no-wandb"])
     assert code == 0, capsys.readouterr().err
     assert "5 prompts" in capsys.readouterr().out
+    everything = tmp_path / "cli-special"
+    assert main(["features", "harvest", "--model", QWEN, "--sae-path", str(sae_dir), "--prompts", str(prompts),
+                 "--out", str(everything), "--dtype", "bfloat16", "--sae-dtype", "float32", "--device", "cpu",
+                 "--top-k", "5", "--batch-size", "2", "--no-progress", "--no-wandb", "--keep-special"]) == 0
 
     model = HookedTransformer.from_pretrained_no_processing(QWEN, device="cpu", dtype="bfloat16", first_n_layers=2)
     sae = SAE.load_from_disk(sae_dir, device="cpu", dtype="float32")
     ref = harvest(model, sae, PROMPTS, tmp_path / "py", top_k=5, batch_size=2, progress=False)
-    shard = next(out.glob("shard-*"))
-    got, want = (pd.read_parquet(d / "activations.parquet") for d in (shard, ref.shard_dir))
-    pd.testing.assert_frame_equal(got, want)
-    assert len(got) > 0
+    ref_all = harvest(model, sae, PROMPTS, tmp_path / "py-special", top_k=5, batch_size=2, progress=False,
+                      exclude_special=False)
+    for cli_dir, py in ((out, ref), (everything, ref_all)):
+        got, want = (pd.read_parquet(d / "activations.parquet") for d in (next(cli_dir.glob("shard-*")),
+                                                                          py.shard_dir))
+        pd.testing.assert_frame_equal(got, want)
+        assert len(got) > 0
+    got = pd.read_parquet(next(out.glob("shard-*")) / "activations.parquet")
+    assert not got.equals(pd.read_parquet(next(everything.glob("shard-*")) / "activations.parquet"))  # BOS counts
 
     assert main(["features", "merge", str(out), "-o", str(tmp_path / "h.ddb")]) == 0
     with FeatureDB(activations=tmp_path / "h.ddb") as db:

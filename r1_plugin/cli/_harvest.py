@@ -44,6 +44,8 @@ def add_harvest_parser(actions: Any) -> argparse.ArgumentParser:
     how.add_argument("--shard-index", type=int, default=0, help="this machine's shard (default 0)")
     how.add_argument("--num-shards", type=positive_int, default=1, help="number of shards (default 1)")
     how.add_argument("--checkpoint-every", type=positive_int, default=16, help="batches between checkpoints (default 16)")
+    how.add_argument("--keep-special", action="store_true",
+                     help="also encode BOS and special tokens (default: left out; R1's BOS would dominate)")
     how.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_model_args(parser)
     add_tracking_args(parser)
@@ -108,7 +110,8 @@ def run_harvest(args: argparse.Namespace) -> int:
                   top_k=args.top_k, shard_index=args.shard_index, num_shards=args.num_shards)
     kwargs: dict[str, Any] = dict(
         hook_name=args.hook, top_k=args.top_k, batch_size=args.batch_size, max_length=args.max_length,
-        min_strength=args.min_strength, shard_index=args.shard_index, num_shards=args.num_shards,
+        min_strength=args.min_strength, exclude_special=not args.keep_special, shard_index=args.shard_index,
+        num_shards=args.num_shards,
         checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
     )
     with tracker_from_args(args, "features", config) as tracker:

@@ -20,6 +20,7 @@ from r1_plugin.features.feature_map import (
     exact_cosine_knn,
     feature_map,
     project,
+    projection_dims,
     read_stat_file,
     weights_sha256,
 )
@@ -98,6 +99,21 @@ def test_map_separates_the_clusters_and_ignores_row_norms(sae):
     # Cosine: row norms do not change the neighbour graph UMAP is given (its layout is chaotic in the last bits).
     rescaled = sae.W_dec.detach() * torch.linspace(0.1, 10, 72)[:, None]
     assert np.array_equal(exact_cosine_knn(rescaled, 8)[0], exact_cosine_knn(sae.W_dec.detach(), 8)[0])
+
+
+def test_auto_projection_only_for_large_decoders_and_the_projected_map_still_separates_clusters(sae):
+    assert projection_dims(MapParams(), 28_672, 7_168) == 64  # Goodfire's R1 SAEs
+    assert projection_dims(MapParams(), 768, 96) is None  # the embedded tiny SAE: exact in every dimension
+    assert projection_dims(MapParams(pca_dims=None), 28_672, 7_168) is None
+    assert projection_dims(MapParams(pca_dims=8), 72, 24) == 8
+    coords, kept = embed(sae.W_dec, MapParams(seed=0, n_neighbors=8, n_epochs=60, pca_dims=8), progress=False)
+    assert 0.8 < kept < 1.0  # six cluster directions carry most of the squared norm
+    d = np.linalg.norm(coords[:, None] - coords[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    nn = np.argsort(d, axis=1)[:, :5]
+    assert np.mean([cluster_of(j) == cluster_of(i) for i in range(72) for j in nn[i]]) > 0.95
+    with pytest.raises(FeatureMapError, match="pca_dims"):
+        MapParams(pca_dims=1)
 
 
 def test_umap_is_reproducible_with_the_seed(sae):

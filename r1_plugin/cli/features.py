@@ -111,7 +111,10 @@ def _add_map_parser(actions: Any) -> None:
     fmap.add_argument("--seed", type=int, default=0)
     fmap.add_argument("--n-neighbors", type=int, default=15)
     fmap.add_argument("--min-dist", type=float, default=0.1)
-    fmap.add_argument("--pca-dims", type=int, default=64, help="project to this many dims first (0: all)")
+    fmap.add_argument(
+        "--pca-dims", default="auto",
+        help="k-NN in this many projected dims (0: every dim, exact; default auto: every dim for small SAEs, else 64)",
+    )  # fmt: skip
     fmap.add_argument("--knn", choices=("auto", "exact", "nndescent"), default="auto")
     fmap.add_argument("--n-epochs", type=int, default=None, help="UMAP epochs (default: UMAP's)")
     fmap.add_argument("--device", default="cpu", help="where to load the SAE (default cpu)")
@@ -260,13 +263,22 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pca_dims(text: str) -> int | str | None:
+    """--pca-dims: 'auto', 0 (every dimension) or a number of dimensions."""
+    if text == "auto":
+        return "auto"
+    if not text.isdigit():
+        raise R1PluginError(f"--pca-dims must be 'auto', 0 or a positive number, got {text!r}")
+    return int(text) or None
+
+
 def _map(args: argparse.Namespace) -> int:
     from r1_plugin.features import FeatureDB
     from r1_plugin.features.feature_map import MapParams, feature_map, load_sae, read_stat_file
 
     params = MapParams(
         seed=args.seed, n_neighbors=args.n_neighbors, min_dist=args.min_dist,
-        pca_dims=args.pca_dims or None, knn=args.knn, n_epochs=args.n_epochs,
+        pca_dims=_pca_dims(args.pca_dims), knn=args.knn, n_epochs=args.n_epochs,
     )  # fmt: skip
     stats = dict(read_stat_file(spec) for spec in args.stat)
     db = None

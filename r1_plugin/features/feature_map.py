@@ -3,12 +3,13 @@
     from r1_plugin.features.feature_map import feature_map
     result = feature_map(sae, "out/", db=FeatureDB(labels=..., activations=...))   # -> map.png, map.html
 
-Scale: for Goodfire's 28,672 x 7,168 decoder an exact cosine k-NN in 7,168 dimensions costs ~12 TFLOP, minutes on
-two cores, and UMAP's NN-descent on the raw rows needs numba JIT and GBs. So the unit-normalised rows are first
-projected onto their top `pca_dims` (64) right singular vectors (a seeded randomized SVD, uncentred so that
-angles keep their meaning), the exact cosine k-NN is computed there in chunks (O(n^2 * 64)), and UMAP is given
-those neighbours (`precomputed_knn`). `knn="nndescent"` (used automatically above `EXACT_KNN_MAX` features)
-hands the projected rows to UMAP's low-memory NN-descent instead. `pca_dims=None` keeps every dimension.
+Scale: for Goodfire's 28,672 x 7,168 decoder an exact cosine k-NN in 7,168 dimensions costs ~6e12 multiply-adds
+(about ten minutes on two busy cores), and UMAP's NN-descent on the raw rows is slower still. So when n^2 * d_in
+exceeds 1e11 (`pca_dims="auto"`), the unit-normalised rows are first projected onto their top 64 right singular
+vectors (a seeded randomized SVD, uncentred so that angles keep their meaning); the exact cosine k-NN is then
+computed in chunks (O(n^2 * dims)) and handed to UMAP (`precomputed_knn`), which only lays the graph out.
+`knn="nndescent"` (automatic above `EXACT_KNN_MAX` features) uses UMAP's low-memory NN-descent instead.
+`pca_dims=None` keeps every dimension (exact cosine neighbours, at the cost above); an int sets the dimensions.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import torch
 
 from r1_plugin.errors import R1PluginError
 
+AUTO_PCA_DIMS = 64
+EXACT_FULL_MAX_MACS = 1e11  # "auto": the k-NN uses every dimension while n^2 * d_in stays below this (~10 s here)
 EXACT_KNN_MAX = 250_000  # above this many features the exact k-NN (O(n^2)) gives way to NN-descent
 CACHE_DIRNAME = "feature_map_cache"
 CACHE_FORMAT = 1  # bump when the cached file's layout or the embedding recipe changes
@@ -47,15 +50,17 @@ class MapParams:
     seed: int = 0
     n_neighbors: int = 15
     min_dist: float = 0.1
-    pca_dims: int | None = 64  # None: the k-NN uses every decoder dimension
+    pca_dims: int | Literal["auto"] | None = "auto"  # None: every dimension; "auto": see `projection_dims`
     knn: KnnMethod = "auto"
     n_epochs: int | None = None  # None: UMAP's default (500 below 10,000 points, else 200)
 
     def __post_init__(self) -> None:
         if self.n_neighbors < 2:
             raise FeatureMapError(f"n_neighbors must be >= 2, got {self.n_neighbors}")
-        if self.pca_dims is not None and self.pca_dims < 2:
-            raise FeatureMapError(f"pca_dims must be >= 2 or None, got {self.pca_dims}")
+        if self.pca_dims != "auto" and self.pca_dims is not None and (
+            not isinstance(self.pca_dims, int) or self.pca_dims < 2
+        ):
+            raise FeatureMapError(f"pca_dims must be an int >= 2, 'auto' or None, got {self.pca_dims!r}")
         if self.knn not in ("auto", "exact", "nndescent"):
             raise FeatureMapError(f"knn must be 'auto', 'exact' or 'nndescent', got {self.knn!r}")
         if not 0.0 <= self.min_dist <= 1.0:
@@ -160,6 +165,13 @@ def exact_cosine_knn(
     return indices, dists
 
 
+def projection_dims(params: MapParams, n: int, d: int) -> int | None:
+    """The dimensions the k-NN runs in: `pca_dims`, or for "auto" every one while n^2 * d <= 1e11, else 64."""
+    if params.pca_dims == "auto":
+        return None if float(n) * n * d <= EXACT_FULL_MAX_MACS else AUTO_PCA_DIMS
+    return params.pca_dims
+
+
 def embed(
     weights: torch.Tensor, params: MapParams = MapParams(), progress: bool = True
 ) -> tuple[np.ndarray, float]:
@@ -171,8 +183,9 @@ def embed(
     if n < 4:
         raise FeatureMapError(f"a map needs at least 4 features, the decoder has {n}")
     kept = 1.0
-    if params.pca_dims is not None:
-        x, kept = project(x, params.pca_dims, params.seed)
+    dims = projection_dims(params, n, x.shape[1])
+    if dims is not None:
+        x, kept = project(x, dims, params.seed)
     n_neighbors = min(params.n_neighbors, n - 1)
     method = params.knn if params.knn != "auto" else ("exact" if n <= EXACT_KNN_MAX else "nndescent")
     kwargs: dict[str, Any] = dict(

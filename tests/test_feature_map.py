@@ -170,6 +170,23 @@ def test_labels_scores_examples_and_max_activation_come_from_the_feature_db(sae,
     assert 40 not in fmap.examples and np.isnan(fmap.stats["max_activation"][40])
 
 
+def test_labels_through_the_public_api_equal_the_bulk_read(sae, tiny_db, tmp_path):
+    """A database object with only FeatureDB's public methods gives the same labels and scores."""
+    _, db = tiny_db
+
+    class PublicOnly:
+        activations_path = None
+        n_labels = db.n_labels
+        feature_ids = staticmethod(db.feature_ids)
+        get = staticmethod(db.get)
+
+    bulk = build_feature_map(sae, db=db, top_n=0, cache_dir=tmp_path, params=FAST, progress=False)
+    public = build_feature_map(sae, db=PublicOnly(), cache_dir=tmp_path, params=FAST, progress=False)
+    assert public.labels == bulk.labels and public.examples == {} == bulk.examples
+    np.testing.assert_array_equal(public.scores["quality"], bulk.scores["quality"])
+    np.testing.assert_array_equal(public.scores["interestingness"], bulk.scores["interestingness"])
+
+
 def test_statistics_numbers_and_categories(sae, tmp_path):
     rate = np.linspace(0, 1, 72)
     segment = {i: ("early" if i < 30 else "late") for i in range(0, 72, 2)}

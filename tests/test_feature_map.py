@@ -197,6 +197,12 @@ def test_statistics_numbers_and_categories(sae, tmp_path):
     np.testing.assert_array_equal(fmap.stats["firing_rate"], rate)
     assert fmap.groups["segment"][0] == "early" and fmap.groups["segment"][1] is None
     assert fmap.groups["segment"][40] == "late"
+    # The PNG in each colouring: a scale, categories, one colour; the pixels differ between them.
+    from r1_plugin.features.feature_map_png import write_png
+
+    images = [write_png(fmap, tmp_path / f"{m}.png", color_by=m).read_bytes() for m in ("firing_rate", "segment")]
+    images.append(write_png(fmap.__class__(fmap.title, fmap.coords, fmap.labels), tmp_path / "plain.png").read_bytes())
+    assert all(img[:8] == PNG_MAGIC for img in images) and len(set(images)) == 3
     with pytest.raises(FeatureMapError, match="71 values; the SAE has 72"):
         build_feature_map(sae, stats={"x": np.zeros(71)}, cache_dir=tmp_path, params=FAST, progress=False)
     with pytest.raises(FeatureMapError, match="outside 0..71"):
@@ -290,3 +296,6 @@ def test_cli_map_rejects_bad_statistics_with_a_clear_error(tmp_path, capsys):
     code = main(["features", "map", "tiny-r1-sae", "layer_2", "-o", str(tmp_path), "--stat", "x=nope.txt"])
     assert code == 2
     assert "expected NAME=PATH.npy" in capsys.readouterr().err
+    code = main(["features", "map", "tiny-r1-sae", "layer_2", "-o", str(tmp_path), "--pca-dims", "lots"])
+    assert code == 2
+    assert "--pca-dims must be 'auto', 0 or a positive number" in capsys.readouterr().err

@@ -6,6 +6,7 @@ example and the activating token highlighted; hostile labels stay text.
 
 `make test` installs Debian's chromium when it is missing (as root, with apt). The test skips only where it
 cannot be installed (not root and no /usr/bin/chromium), and says why; as root it fails instead of skipping.
+Without the playwright package (a dev dependency) it fails.
 """
 
 from __future__ import annotations
@@ -26,22 +27,18 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 
 
 def _require_browser() -> None:
-    """Skip (saying why) only when not root and no Chromium; as root a missing browser is a failure."""
-    is_root = hasattr(os, "geteuid") and os.geteuid() == 0
-    missing = []
-    if not CHROMIUM.is_file():
-        missing.append(f"{CHROMIUM} (Debian's chromium package; `make test` installs it as root)")
+    """Playwright is a dev dependency (fail without it); Chromium may be absent only when not root (skip, say why)."""
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        missing.append("the playwright Python package (pip install -e '.[dev]')")
-    if not missing:
+        pytest.fail("playwright is not installed: it is part of the dev extra (pip install -e '.[dev]')")
+    if CHROMIUM.is_file():
         return
-    reason = "headless-browser test needs " + " and ".join(missing)
-    if is_root:
-        pytest.fail(reason + " — running as root, so this is a set-up error, not a skip")
-    print(f"\nSKIP: {reason}; not root, so it cannot be installed here")
-    pytest.skip(reason)
+    reason = f"headless-browser test needs {CHROMIUM} (Debian's chromium package)"
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        pytest.fail(reason + ": running as root, so `make test` should have installed it (apt-get install chromium)")
+    print(f"\nSKIP: {reason}; not root, so it cannot be installed here (as root, `make test` installs it)")
+    pytest.skip(reason + " and this user cannot install it")
 
 
 @pytest.fixture(scope="module")

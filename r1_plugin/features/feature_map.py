@@ -175,8 +175,13 @@ def projection_dims(params: MapParams, n: int, d: int) -> int | None:
 def embed(
     weights: torch.Tensor, params: MapParams = MapParams(), progress: bool = True
 ) -> tuple[np.ndarray, float]:
-    """UMAP (cosine) of the decoder rows to 2-D, seeded; (coords [d_sae, 2] float32, projection's kept share)."""
+    """UMAP (cosine) of the decoder rows to 2-D, seeded; (coords [d_sae, 2] float32, projection's kept share).
+
+    `progress`: a bar over the stages (projection, neighbours, layout) and one over the k-NN chunks. UMAP's own
+    verbose mode is left off: it prints its whole parameter repr, precomputed neighbour arrays included.
+    """
     import umap
+    from tqdm.auto import tqdm
 
     x = _unit_rows(weights)
     n = x.shape[0]
@@ -184,8 +189,6 @@ def embed(
         raise FeatureMapError(f"a map needs at least 4 features, the decoder has {n}")
     kept = 1.0
     dims = projection_dims(params, n, x.shape[1])
-    if dims is not None:
-        x, kept = project(x, dims, params.seed)
     n_neighbors = min(params.n_neighbors, n - 1)
     method = params.knn if params.knn != "auto" else ("exact" if n <= EXACT_KNN_MAX else "nndescent")
     kwargs: dict[str, Any] = dict(
@@ -196,18 +199,25 @@ def embed(
         n_epochs=params.n_epochs,
         low_memory=True,
         n_jobs=1,
-        verbose=progress,
-        tqdm_kwds={"disable": not progress, "desc": "UMAP epochs", "leave": False},
+        verbose=False,
     )
-    with warnings.catch_warnings():
-        # random_state forces n_jobs=1 (what makes the layout reproducible); no transform() needs a search index.
-        warnings.filterwarnings("ignore", message=".*n_jobs.*overridden.*")
-        warnings.filterwarnings("ignore", message=".*knn_search_index.*")
-        if method == "exact":
-            knn_idx, knn_dist = exact_cosine_knn(x, n_neighbors, progress=progress)
-            kwargs["precomputed_knn"] = (knn_idx, knn_dist, None)
-        reducer = umap.UMAP(**kwargs)
-        coords = reducer.fit_transform(x.numpy())
+    with tqdm(total=3, desc=f"feature map of {n:,} features", unit="stage", disable=not progress) as bar:
+        bar.set_postfix_str(f"projecting to {dims} dims" if dims is not None else "unit rows")
+        if dims is not None:
+            x, kept = project(x, dims, params.seed)
+        bar.update()
+        bar.set_postfix_str(f"{method} {n_neighbors}-NN")
+        with warnings.catch_warnings():
+            # random_state forces n_jobs=1 (that makes the layout reproducible); no transform() needs an index.
+            warnings.filterwarnings("ignore", message=".*n_jobs.*overridden.*")
+            warnings.filterwarnings("ignore", message=".*knn_search_index.*")
+            if method == "exact":
+                knn_idx, knn_dist = exact_cosine_knn(x, n_neighbors, progress=progress)
+                kwargs["precomputed_knn"] = (knn_idx, knn_dist, None)
+            bar.update()
+            bar.set_postfix_str("UMAP layout" + (" (NN-descent first)" if method == "nndescent" else ""))
+            coords = umap.UMAP(**kwargs).fit_transform(x.numpy())
+        bar.update()
     return np.asarray(coords, dtype=np.float32), kept
 
 

@@ -314,13 +314,13 @@ def _per_feature(name: str, values: Any, n: int) -> np.ndarray | list[str | None
     return np.array([np.nan if v is None else float(v) for v in seq], dtype=np.float64)
 
 
-def read_stat_file(spec: str | Path, n: int | None = None) -> tuple[str, np.ndarray | list[str | None] | dict]:
+def read_stat_file(spec: str | Path) -> tuple[str, np.ndarray | torch.Tensor | dict[int, Any]]:
     """`NAME=PATH[:COLUMN]` (or `PATH[:COLUMN]`): a .npy/.pt array [d_sae], or a .csv with feature_id + COLUMN."""
     text = str(spec)
     name = None
-    if "=" in text.split("/")[0] or re.match(r"^[A-Za-z_][\w.-]*=", text):
-        name, text = text.split("=", 1)
-    column = None
+    named = re.match(r"^([A-Za-z_][\w.-]*)=(.+)$", text)
+    if named:
+        name, text = named.group(1), named.group(2)
     m = re.match(r"^(.*\.(?:csv|npy|pt))(?::(.+))?$", text, flags=re.IGNORECASE)
     if not m:
         raise FeatureMapError(f"statistic file {text!r}: expected NAME=PATH.npy, PATH.pt or PATH.csv:COLUMN")
@@ -363,14 +363,16 @@ def _label_rows(db: Any) -> list[tuple[int, str, float | None, float | None]]:
     FeatureDB keeps the best label per feature in its in-memory `feature_labels` table; one SELECT over it takes
     milliseconds where 28,672 `get` calls take about a minute. Other databases go through `get`.
     """
+    import duckdb
+
     con = getattr(db, "_con", None)
-    if con is not None:
+    if isinstance(con, duckdb.DuckDBPyConnection):
         try:
             rows = con.execute(
                 "SELECT feature_id, label, quality, interestingness FROM feature_labels ORDER BY feature_id"
             ).fetchall()
             return [(int(f), str(lab), q, i) for f, lab, q, i in rows]
-        except Exception:  # noqa: BLE001 - a FeatureDB without that table: fall back to the public API
+        except duckdb.Error:  # a FeatureDB without that table: fall back to the public API
             pass
     return [(fid, (r := db.get(fid)).label, r.quality, r.interestingness) for fid in db.feature_ids()]
 

@@ -254,9 +254,9 @@ class FeatureDB:
     def _attach_activations(self, path: Path | str) -> None:
         if isinstance(path, str):  # a URL: DuckDB checks the header itself
             try:
-                self._con.execute(f"ATTACH {sql_literal(path)} AS acts (READ_ONLY)")
+                self._con.execute(f"ATTACH {sql_literal(path)} AS acts (READ_ONLY, TYPE duckdb)")
             except duckdb.Error as exc:
-                raise remote.open_error(path, exc) from exc
+                raise remote.open_error(self._con, path, exc) from exc
         else:
             self._attach_local(path)
         for table in ACTIVATIONS_SCHEMA:

@@ -24,6 +24,7 @@ from r1_plugin.features.download import SAES, SAMPLES, activations_filename
 
 REMOTE_SCHEMES = ("http://", "https://", "s3://")
 EXTENSION_PACKAGE = "duckdb-extension-httpfs"
+EXTENSION_MODULE = "duckdb_extension_httpfs"  # the wheel's import name
 CACHE_ENV = "R1_FEATURES_CACHE"
 # Options of DuckDB's S3 secret that FeatureDB passes through (`CREATE SECRET (TYPE s3, ...)`).
 S3_OPTIONS = ("region", "endpoint", "url_style", "use_ssl", "key_id", "secret", "session_token")
@@ -63,7 +64,7 @@ def extension_path() -> Path:
     The wheel holds `duckdb_extension_httpfs/extensions/v<version>/httpfs.duckdb_extension` and nothing else of
     use (its `__init__` is empty); a version other than duckdb's own cannot be loaded.
     """
-    spec = importlib.util.find_spec("duckdb_extension_httpfs")
+    spec = importlib.util.find_spec(EXTENSION_MODULE)
     if spec is None or not spec.submodule_search_locations:
         raise RemoteDBError(
             f"reading a feature database over HTTP(S)/S3 needs DuckDB's httpfs extension: {pip_pin()} "
@@ -94,7 +95,9 @@ def load_httpfs(con: duckdb.DuckDBPyConnection) -> None:
     try:
         con.execute(f"LOAD {sql_literal(str(path))}")
     except duckdb.Error as exc:
-        raise RemoteDBError(f"could not load DuckDB's httpfs extension from {path}: {exc}; {pip_pin()}") from exc
+        raise RemoteDBError(
+            f"could not load DuckDB's httpfs extension from {path}: {exc}; {pip_pin()}"
+        ) from exc
     # Every read DuckDB makes through httpfs, with its size: the bytes counter of `remote_reads`.
     con.execute("CALL enable_logging('FileSystem', level := 'trace')")
 
@@ -115,18 +118,27 @@ def create_s3_secret(con: duckdb.DuckDBPyConnection, options: Mapping[str, str |
     con.execute(f"CREATE OR REPLACE SECRET r1_plugin_s3 (TYPE s3, {', '.join(parts)})")
 
 
-def open_error(url: str, exc: BaseException) -> RemoteDBError:
-    """A RemoteDBError for a remote file DuckDB could not open, saying what to check or do instead."""
-    text = str(exc)
-    if any(s in text for s in ("Could not establish connection", "Could not resolve", "timed out", "Timeout")):
-        why = "the server could not be reached (no network?)"
+def open_error(con: duckdb.DuckDBPyConnection, url: str, exc: BaseException) -> RemoteDBError:
+    """A RemoteDBError for a remote file DuckDB could not open, saying why and what to do instead.
+
+    ATTACH reports every failure as 'database does not exist'; a HEAD through httpfs (`read_blob`'s size)
+    tells a network failure from a missing file from a file that is there but is not a DuckDB database.
+    """
+    try:
+        con.execute("SELECT size FROM read_blob(?)", [url]).fetchall()
+        text = str(exc)  # the file is there: the original error says what is wrong with it
+    except duckdb.Error as probe:
+        text = str(probe)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if any(s in text for s in ("Could not connect", "Could not resolve", "Could not establish", "imed out")):
+        why = "the server could not be reached (no network, or a wrong host)"
     elif "404" in text or "does not exist" in text or "Not Found" in text:
-        why = "the file does not exist at that URL"
+        why = "no such file at that URL"
     elif "403" in text or "Forbidden" in text:
-        why = "the server refused access (credentials or region?)"
+        why = "the server refused access (credentials, or the wrong region?)"
     else:
         why = "it could not be opened"
-    return RemoteDBError(f"{url}: {why} ({text.strip().splitlines()[0]}); or {download_hint(url)}")
+    return RemoteDBError(f"{url}: {why} ({first}); or {download_hint(url)}")
 
 
 @dataclass(frozen=True)
@@ -173,7 +185,7 @@ def fetch_once(con: duckdb.DuckDBPyConnection, url: str, cache: str | Path | Non
     try:
         row = con.execute("SELECT content FROM read_blob(?)", [url]).fetchone()
     except duckdb.Error as exc:
-        raise open_error(url, exc) from exc
+        raise open_error(con, url, exc) from exc
     if row is None:
         raise RemoteDBError(f"{url}: no such file; or {download_hint(url)}")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import hashlib
 import re
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -98,7 +99,7 @@ class RangeServer:
             def _serve(self, body: bool) -> None:
                 if server.latency:
                     time.sleep(server.latency)
-                key = self.path.split("?", 1)[0].strip("/")
+                key = urllib.parse.unquote(self.path.split("?", 1)[0]).strip("/")
                 rng = self.headers.get("Range")
                 if len(server.log()) >= server.max_requests:
                     return self._fail(503, key, rng)

@@ -1,0 +1,264 @@
+"""FeatureDB over HTTP(S) and S3 through a local Range-capable server: answers equal local ones, reads are ranged."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from r1_plugin.cli import main
+from r1_plugin.features import remote
+from r1_plugin.features.db import FeatureDB, FeatureDBError, UnknownFeatureError
+from r1_plugin.features.download import DownloadError
+from r1_plugin.testing.feature_db import HOSTILE_LABELS, write_labels
+from r1_plugin.testing.range_server import RangeServer
+from r1_plugin.testing.synthetic_feature_db import write_synthetic_db
+
+try:
+    remote.extension_path()
+    HTTPFS = None
+except remote.RemoteDBError as exc:
+    HTTPFS = str(exc)
+needs_httpfs = pytest.mark.skipif(HTTPFS is not None, reason=f"httpfs extension unavailable: {HTTPFS}")
+
+N_FEATURES = 16_000
+FEATURES = (0, 1, 17, 7777, N_FEATURES - 1)  # first, second, middle, last feature
+BLOCK = 256 * 1024  # DuckDB's storage block: the unit it reads over HTTP
+SEARCHES = ("backtracking", "wait doubt", "#17", "subset entity", "zzz-no-match", HOSTILE_LABELS[0])
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """A sorted (harvest-layout) database of 1M + 1M rows (15 MB), its labels as SQLite, a hostile file name."""
+    root = tmp_path_factory.mktemp("remote")
+    ddb = write_synthetic_db(root / "logic-1.ddb", N_FEATURES, 64, 1000, 1001, layout="sorted")
+    con = duckdb.connect(str(ddb), read_only=True)
+    labels = con.execute("SELECT * FROM autointerp ORDER BY feature_id").fetchall()
+    con.close()
+    labels[5] = (5, HOSTILE_LABELS[0], *labels[5][2:])
+    labels_db = write_labels(root / "autointerp.db", labels, "sqlite")
+    odd = root / "it's a file.ddb"
+    shutil.copy(ddb, odd)
+    return {"ddb": ddb, "labels": labels_db, "odd": odd}
+
+
+@pytest.fixture(scope="module")
+def server(files):
+    srv = RangeServer(
+        {
+            "logic/logic-1.ddb": files["ddb"],
+            "logic/autointerp.db": files["labels"],
+            "odd/it's a file.ddb": files["odd"],
+        }
+    )
+    with srv:
+        yield srv
+
+
+def _same_answers(local: FeatureDB, other: FeatureDB) -> None:
+    """Every query method answers the same on both."""
+    assert other.n_labels == local.n_labels
+    assert other.feature_ids() == local.feature_ids()
+    for fid in FEATURES:
+        assert other.get(fid) == local.get(fid)
+        assert other.label(fid) == local.label(fid)
+        assert other.top_activations(fid, k=7) == local.top_activations(fid, k=7)
+        assert other.top_examples(fid, k=5, context=3) == local.top_examples(fid, k=5, context=3)
+        assert other.show(fid, k=3, color=False) == local.show(fid, k=3, color=False)
+        assert other.show(fid, k=3, html=True) == local.show(fid, k=3, html=True)
+    for text in SEARCHES:
+        assert other.search(text, limit=9) == local.search(text, limit=9)
+    assert other.top_examples(10**6, k=3) == local.top_examples(10**6, k=3) == []
+    with pytest.raises(UnknownFeatureError):
+        other.label(10**6)
+
+
+def _gets(srv: RangeServer, path: str) -> list:
+    return [r for r in srv.log() if r.method == "GET" and r.path == path]
+
+
+@needs_httpfs
+def test_http_equals_local_and_reads_ranges(files, server, tmp_path):
+    size = files["ddb"].stat().st_size
+    server.reset()
+    url = f"{server.url}/logic/logic-1.ddb"
+    with (
+        FeatureDB(activations=files["ddb"]) as local,
+        FeatureDB(activations=url, cache_dir=tmp_path) as db,
+    ):
+        assert db.is_remote and not local.is_remote
+        opened = server.bytes_sent()
+        db.remote_reads(reset=True)
+        server.reset()
+        top = db.top_activations(7777, k=10)
+        assert top == local.top_activations(7777, k=10) and len(top) == 10
+        one_query = _gets(server, "logic/logic-1.ddb")
+        # DuckDB's own counter (FeatureDB.remote_reads) agrees with what the server sent
+        assert db.remote_reads() == remote.RemoteReads(len(one_query), sum(r.nbytes for r in one_query))
+        # sorted by feature: its rows sit in one or two row groups, 4 columns each, a block or so per column
+        assert 0 < sum(r.nbytes for r in one_query) <= 8 * BLOCK < size / 7
+        server.reset()
+        first = db.top_examples(7778, k=10, context=4)
+        assert first == local.top_examples(7778, k=10, context=4) and len(first) == 10
+        assert 0 < server.bytes_sent() < size / 2
+        both = one_query + _gets(server, "logic/logic-1.ddb")
+        assert db.remote_reads() == remote.RemoteReads(len(both), sum(r.nbytes for r in both))
+        _same_answers(local, db)
+        with pytest.raises(duckdb.Error):  # attached read-only
+            db._con.execute("DELETE FROM acts.activations")
+    log = server.log()
+    gets = [r for r in log if r.method == "GET"]
+    assert gets and all(r.range is not None and r.status == 206 for r in gets)  # never a whole-file GET
+    assert all(r.method in ("GET", "HEAD") for r in log)  # nothing is ever written
+    assert opened + server.bytes_sent() < size  # the whole session read less than the file
+
+
+@needs_httpfs
+def test_goodfire_urls_and_labels_fetched_once(files, server, tmp_path, monkeypatch):
+    monkeypatch.delenv("R1_FEATURES_BASE_URL", raising=False)
+    server.reset()
+    with (
+        FeatureDB(labels=files["labels"], activations=files["ddb"]) as local,
+        FeatureDB.goodfire("logic", sample="1", base_url=server.url, cache_dir=tmp_path) as db,
+    ):
+        assert db.activations_path == f"{server.url}/logic/logic-1.ddb"
+        assert db.labels_path == f"{server.url}/logic/autointerp.db"
+        assert db.label(5) == HOSTILE_LABELS[0]
+        _same_answers(local, db)
+    cached = remote.cached_path(f"{server.url}/logic/autointerp.db", tmp_path)
+    assert cached.read_bytes() == files["labels"].read_bytes()
+    assert _gets(server, "logic/autointerp.db")
+    server.reset()
+    monkeypatch.setenv("R1_FEATURES_BASE_URL", server.url)  # the base URL also comes from the environment
+    with FeatureDB.goodfire("logic", "1", cache_dir=tmp_path) as again:
+        assert again.search("backtracking") == local_search(files, "backtracking")
+    assert [
+        r for r in server.log() if r.path == "logic/autointerp.db"
+    ] == []  # the labels came from the cache
+    with pytest.raises(DownloadError, match="unknown sample"):
+        FeatureDB.goodfire("logic", sample="5")
+    with pytest.raises(DownloadError, match="unknown SAE"):
+        FeatureDB.goodfire("physics")
+
+
+def local_search(files: dict[str, Path], text: str) -> list:
+    with FeatureDB(labels=files["labels"]) as db:
+        return db.search(text)
+
+
+@needs_httpfs
+def test_s3_path_style_equals_local(files, server, tmp_path):
+    server.reset()
+    s3 = {"endpoint": server.endpoint, "url_style": "path", "use_ssl": False}
+    with (
+        FeatureDB(activations=files["ddb"]) as local,
+        FeatureDB(activations="s3://logic/logic-1.ddb", s3=s3) as db,
+    ):
+        _same_answers(local, db)
+    gets = _gets(server, "logic/logic-1.ddb")
+    assert gets and all(r.range is not None for r in gets)
+    with pytest.raises(remote.RemoteDBError, match="unknown s3 option"):
+        FeatureDB(activations="s3://logic/logic-1.ddb", s3={"regoin": "eu-west-1"})
+    with pytest.raises(remote.RemoteDBError, match="NUL"):
+        FeatureDB(activations="s3://logic/logic-1.ddb", s3={"region": "x\x00"})
+    with pytest.raises(FeatureDBError, match="s3:// locations only"):
+        FeatureDB(activations=files["ddb"], s3=s3)
+
+
+@needs_httpfs
+def test_quotes_in_locations_stay_literal(files, server):
+    with FeatureDB(activations=files["odd"]) as local, FeatureDB(activations=str(files["odd"])) as by_str:
+        assert by_str.top_activations(3) == local.top_activations(3)
+    with FeatureDB(activations=f"{server.url}/odd/it's a file.ddb") as db:
+        assert db.top_activations(3) == local_top(files, 3)
+
+
+def local_top(files: dict[str, Path], fid: int) -> list:
+    with FeatureDB(activations=files["ddb"]) as db:
+        return db.top_activations(fid)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@needs_httpfs
+def test_clear_errors_for_network_and_missing_files(server, tmp_path):
+    with pytest.raises(remote.RemoteDBError, match="could not be reached") as err:
+        FeatureDB(activations=f"http://127.0.0.1:{_closed_port()}/logic/logic-1.ddb")
+    assert "r1-plugin features download logic --sample 1" in str(err.value)
+    with pytest.raises(remote.RemoteDBError, match="no such file at that URL") as err:
+        FeatureDB.goodfire("math", "0.1", base_url=server.url, labels=False)
+    assert "r1-plugin features download math --sample 0.1" in str(err.value)
+    with pytest.raises(remote.RemoteDBError, match="labels.csv: no such file"):
+        FeatureDB(labels=f"{server.url}/logic/labels.csv", cache_dir=tmp_path)
+    with pytest.raises(remote.RemoteDBError, match="not a valid DuckDB database"):
+        FeatureDB(activations=f"{server.url}/logic/autointerp.db")  # a SQLite file
+    assert not list(tmp_path.rglob("*"))  # nothing half-written into the cache
+
+
+def test_missing_or_mismatched_extension_says_what_to_install(monkeypatch):
+    pin = f'pip install "duckdb=={duckdb.__version__}" "duckdb-extension-httpfs=={duckdb.__version__}"'
+    monkeypatch.setattr(remote, "EXTENSION_MODULE", "no_such_module_r1_plugin_httpfs")
+    with pytest.raises(remote.RemoteDBError) as err:
+        FeatureDB(activations="https://example.invalid/logic/logic-1.ddb")
+    assert pin in str(err.value) and "r1-plugin features download" in str(err.value)
+    if HTTPFS is None:  # the wheel is there: a duckdb of another version cannot use it
+        monkeypatch.setattr(remote, "EXTENSION_MODULE", "duckdb_extension_httpfs")
+        monkeypatch.setattr(remote.duckdb, "__version__", "9.9.9")
+        with pytest.raises(remote.RemoteDBError, match=r"but duckdb is v9\.9\.9; they must match exactly"):
+            remote.extension_path()
+
+
+def test_location_helpers(tmp_path, monkeypatch):
+    assert (
+        remote.is_remote("https://x/y.ddb") and remote.is_remote("S3://b/k") and remote.is_remote("http://h/")
+    )
+    assert (
+        not remote.is_remote(Path("https://x"))
+        and not remote.is_remote("x.ddb")
+        and not remote.is_remote(None)
+    )
+    assert remote.sql_literal("it's") == "'it''s'"
+    url = "https://h/logic/autointerp.db"
+    assert remote.cached_path(url, tmp_path).parent.parent == tmp_path
+    assert remote.cached_path(url, tmp_path).name == "autointerp.db"
+    assert remote.cached_path(url, tmp_path) != remote.cached_path("https://h/math/autointerp.db", tmp_path)
+    monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "env"))
+    assert remote.cache_dir() == tmp_path / "env"
+    monkeypatch.delenv(remote.CACHE_ENV)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import importlib
+
+    from huggingface_hub import constants
+
+    importlib.reload(constants)
+    try:
+        assert remote.cache_dir() == tmp_path / "hf" / "r1_plugin" / "features"
+    finally:
+        monkeypatch.undo()
+        importlib.reload(constants)
+
+
+@needs_httpfs
+def test_cli_search_and_show_remote(files, server, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path))
+    base = ["--goodfire", "logic", "--sample", "1", "--base-url", server.url]
+    assert main(["features", "search", "backtracking", "--json", "--limit", "4", *base]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["feature_id"] for r in rows] == [h.feature_id for h in local_search(files, "backtracking")[:4]]
+    url = f"{server.url}/logic/logic-1.ddb"
+    assert main(["features", "show", "17", "-k", "2", "--no-color", "--activations", url]) == 0
+    out = capsys.readouterr().out
+    with FeatureDB(activations=files["ddb"]) as local:
+        assert out.rstrip("\n") == local.show(17, k=2, color=False)
+    assert main(["features", "show", "17", *base, "--activations", url]) == 2
+    assert "--goodfire names the files itself" in capsys.readouterr().err
+    assert main(["features", "search", "wait", "--labels", str(files["labels"]), "--sample", "1"]) == 2
+    assert "go with --goodfire" in capsys.readouterr().err

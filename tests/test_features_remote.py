@@ -33,7 +33,8 @@ SEARCHES = ("backtracking", "wait doubt", "#17", "subset entity", "zzz-no-match"
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
-    """A sorted (harvest-layout) database of 1M + 1M rows (15 MB), its labels as SQLite, a hostile file name."""
+    """A sorted (harvest-layout) database of 1M + 1M rows (15 MB), its labels as SQLite, a copy with a hostile
+    file name, and the same rows shuffled (a layout nobody chose)."""
     root = tmp_path_factory.mktemp("remote")
     ddb = write_synthetic_db(root / "logic-1.ddb", N_FEATURES, 64, 1000, 1001, layout="sorted")
     con = duckdb.connect(str(ddb), read_only=True)
@@ -43,7 +44,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     labels_db = write_labels(root / "autointerp.db", labels, "sqlite")
     odd = root / "it's a file.ddb"
     shutil.copy(ddb, odd)
-    return {"ddb": ddb, "labels": labels_db, "odd": odd}
+    shuffled = write_synthetic_db(root / "shuffled.ddb", N_FEATURES, 64, 1000, 1001, layout="shuffled")
+    return {"ddb": ddb, "labels": labels_db, "odd": odd, "shuffled": shuffled}
 
 
 @pytest.fixture(scope="module")
@@ -262,3 +264,32 @@ def test_cli_search_and_show_remote(files, server, tmp_path, capsys, monkeypatch
     assert "--goodfire names the files itself" in capsys.readouterr().err
     assert main(["features", "search", "wait", "--labels", str(files["labels"]), "--sample", "1"]) == 2
     assert "go with --goodfire" in capsys.readouterr().err
+
+
+def test_scan_check_tells_sorted_from_shuffled(files):
+    shuffled = files["shuffled"]
+    with FeatureDB(activations=files["ddb"]) as db:
+        by_feature = db.scan_check(7777, k=5)
+        total = db._con.execute("SELECT count(*) FROM acts.activations").fetchone()[0]
+    assert by_feature.rows_total == total == N_FEATURES * 64
+    assert 0 < by_feature.rows_scanned <= 2 * 122_880 and by_feature.fraction_scanned < 0.25
+    assert (by_feature.requests, by_feature.bytes) == (0, 0)  # a local file
+    with FeatureDB(activations=shuffled) as db:
+        unsorted = db.scan_check(7777, k=5)
+        assert db.top_activations(7777, 5) == local_top(files, 7777)[:5]  # same rows, another layout
+    assert unsorted.rows_scanned == unsorted.rows_total == total
+
+
+@needs_httpfs
+def test_scan_check_counts_remote_bytes(files):
+    checks = {}
+    for name, path in (("sorted", files["ddb"]), ("shuffled", files["shuffled"])):
+        with RangeServer({"a.ddb": path}) as srv, FeatureDB(activations=f"{srv.url}/a.ddb") as db:
+            srv.reset()
+            checks[name] = db.scan_check(4321)
+            gets = _gets(srv, "a.ddb")
+            assert (checks[name].requests, checks[name].bytes) == (len(gets), sum(r.nbytes for r in gets))
+            with FeatureDB(activations=path) as local:
+                _same_answers(local, db)  # the unsorted layout answers the same, only slower
+    assert checks["sorted"].fraction_scanned < 0.25 and checks["shuffled"].fraction_scanned == 1.0
+    assert checks["sorted"].bytes < checks["shuffled"].bytes

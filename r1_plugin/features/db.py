@@ -15,7 +15,9 @@ the activations file is then read in place, a few blocks per query, and `Feature
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +121,33 @@ def detect_format(path: str | Path) -> LabelFormat:
         f"{path} is neither a SQLite nor a DuckDB database nor a .csv file (header {header[:16]!r}); "
         "expected Goodfire's autointerp.db / autointerp.csv or an activations .ddb"
     )
+
+
+@dataclass(frozen=True)
+class ScanCheck:
+    """What one `top_activations` query read: rows of `activations` after zone maps, and network traffic."""
+
+    feature_id: int
+    rows_scanned: int  # rows the filtered scan read (whole row groups: 122,880 rows each)
+    rows_total: int  # rows in the activations table
+    requests: int  # block reads over the network (0 for a local file)
+    bytes: int
+    seconds: float
+
+    @property
+    def fraction_scanned(self) -> float:
+        """rows_scanned / rows_total: ~1 means the file is not sorted by feature_id and every query reads it all."""
+        return self.rows_scanned / self.rows_total if self.rows_total else 0.0
+
+
+def _profile_nodes(tree: Any) -> list[dict[str, Any]]:
+    """Every operator (a dict with `extra_info`) of a DuckDB JSON query profile, whatever its nesting."""
+    if isinstance(tree, list):
+        return [node for item in tree for node in _profile_nodes(item)]
+    if not isinstance(tree, dict):
+        return []
+    own = [tree] if "extra_info" in tree else []
+    return own + [node for value in tree.values() for node in _profile_nodes(value)]
 
 
 def _location(value: str | Path | None) -> Path | str | None:
@@ -526,6 +555,44 @@ class FeatureDB:
         if reset:
             self._reads_mark = mark
         return reads
+
+    def scan_check(self, feature_id: int, k: int = 10) -> ScanCheck:
+        """How well the activations file's layout serves `top_activations(feature_id, k)`: run it once, profiled.
+
+        Reports the rows the filtered scan of `activations` read after DuckDB's zone maps skipped row groups
+        (a file sorted by feature_id reads one or two row groups of 122,880 rows; an unsorted one reads them
+        all), and, for a remote file, the requests and bytes the query fetched. Run it on a feature not queried
+        before: blocks already fetched are served from DuckDB's in-memory cache.
+        """
+        self._require_activations()
+        before = self.remote_reads()
+        self._con.execute("SET enable_profiling = 'no_output'")
+        self._con.execute("SET profiling_mode = 'detailed'")
+        try:
+            start = time.perf_counter()
+            self.top_activations(feature_id, k)
+            seconds = time.perf_counter() - start
+            profile = json.loads(self._con.get_profiling_information())
+        finally:
+            self._con.execute("RESET enable_profiling")
+            self._con.execute("RESET profiling_mode")
+        after = self.remote_reads()
+        scanned = [  # the scan filtered on feature_id (DuckDB 1.5 names the count operator_rows_scanned)
+            int(node.get("operator_rows_scanned", node.get("rows_scanned")) or 0)
+            for node in _profile_nodes(profile)
+            if "feature_id" in str((node.get("extra_info") or {}).get("Filters", ""))
+        ]
+        total = self._con.execute(
+            "SELECT estimated_size FROM duckdb_tables() WHERE database_name = 'acts' AND table_name = 'activations'"
+        ).fetchone()
+        return ScanCheck(
+            feature_id=int(feature_id),
+            rows_scanned=max(scanned, default=0),
+            rows_total=int(total[0]) if total else 0,
+            requests=after.requests - before.requests,
+            bytes=after.bytes - before.bytes,
+            seconds=seconds,
+        )
 
     # ------------------------------------------------------------------ misc
     def feature_ids(self) -> list[int]:

@@ -206,7 +206,7 @@ def test_clear_errors_for_network_and_missing_files(server, tmp_path):
 
 
 def test_missing_or_mismatched_extension_says_what_to_install(monkeypatch):
-    pin = f'pip install "duckdb=={duckdb.__version__}" "duckdb-extension-httpfs=={duckdb.__version__}"'
+    pin = f'pip install "duckdb=={remote.PINNED_DUCKDB}" "duckdb-extension-httpfs=={remote.PINNED_DUCKDB}"'
     monkeypatch.setattr(remote, "EXTENSION_MODULE", "no_such_module_r1_plugin_httpfs")
     with pytest.raises(remote.RemoteDBError) as err:
         FeatureDB(activations="https://example.invalid/logic/logic-1.ddb")
@@ -214,8 +214,17 @@ def test_missing_or_mismatched_extension_says_what_to_install(monkeypatch):
     if HTTPFS is None:  # the wheel is there: a duckdb of another version cannot use it
         monkeypatch.setattr(remote, "EXTENSION_MODULE", "duckdb_extension_httpfs")
         monkeypatch.setattr(remote.duckdb, "__version__", "9.9.9")
-        with pytest.raises(remote.RemoteDBError, match=r"but duckdb is v9\.9\.9; they must match exactly"):
+        with pytest.raises(
+            remote.RemoteDBError, match=r"but duckdb is v9\.9\.9; they must match exactly"
+        ) as err:
             remote.extension_path()
+        assert pin in str(err.value) and "duckdb 9.9.9 is installed" in str(err.value)
+
+
+def test_pyproject_pins_the_pair_the_errors_name():
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert f'"duckdb=={remote.PINNED_DUCKDB}",' in text
+    assert f'"duckdb-extension-httpfs=={remote.PINNED_DUCKDB};' in text
 
 
 def test_location_helpers(tmp_path, monkeypatch):
@@ -235,17 +244,11 @@ def test_location_helpers(tmp_path, monkeypatch):
     monkeypatch.setenv(remote.CACHE_ENV, str(tmp_path / "env"))
     assert remote.cache_dir() == tmp_path / "env"
     monkeypatch.delenv(remote.CACHE_ENV)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    import importlib
-
     from huggingface_hub import constants
 
-    importlib.reload(constants)
-    try:
-        assert remote.cache_dir() == tmp_path / "hf" / "r1_plugin" / "features"
-    finally:
-        monkeypatch.undo()
-        importlib.reload(constants)
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf"))  # what $HF_HOME sets at import
+    assert remote.cache_dir() == tmp_path / "hf" / "r1_plugin" / "features"
+    assert remote.cache_dir(tmp_path / "arg") == tmp_path / "arg"
 
 
 @needs_httpfs

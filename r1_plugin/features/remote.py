@@ -24,6 +24,8 @@ from r1_plugin.features.download import SAES, SAMPLES, activations_filename
 
 REMOTE_SCHEMES = ("http://", "https://", "s3://")
 EXTENSION_PACKAGE = "duckdb-extension-httpfs"
+# The duckdb + extension pair pyproject.toml pins: the newest duckdb with an httpfs wheel on PyPI.
+PINNED_DUCKDB = "1.5.5"
 EXTENSION_MODULE = "duckdb_extension_httpfs"  # the wheel's import name
 CACHE_ENV = "R1_FEATURES_CACHE"
 # Options of DuckDB's S3 secret that FeatureDB passes through (`CREATE SECRET (TYPE s3, ...)`).
@@ -41,9 +43,14 @@ def is_remote(location: str | Path | None) -> bool:
 
 
 def pip_pin() -> str:
-    """The pip command that installs an httpfs extension matching this duckdb."""
-    v = duckdb.__version__
-    return f'pip install "duckdb=={v}" "{EXTENSION_PACKAGE}=={v}"'
+    """The pip command that installs duckdb and a matching httpfs extension (the pair pyproject.toml pins)."""
+    command = f'pip install "duckdb=={PINNED_DUCKDB}" "{EXTENSION_PACKAGE}=={PINNED_DUCKDB}"'
+    if duckdb.__version__ != PINNED_DUCKDB:
+        command += (
+            f" (duckdb {duckdb.__version__} is installed; the extension must be the same version as duckdb "
+            f"exactly, and PyPI has it up to {PINNED_DUCKDB})"
+        )
+    return command
 
 
 def download_hint(url: str | None = None) -> str:
@@ -67,8 +74,8 @@ def extension_path() -> Path:
     spec = importlib.util.find_spec(EXTENSION_MODULE)
     if spec is None or not spec.submodule_search_locations:
         raise RemoteDBError(
-            f"reading a feature database over HTTP(S)/S3 needs DuckDB's httpfs extension: {pip_pin()} "
-            "(the extension version must equal duckdb's); or " + download_hint()
+            f"reading a feature database over HTTP(S)/S3 needs DuckDB's httpfs extension: {pip_pin()}; "
+            f"or {download_hint()}"
         )
     root = Path(next(iter(spec.submodule_search_locations)))
     path = root / "extensions" / f"v{duckdb.__version__}" / "httpfs.duckdb_extension"

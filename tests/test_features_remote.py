@@ -296,3 +296,47 @@ def test_scan_check_counts_remote_bytes(files):
                 _same_answers(local, db)  # the unsorted layout answers the same, only slower
     assert checks["sorted"].fraction_scanned < 0.25 and checks["shuffled"].fraction_scanned == 1.0
     assert checks["sorted"].bytes < checks["shuffled"].bytes
+
+
+def test_range_server_serves_and_records_ranges(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    data = bytes(range(256)) * 40
+    (tmp_path / "f.bin").write_bytes(data)
+
+    def get(url: str, rng: str | None = None, method: str = "GET") -> tuple[int, bytes, dict]:
+        req = urllib.request.Request(url, headers={"Range": rng} if rng else {}, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, resp.read(), dict(resp.headers)
+        except urllib.error.HTTPError as exc:
+            return exc.code, b"", dict(exc.headers)
+
+    with RangeServer({"d/f.bin": tmp_path / "f.bin"}, max_requests=7) as srv:
+        url = f"{srv.url}/d/f.bin"
+        assert get(url, "bytes=10-19")[:2] == (206, data[10:20])
+        status, body, headers = get(url, "bytes=-5")
+        assert (status, body, headers["Content-Range"]) == (
+            206,
+            data[-5:],
+            f"bytes {len(data) - 5}-{len(data) - 1}/{len(data)}",
+        )
+        assert get(url, "bytes=10000-")[:2] == (206, data[10000:])
+        assert get(url, f"bytes={len(data)}-")[0] == 416
+        assert get(url)[:2] == (200, data)
+        assert get(f"{srv.url}/d/missing.bin")[0] == 404
+        status, body, headers = get(url, method="HEAD")
+        assert (status, body, headers["Content-Length"]) == (200, b"", str(len(data)))
+        assert get(url, "bytes=0-0")[0] == 503  # past max_requests: a runaway client is cut off
+        log = srv.log()
+    assert [(r.method, r.range, r.status, r.nbytes) for r in log] == [
+        ("GET", "bytes=10-19", 206, 10),
+        ("GET", "bytes=-5", 206, 5),
+        ("GET", "bytes=10000-", 206, len(data) - 10000),
+        ("GET", f"bytes={len(data)}-", 416, 0),
+        ("GET", None, 200, len(data)),
+        ("GET", None, 404, 0),
+        ("HEAD", None, 200, 0),
+        ("GET", "bytes=0-0", 503, 0),
+    ]

@@ -2,12 +2,14 @@
 
     r1-plugin features search "backtracking" --db-dir ~/r1-features/logic
     r1-plugin features show 15204 --labels autointerp.db --activations logic-1.ddb [--html out.html]
+    r1-plugin features show 15204 --goodfire logic --sample 1      (read over HTTPS, nothing downloaded)
     r1-plugin features download logic --sample 1 --dest ~/r1-features
     r1-plugin features merge harvest_out/ -o my-sae.ddb
     r1-plugin features map goodfire-deepseek-r1-logic layer_37 -o map/ --db-dir ~/r1-features/logic
 
 `--db-dir` (or $R1_FEATURES_DB_DIR) is a folder with `autointerp.db` (or `.csv`) and one `*.ddb`, as
-`features download` lays them out; `--labels` / `--activations` name the files directly.
+`features download` lays them out; `--labels` / `--activations` name the files directly, and may be
+https:// or s3:// URLs; `--goodfire SAE --sample S` reads Goodfire's published files in place.
 """
 
 from __future__ import annotations
@@ -26,14 +28,34 @@ LABEL_NAMES = ("autointerp.db", "autointerp.duckdb", "autointerp.sqlite", "autoi
 _WANDB_FLAGS = ("wandb_project", "wandb_mode", "wandb_dir", "wandb_name", "wandb_tags")
 
 
+def _location(value: str) -> str | Path:
+    """A URL (https://, http://, s3://) stays a string; anything else is a local path."""
+    return value if value.lower().startswith(("http://", "https://", "s3://")) else Path(value)
+
+
 def _add_db_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--labels", type=Path, help="labels file: autointerp.db (SQLite or DuckDB) or autointerp.csv"
+        "--labels",
+        type=_location,
+        help="labels file or URL: autointerp.db (SQLite or DuckDB) or autointerp.csv",
     )
-    parser.add_argument("--activations", type=Path, help="activations DuckDB file (<sae>[-1|-10|-0-1].ddb)")
+    parser.add_argument(
+        "--activations",
+        type=_location,
+        help="activations DuckDB file or https:// / s3:// URL (<sae>[-1].ddb)",
+    )
     parser.add_argument(
         "--db-dir", type=Path, help=f"folder holding autointerp.db and one .ddb (default: ${DB_DIR_ENV})"
     )
+    parser.add_argument(
+        "--goodfire", choices=("math", "logic"), help="read Goodfire's published database over HTTPS in place"
+    )
+    parser.add_argument(
+        "--sample",
+        choices=("0.1", "1", "10", "full"),
+        help="with --goodfire: percent of tokens (default full)",
+    )
+    parser.add_argument("--base-url", help="with --goodfire: the bucket URL (default: $R1_FEATURES_BASE_URL)")
 
 
 def _add_tracking(parser: argparse.ArgumentParser) -> None:
@@ -125,8 +147,8 @@ def _add_map_parser(actions: Any) -> None:
 
 
 def resolve_paths(
-    labels: Path | None, activations: Path | None, db_dir: Path | None
-) -> tuple[Path | None, Path | None]:
+    labels: Path | str | None, activations: Path | str | None, db_dir: Path | None
+) -> tuple[Path | str | None, Path | str | None]:
     """The labels and activations files from explicit paths, else from --db-dir / $R1_FEATURES_DB_DIR."""
     if db_dir is None and labels is None and activations is None and os.environ.get(DB_DIR_ENV):
         db_dir = Path(os.environ[DB_DIR_ENV])
@@ -163,11 +185,22 @@ def _tracker(args: argparse.Namespace, config: dict[str, Any]) -> Any | None:
     return tracker_from_args(args, "features", config)
 
 
-def _search(args: argparse.Namespace) -> int:
-    from r1_plugin.features import FeatureDB
+def _open_db(args: argparse.Namespace) -> Any:
+    """The FeatureDB the flags name: --goodfire, else explicit files/URLs or --db-dir."""
+    from r1_plugin.features.db import FeatureDB
 
+    if args.goodfire:
+        if args.labels or args.activations or args.db_dir:
+            raise R1PluginError("--goodfire names the files itself: drop --labels / --activations / --db-dir")
+        return FeatureDB.goodfire(args.goodfire, args.sample or "full", base_url=args.base_url)
+    if args.base_url or args.sample:
+        raise R1PluginError("--sample and --base-url go with --goodfire")
     labels, activations = resolve_paths(args.labels, args.activations, args.db_dir)
-    with FeatureDB(labels=labels, activations=activations) as db:
+    return FeatureDB(labels=labels, activations=activations)
+
+
+def _search(args: argparse.Namespace) -> int:
+    with _open_db(args) as db:
         hits = db.search(args.text, limit=args.limit)
     rows = [
         {
@@ -201,19 +234,21 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from r1_plugin.features import FeatureDB
     from r1_plugin.features.db import UnknownFeatureError
     from r1_plugin.features.render import render_html, render_terminal
 
-    labels, activations = resolve_paths(args.labels, args.activations, args.db_dir)
-    with FeatureDB(labels=labels, activations=activations) as db:
+    with _open_db(args) as db:
         label = None
         if db.n_labels:
             try:
                 label = db.label(args.feature_id)
             except UnknownFeatureError:
                 label = "(no label)"
-        examples = db.top_examples(args.feature_id, k=args.k, context=args.context) if activations else []
+        examples = (
+            db.top_examples(args.feature_id, k=args.k, context=args.context)
+            if db.activations_path is not None
+            else []
+        )
     color = not args.no_color and sys.stdout.isatty()
     print(render_terminal(examples, args.feature_id, label, color=color))
     if args.html:

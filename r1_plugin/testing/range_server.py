@@ -47,6 +47,8 @@ class RangeServer:
         self.max_requests = int(max_requests)
         self.requests: list[Request] = []
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # signalled when no request is being handled
+        self._inflight = 0
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="range-server", daemon=True)
@@ -67,18 +69,30 @@ class RangeServer:
         with self._lock:
             self.requests.clear()
 
-    def log(self) -> list[Request]:
-        """A copy of the recorded requests."""
-        with self._lock:
+    def log(self, wait: float = 5.0) -> list[Request]:
+        """A copy of the recorded requests, once no request is mid-way (a client can read a whole response
+        before its handler has recorded it)."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._inflight == 0, timeout=wait)
             return list(self.requests)
 
     def bytes_sent(self) -> int:
         """Body bytes sent since the last reset."""
         return sum(r.nbytes for r in self.log())
 
-    def _record(self, request: Request) -> None:
-        with self._lock:
-            self.requests.append(request)
+    def _begin(self) -> int:
+        """A handler starts: count it in flight; returns how many requests were recorded so far."""
+        with self._idle:
+            self._inflight += 1
+            return len(self.requests)
+
+    def _end(self, request: Request | None) -> None:
+        """A handler is done: record its request (None: it broke off) and wake `log()`."""
+        with self._idle:
+            if request is not None:
+                self.requests.append(request)
+            self._inflight -= 1
+            self._idle.notify_all()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -91,17 +105,25 @@ class RangeServer:
                 pass
 
             def do_HEAD(self) -> None:  # noqa: N802 (stdlib's name)
-                self._serve(body=False)
+                self._handle(body=False)
 
             def do_GET(self) -> None:  # noqa: N802 (stdlib's name)
-                self._serve(body=True)
+                self._handle(body=True)
 
-            def _serve(self, body: bool) -> None:
+            def _handle(self, body: bool) -> None:
+                self._request: Request | None = None
+                served = server._begin()
+                try:
+                    self._serve(body, served)
+                finally:
+                    server._end(self._request)
+
+            def _serve(self, body: bool, served: int) -> None:
                 if server.latency:
                     time.sleep(server.latency)
                 key = urllib.parse.unquote(self.path.split("?", 1)[0]).strip("/")
                 rng = self.headers.get("Range")
-                if len(server.log()) >= server.max_requests:
+                if served >= server.max_requests:
                     return self._fail(503, key, rng)
                 path = server.files.get(key)
                 if path is None or not path.is_file():
@@ -143,15 +165,15 @@ class RangeServer:
                             self.wfile.write(chunk)
                             sent += len(chunk)
                             remaining -= len(chunk)
-                server._record(Request(self.command, key, rng, status, sent))
+                self._request = Request(self.command, key, rng, status, sent)
 
             def _fail(self, status: int, key: str, rng: str | None, size: int | None = None) -> None:
+                self._request = Request(self.command, key, rng, status, 0)
                 self.send_response(status)
                 if size is not None:
                     self.send_header("Content-Range", f"bytes */{size}")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-                server._record(Request(self.command, key, rng, status, 0))
 
         return Handler
 

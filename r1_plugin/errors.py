@@ -23,6 +23,10 @@ class UnsupportedArchitectureError(R1PluginError, NotImplementedError):
     """A local checkpoint whose architecture cannot be loaded as a HookedTransformer."""
 
 
+class ModelDoesNotFitError(R1PluginError, MemoryError):
+    """A model whose device plan (r1_plugin.plan_devices) overflows a device; raised before any weight is read."""
+
+
 class MissingFromCacheError(R1PluginError, FileNotFoundError):
     """A file that is not in the local HF cache while the hub is unreachable or offline mode is on."""
 

@@ -22,13 +22,6 @@ from r1_plugin.models.deepseek_v3.fp8 import dequantize_stacked
 # How the dequantised [.., out, in] checkpoint matrix becomes the TL attribute (always a view, never a copy).
 LAYOUTS = ("t", "heads", "o", "experts")
 
-FOLD_HELP = (
-    "keep_fp8=True keeps the checkpoint's FP8 weights as stored, so RMSNorm weights cannot be folded into them "
-    "exactly: load with `HookedTransformer.from_pretrained_no_processing(..., keep_fp8=True)` (or pass "
-    "fold_ln=False), or drop keep_fp8."
-)
-
-
 class Fp8Weight(nn.Module):
     """Parametrization: e4m3 weight [..., out, in] (checkpoint layout) -> dequantised TL-oriented weight in `dtype`."""
 

@@ -19,13 +19,15 @@ import tqdm.auto as tqdm
 
 from r1_plugin.models.deepseek_v3.config import ARCHITECTURE, DeepseekV3HookedConfig
 from r1_plugin.models.deepseek_v3.fp8 import dequantize_blockwise, is_fp8
-from r1_plugin.models.deepseek_v3.fp8_weights import FOLD_HELP, fp8_layout, fp8_parts, keep_fp8_weight, tl_view
+from r1_plugin.models.deepseek_v3.fp8_weights import fp8_layout, fp8_parts, keep_fp8_weight, tl_view
 
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 _HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only")
+# Further keywords TL's from_pretrained forwards to HF that mean nothing here but are harmless; anything else errors.
+_ACCEPTED_KWARGS = (*_HUB_KWARGS, "trust_remote_code", "torch_dtype", "load_in_8bit", "load_in_4bit")
 
 PROCESSING_HELP = (
     "Load DeepSeek-V3/R1 with `HookedTransformer.from_pretrained_no_processing(...)` (or pass "
@@ -290,7 +292,7 @@ class StreamingLoader:
                         else:
                             value = dequantize_blockwise(tensor, scale, self.block_size, self.cfg.dtype)
                             self._store(name, expert, transform(value))
-                    del tensor
+                    del tensor, scale  # shard-mmap views: the shard is unmapped once its handle closes
             release_freed_memory()
         self._finish()
 
@@ -569,6 +571,13 @@ def load_pretrained(
         raise ValueError(
             "hf_model is not used for DeepSeek-V3: r1_plugin streams the safetensors shards itself (an HF model "
             "of R1 would need ~1.3 TB of RAM). Pass the model name or checkpoint folder only."
+        )
+    unknown = sorted(set(from_pretrained_kwargs) - set(_ACCEPTED_KWARGS))
+    if unknown:
+        raise TypeError(
+            f"from_pretrained() got unexpected keyword argument(s) {unknown} for DeepSeek-V3 model {official_name}; "
+            "see docs/models-deepseek.md for the accepted arguments (e.g. keep_fp8, n_devices, first_n_layers, "
+            "memory_per_device)."
         )
     for key in ("load_in_8bit", "load_in_4bit"):
         if from_pretrained_kwargs.pop(key, False):

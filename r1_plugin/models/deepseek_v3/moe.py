@@ -66,7 +66,7 @@ class DeepseekV3Experts(nn.Module):
         flat = indices.reshape(-1)
         order = flat.argsort(stable=True)
         token_of_row = order // k
-        counts_t = torch.bincount(flat, minlength=self.W_gate.shape[0])
+        counts_t = torch.bincount(flat, minlength=self.cfg.num_experts)  # never self.W_gate: it dequantises
         offsets = counts_t.cumsum(0).to(torch.int32)
         counts = counts_t.tolist()
         rows = x.index_select(0, token_of_row)

@@ -369,6 +369,9 @@ def plan_devices(
             if _plan(config, label, more, memory, dtype, keep_fp8, first_n_layers, *args).fits:
                 plan.suggestions.append(f"n_devices={more}")
                 break
+        if batch > 1 and _plan(config, label, n_devices, memory, dtype, keep_fp8, first_n_layers,
+                               kv_cache_tokens, 1).fits:
+            plan.suggestions.append("batch=1 (one sequence per forward)")
         if not plan.suggestions:
             plan.suggestions.append("fewer kv_cache_tokens or a smaller batch, or larger devices")
     return plan
@@ -411,7 +414,9 @@ def place_model(
     )
     plan.model = name
     if memory_per_device is not None and not plan.fits:
-        raise ModelDoesNotFitError(plan.message() + "\n" + plan.table())
+        error = ModelDoesNotFitError(plan.message() + " (`r1-plugin models plan` prints the table.)")
+        error.plan = plan  # type: ignore[attr-defined]
+        raise error
     if cfg.n_devices > 1:
         cfg.device_plan = list(plan.block_devices)
     return plan

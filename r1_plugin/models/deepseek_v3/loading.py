@@ -284,16 +284,24 @@ class StreamingLoader:
                 for key in by_shard[shard]:
                     tensor = handle.get_tensor(key)
                     scale = self._scale(key, handle, weight_map, shard) if is_fp8(tensor) else None
-                    for name, expert, transform in destinations(key, self.cfg) or []:
-                        if scale is None:
-                            self._store(name, expert, transform(tensor))
-                        elif self.keep_fp8 and fp8_layout(name, self.cfg) is not None:
-                            self._store_fp8(name, expert, tensor, scale)
-                        else:
-                            value = dequantize_blockwise(tensor, scale, self.block_size, self.cfg.dtype)
-                            self._store(name, expert, transform(value))
+                    self.add(key, tensor, scale)
                     del tensor, scale  # shard-mmap views: the shard is unmapped once its handle closes
             release_freed_memory()
+        self._finish()
+
+    def add(self, key: str, tensor: torch.Tensor, scale: torch.Tensor | None = None) -> None:
+        """Store checkpoint tensor `key` (FP8 with its `scale`: kept FP8 with keep_fp8, else dequantised)."""
+        for name, expert, transform in destinations(key, self.cfg) or []:
+            if scale is None:
+                self._store(name, expert, transform(tensor))
+            elif self.keep_fp8 and fp8_layout(name, self.cfg) is not None:
+                self._store_fp8(name, expert, tensor, scale)
+            else:
+                value = dequantize_blockwise(tensor, scale, self.block_size, self.cfg.dtype)
+                self._store(name, expert, transform(value))
+
+    def finish(self) -> None:
+        """Check every parameter was given (after the last `add`)."""
         self._finish()
 
     def _scale(self, key: str, handle: Any, weight_map: dict[str, str], shard: str) -> torch.Tensor:

@@ -372,7 +372,11 @@ class StreamingLoader:
             return
         filled = self.filled_experts[name]
         if not filled:
-            _assign(self.model, name, torch.empty(meta.shape, dtype=dtype, device=device))
+            # The checkpoint's [E, out, in] storage viewed as TL's [E, in, out] (as `materialise` keeps other
+            # weights' layout): the grouped matmuls then read the same layout with or without keep_fp8, so both
+            # give bit-identical products, and it is the layout transformers multiplies with.
+            e, rows, cols = meta.shape
+            _assign(self.model, name, torch.empty((e, cols, rows), dtype=dtype, device=device).transpose(1, 2))
         param = _owner_param(self.model, name)
         if tuple(value.shape) != tuple(param.shape[1:]):
             raise ValueError(f"{name}[{expert}]: checkpoint gives {tuple(value.shape)}, need {tuple(param.shape[1:])}.")

@@ -49,7 +49,7 @@ class Fp8Weight(nn.Module):
         """The dequantised matrix in checkpoint layout; for stacked experts only those in `experts` (ids)."""
         scale = self.scale_inv
         if experts is not None:
-            original, scale = original.index_select(0, experts), scale.index_select(0, experts.to(scale.device))
+            original, scale = select_rows(original, 0, experts), scale.index_select(0, experts.to(scale.device))
         w = dequantize_stacked(original, scale, self.block_size, self.dtype, self.row_block)
         if self.fold_in is not None:  # the dequantise-on-load fold's exact operations: (w.float() * ln).to(dtype)
             w = (w.float() * self.fold_in.to(w.device)).to(self.dtype)
@@ -71,6 +71,11 @@ class Fp8Weight(nn.Module):
 
     def extra_repr(self) -> str:
         return f"layout={self.layout}, block_size={self.block_size}, dtype={self.dtype}"
+
+
+def select_rows(fp8: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """`fp8.index_select(dim, index)` through a uint8 view (not every device's index kernels take float8)."""
+    return fp8.view(torch.uint8).index_select(dim, index.to(fp8.device)).view(fp8.dtype)
 
 
 def tl_view(w: torch.Tensor, layout: str, heads: int = 0) -> torch.Tensor:

@@ -19,7 +19,13 @@ import tqdm.auto as tqdm
 
 from r1_plugin.models.deepseek_v3.config import ARCHITECTURE, DeepseekV3HookedConfig
 from r1_plugin.models.deepseek_v3.fp8 import dequantize_blockwise, is_fp8
-from r1_plugin.models.deepseek_v3.fp8_weights import fp8_layout, fp8_parts, keep_fp8_weight, tl_view
+from r1_plugin.models.deepseek_v3.fp8_weights import (
+    fp8_layout,
+    fp8_parts,
+    keep_fp8_weight,
+    select_rows,
+    tl_view,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -325,7 +331,7 @@ class StreamingLoader:
         device = target_device(name, self.cfg)
         row_block = None
         if rows is not None:
-            fp8, row_block = fp8.index_select(0, rows), rows // self.block_size[0]
+            fp8, row_block = select_rows(fp8, 0, rows), rows // self.block_size[0]
         module, attr = _owner(self.model, name)
         if expert is None:
             shape = tuple(tl_view(torch.empty(fp8.shape, device="meta"), layout, heads).shape)

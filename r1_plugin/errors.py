@@ -27,6 +27,10 @@ class ModelDoesNotFitError(R1PluginError, MemoryError):
     """A model whose device plan (r1_plugin.plan_devices) overflows a device; raised before any weight is read."""
 
 
+class SAEMaskError(R1PluginError, ValueError):
+    """An attention mask that does not fit the activations given to a batch top-k SAE encode."""
+
+
 class MissingFromCacheError(R1PluginError, FileNotFoundError):
     """A file that is not in the local HF cache while the hub is unreachable or offline mode is on."""
 

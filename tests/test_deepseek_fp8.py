@@ -215,3 +215,32 @@ def test_keep_fp8_on_unquantised_checkpoint_is_plain(tmp_path: Path) -> None:
     write_tiny_checkpoint(config=tiny_config(), seed=1, storage="bfloat16", folder=tmp_path / "bf16")
     model = HookedTransformer.from_pretrained_no_processing(str(tmp_path / "bf16"), device="cpu", keep_fp8=True)
     assert not has_fp8_weights(model) and model.cfg.keep_fp8 is False
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(28, 48), (3, 40, 33), (256, 128)])
+def test_fused_dequantisation_is_bit_identical(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    # The path used off the CPU (e4m3 -> bf16, one mixed-dtype multiply into `dtype`) against the CPU path and an
+    # explicit per-block loop, including partial blocks, stacked experts and a row subset (kv_b_proj's halves).
+    from r1_plugin.models.deepseek_v3.fp8 import dequantize_stacked, quantize_blockwise
+
+    g = torch.Generator().manual_seed(0)
+    mats = torch.randn(*shape, generator=g).mul(3).reshape(-1, *shape[-2:])
+    pairs = [quantize_blockwise(m, (16, 16)) for m in mats]
+    q = torch.stack([p[0] for p in pairs]).reshape(shape)
+    s = torch.stack([p[1] for p in pairs]).reshape(*shape[:-2], *pairs[0][1].shape)
+    rows = torch.arange(shape[-2])[1::3]
+    for row_block in (None, rows // 16):
+        weight = q if row_block is None else q.index_select(-2, rows)
+        fused = dequantize_stacked(weight, s, (16, 16), dtype, row_block, fused=True)
+        plain = dequantize_stacked(weight, s, (16, 16), dtype, row_block, fused=False)
+        assert fused.dtype == plain.dtype == dtype
+        assert torch.equal(fused.view(torch.uint8), plain.view(torch.uint8))
+        flat_w, flat_s = weight.reshape(-1, *weight.shape[-2:]), s.reshape(-1, *s.shape[-2:])
+        ref = torch.stack([
+            torch.stack([
+                w[r].float() * sc[(rows[r] if row_block is not None else r) // 16].repeat_interleave(16)[: w.shape[-1]]
+                for r in range(w.shape[0])
+            ]) for w, sc in zip(flat_w, flat_s)
+        ]).reshape(weight.shape).to(dtype)
+        assert torch.equal(plain.view(torch.uint8), ref.view(torch.uint8))

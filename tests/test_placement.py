@@ -179,3 +179,12 @@ def test_cli_models_plan(r1_configs: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(args) == 0
     assert main(["models", "plan", r1, "--memory", "80XB"]) == 2
     assert "cannot read memory size" in capsys.readouterr().err
+
+
+def test_plan_reads_config_json_from_the_hf_cache(hf_cache: Path, r1_configs: Path) -> None:
+    from r1_plugin.testing.hub import write_hf_repo
+
+    write_hf_repo("r1-plugin-tests/plan-config", {"config.json": (r1_configs / "deepseek-r1.json").read_text()})
+    plan = plan_devices("r1-plugin-tests/plan-config", 8, "141GB", keep_fp8=True)
+    assert plan.model == "r1-plugin-tests/plan-config" and plan.fits
+    assert plan.block_devices == plan_devices(r1_configs / "deepseek-r1.json", 8, "141GB", keep_fp8=True).block_devices

@@ -1,7 +1,9 @@
-"""DeepSeek-V3 HookedTransformer vs transformers on a mid-size random config (CPU): forward time, greedy
-generation speed, KV-cache bytes per token and peak RSS while streaming a multi-shard FP8 checkpoint.
+"""DeepSeek-V3 HookedTransformer vs transformers on a mid-size random config (CPU): forward time (wall and CPU
+time, per component), greedy generation speed, KV-cache bytes per token, peak RSS while streaming a multi-shard
+FP8 checkpoint, and keep_fp8 against the dequantise-on-load model (resident bytes of the blocks, forward time).
 
-Run by hand: `.venv/bin/python benchmarks/bench_deepseek.py [--quick]`; results go to docs/models-deepseek.md.
+Run by hand: `nice .venv/bin/python benchmarks/bench_deepseek.py [--quick] [--only compute fp8 loading]`;
+results go to docs/benchmarks.md and docs/models-deepseek.md.
 """
 
 from __future__ import annotations
@@ -44,6 +46,50 @@ def timed_pair(fn_a, fn_b, repeats: int) -> tuple[float, float]:
     return min(times_a), min(times_b)
 
 
+def cpu_timed_pair(fn_a, fn_b, repeats: int) -> tuple[float, float]:
+    """Median CPU seconds (this process, `time.process_time`) of two functions, interleaved: with one torch thread
+    this is the work done, undistorted by other load on a shared machine (wall time is not)."""
+    fn_a(), fn_b()
+    times_a, times_b = [], []
+    for _ in range(repeats):
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            start = time.process_time()
+            fn()
+            times.append(time.process_time() - start)
+    return sorted(times_a)[repeats // 2], sorted(times_b)[repeats // 2]
+
+
+def component_cpu_times(model, hf, tokens: torch.Tensor, repeats: int) -> dict:
+    """Median CPU seconds per forward spent in attention, dense MLP, MoE (and its routed experts), TL vs HF."""
+    acc: dict[str, list[float]] = {}
+    handles = []
+
+    def wrap(module, key: str) -> None:
+        start: dict[str, float] = {}
+        handles.append(module.register_forward_pre_hook(lambda m, a: start.__setitem__("t", time.process_time())))
+        handles.append(module.register_forward_hook(
+            lambda m, a, o: acc.setdefault(key, []).append(time.process_time() - start["t"])))
+
+    for block, layer in zip(model.blocks, hf.model.layers):
+        kind = "moe" if block.is_moe else "dense_mlp"
+        wrap(block.attn, "tl_attention"), wrap(layer.self_attn, "hf_attention")
+        wrap(block.mlp, f"tl_{kind}"), wrap(layer.mlp, f"hf_{kind}")
+        if block.is_moe:
+            wrap(block.mlp.experts, "tl_routed_experts"), wrap(layer.mlp.experts, "hf_routed_experts")
+    try:
+        for _ in range(repeats):
+            model(tokens), hf(tokens)
+    finally:
+        for handle in handles:
+            handle.remove()
+    out = {}
+    for key, values in sorted(acc.items()):
+        per = len(values) // repeats
+        sums = sorted(sum(values[r * per : (r + 1) * per]) for r in range(repeats))
+        out[key] = sums[repeats // 2]
+    return out
+
+
 def bench_compute(quick: bool) -> dict:
     """Forward and generation: TL (via from_pretrained_no_processing) vs HF on the same float32 weights."""
     from transformer_lens import HookedTransformer
@@ -58,11 +104,13 @@ def bench_compute(quick: bool) -> dict:
     hf = hf_reference_model(ck.config, ck.tensors)
     hf.generation_config.eos_token_id = None
     hf.generation_config.pad_token_id = 0
-    tokens = torch.randint(2, ck.config["vocab_size"], (4, 128), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(2, ck.config["vocab_size"], (4, 256), generator=torch.Generator().manual_seed(0))
     repeats = 3 if quick else 7
     with torch.inference_mode():
         max_diff = (model(tokens) - hf(tokens).logits).abs().max().item()
         t_tl, t_hf = timed_pair(lambda: model(tokens), lambda: hf(tokens), repeats)
+        c_tl, c_hf = cpu_timed_pair(lambda: model(tokens), lambda: hf(tokens), repeats)
+        components = component_cpu_times(model, hf, tokens, 3 if quick else 5)
         prompt, new = tokens[:1, :32], 32 if quick else 64
         kw = dict(max_new_tokens=new, do_sample=False, stop_at_eos=False, verbose=False)
         g_tl, g_hf = timed_pair(
@@ -81,11 +129,54 @@ def bench_compute(quick: bool) -> dict:
     full = DeepseekLatentKVCache.full_kv_bytes_per_token(model.cfg)
     return {
         "forward_tokens": list(tokens.shape), "forward_tl_s": t_tl, "forward_hf_s": t_hf, "forward_ratio": t_tl / t_hf,
+        "forward_tl_cpu_s": c_tl, "forward_hf_cpu_s": c_hf, "forward_cpu_ratio": c_tl / c_hf,
+        "forward_cpu_s_by_component": components,
         "max_abs_logit_diff": max_diff, "gen_new_tokens": new, "gen_tl_tok_s": new / g_tl, "gen_hf_tok_s": new / g_hf,
         "gen_same_tokens_as_hf": same, "gen_ratio_tl_over_hf_tok_s": g_hf / g_tl,
         "long_gen_prompt": long_prompt.shape[1], "long_gen_new_tokens": long_new, "long_gen_tl_tok_s": long_new / lg_tl,
         "long_gen_hf_tok_s": long_new / lg_hf, "long_gen_ratio_tl_over_hf_tok_s": lg_hf / lg_tl, "kv_latent_bytes_per_token": latent, "kv_full_bytes_per_token": full,
         "kv_ratio": full / latent,
+    }
+
+
+def bench_fp8(quick: bool) -> dict:
+    """keep_fp8 vs the dequantise-on-load model on the mid config's FP8 checkpoint (128x128 blocks): resident bytes
+    of the blocks (float32 and bfloat16 dequantised) and forward CPU time (float32), with the logit difference."""
+    from transformer_lens import HookedTransformer
+
+    import r1_plugin  # noqa: F401
+    from r1_plugin.models.deepseek_v3.fp8_weights import resident_bytes
+    from r1_plugin.testing.deepseek_checkpoints import tiny_config, write_tiny_checkpoint
+
+    folder = _TMP / "fp8_mid"
+    config = tiny_config(**MID)
+    write_tiny_checkpoint(config=config, seed=0, storage="fp8", n_shards=2, block_size=(128, 128), folder=folder)
+
+    def load(keep_fp8: bool, dtype: torch.dtype):
+        return HookedTransformer.from_pretrained_no_processing(
+            str(folder), device="cpu", dtype=dtype, keep_fp8=keep_fp8, progress=False
+        )
+
+    plain, kept = load(False, torch.float32), load(True, torch.float32)
+    plain_bf16, kept_bf16 = load(False, torch.bfloat16), load(True, torch.bfloat16)
+    tokens = torch.randint(2, config["vocab_size"], (4, 256), generator=torch.Generator().manual_seed(0))
+    decode = tokens[:, :1]
+    repeats = 3 if quick else 7
+    with torch.inference_mode():
+        diff = (kept(tokens) - plain(tokens)).abs().max().item()
+        diff_bf16 = (kept_bf16(tokens).float() - plain_bf16(tokens).float()).abs().max().item()
+        bf16_noise = (plain_bf16(tokens).float() - plain(tokens)).abs().max().item()
+        t_kept, t_plain = cpu_timed_pair(lambda: kept(tokens), lambda: plain(tokens), repeats)
+        d_kept, d_plain = cpu_timed_pair(lambda: kept(decode), lambda: plain(decode), repeats)
+    b_kept, b_plain, b_bf16 = resident_bytes(kept.blocks), resident_bytes(plain.blocks), resident_bytes(plain_bf16.blocks)
+    return {
+        "blocks_bytes_keep_fp8": b_kept, "blocks_bytes_float32": b_plain, "blocks_bytes_bfloat16": b_bf16,
+        "ratio_vs_float32": b_kept / b_plain, "ratio_vs_bfloat16": b_kept / b_bf16,
+        "max_abs_logit_diff_float32": diff, "max_abs_logit_diff_bfloat16": diff_bf16,
+        "bfloat16_own_noise_vs_float32": bf16_noise,
+        "forward_tokens": list(tokens.shape), "forward_keep_fp8_cpu_s": t_kept, "forward_dequantised_cpu_s": t_plain,
+        "forward_ratio": t_kept / t_plain, "one_token_keep_fp8_cpu_s": d_kept, "one_token_dequantised_cpu_s": d_plain,
+        "one_token_ratio": d_kept / d_plain,
     }
 
 
@@ -163,6 +254,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared box)")
+    parser.add_argument("--only", nargs="+", choices=["compute", "fp8", "loading"], default=["compute", "fp8", "loading"])
     parser.add_argument("--load-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load_child:
@@ -170,10 +262,13 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}")
-    results = {
-        "compute": bench_compute(args.quick),
-        "loading": [bench_loading(layers, shards) for layers, shards in ((4, 4), (8, 8), (16, 4), (16, 16))],
-    }
+    results: dict = {}
+    if "compute" in args.only:
+        results["compute"] = bench_compute(args.quick)
+    if "fp8" in args.only:
+        results["fp8"] = bench_fp8(args.quick)
+    if "loading" in args.only:
+        results["loading"] = [bench_loading(layers, shards) for layers, shards in ((4, 4), (8, 8), (16, 4), (16, 16))]
     print(json.dumps(results, indent=2))
 
 

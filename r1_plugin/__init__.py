@@ -7,11 +7,14 @@
 from __future__ import annotations
 
 from r1_plugin.chat import format_r1_prompt, r1_chat_tokens
+from r1_plugin.models.placement import plan_devices
 from r1_plugin.models.registry import ALL_MODELS, ModelSpec
 
 __version__ = "0.1.0"
 
-__all__ = ["register", "list_models", "format_r1_prompt", "r1_chat_tokens", "ModelSpec", "__version__"]
+__all__ = [
+    "register", "list_models", "format_r1_prompt", "r1_chat_tokens", "ModelSpec", "plan_devices", "__version__"
+]
 
 
 def register() -> None:

@@ -23,6 +23,10 @@ class UnsupportedArchitectureError(R1PluginError, NotImplementedError):
     """A local checkpoint whose architecture cannot be loaded as a HookedTransformer."""
 
 
+class ModelDoesNotFitError(R1PluginError, MemoryError):
+    """A model whose device plan (r1_plugin.plan_devices) overflows a device; raised before any weight is read."""
+
+
 class SAEMaskError(R1PluginError, ValueError):
     """An attention mask that does not fit the activations given to a batch top-k SAE encode."""
 

@@ -153,6 +153,50 @@ def _patch_load_and_process_state_dict() -> None:
     ht.load_and_process_state_dict = mark(load_and_process_state_dict, original)
 
 
+def _patch_device_placement() -> None:
+    """transformer_lens's `get_device_for_block_index`, as bound in HookedTransformer (its forward moves the residual
+    to each block's device) and in the TL KV cache, and `HookedTransformer.move_model_modules_to_device` (which TL
+    3.9 sends wholesale to one device): TL splits blocks by count; a DeepSeek-V3 config carrying a byte-balanced
+    `device_plan` (r1_plugin.models.placement) uses that plan instead. Every other config falls through."""
+    from transformer_lens.cache import key_value_cache
+
+    from r1_plugin.models.placement import block_device
+
+    ht = hooked_transformer_module.HookedTransformer
+    for module in (hooked_transformer_module, key_value_cache):
+        original = module.get_device_for_block_index
+        if is_patched(original):
+            continue
+
+        def get_device_for_block_index(index: int, cfg: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            if is_deepseek_cfg(cfg) and getattr(cfg, "device_plan", None):
+                return block_device(index, cfg, *args, **kwargs)
+            return _original(index, cfg, *args, **kwargs)
+
+        functools.update_wrapper(get_device_for_block_index, original)
+        module.get_device_for_block_index = mark(get_device_for_block_index, original)
+
+    original_move = ht.move_model_modules_to_device
+    if is_patched(original_move):
+        return
+
+    @functools.wraps(original_move)
+    def move_model_modules_to_device(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not (is_deepseek_cfg(self.cfg) and getattr(self.cfg, "device_plan", None)):
+            return original_move(self, *args, **kwargs)
+        first, last = block_device(0, self.cfg), block_device(self.cfg.n_layers - 1, self.cfg)
+        self.embed.to(first)
+        self.hook_embed.to(first)
+        if hasattr(self, "ln_final"):
+            self.ln_final.to(last)
+        self.unembed.to(last)
+        for i, block in enumerate(self.blocks):
+            block.to(block_device(i, self.cfg))
+        return None
+
+    ht.move_model_modules_to_device = mark(move_model_modules_to_device, original_move)
+
+
 def apply() -> None:
     """Apply every DeepSeek-V3 patch (idempotent)."""
     _patch_config_from_dict()
@@ -161,3 +205,4 @@ def apply() -> None:
     _patch_get_pos_offset()
     _patch_from_pretrained()
     _patch_load_and_process_state_dict()
+    _patch_device_placement()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,6 +277,118 @@ def checkpoint_bytes(files: dict[str, Any]) -> int:
 
 
 __all__ = [
-    "TinyCheckpoint", "YARN", "checkpoint_bytes", "hf_reference_model", "hf_state_dict", "random_published_weights",
-    "tiny_config", "to_fp8", "write_tiny_checkpoint",
+    "TinyCheckpoint", "YARN", "checkpoint_bytes", "hf_reference_model", "hf_state_dict", "published_tensor_specs",
+    "random_fp8_model", "random_published_weights", "tiny_config", "to_fp8", "write_tiny_checkpoint",
 ]
+
+
+def published_tensor_specs(config: dict[str, Any]) -> Iterator[tuple[str, tuple[int, ...], str]]:
+    """(published name, shape, kind) of every tensor of a DeepseekV3 checkpoint, in layer order, without data.
+
+    kind: "linear" (shipped FP8 in R1), "norm", "embed", "lm_head", "router", "router_bias" or "bias".
+    """
+    d, h, v = config["hidden_size"], config["num_attention_heads"], config["v_head_dim"]
+    nope, rope, r = config["qk_nope_head_dim"], config["qk_rope_head_dim"], config["kv_lora_rank"]
+    qk, q_lora, m = nope + rope, config.get("q_lora_rank"), config["moe_intermediate_size"]
+    e, bias = config["n_routed_experts"], config.get("attention_bias", False)
+    yield "model.embed_tokens.weight", (config["vocab_size"], d), "embed"
+    for i in range(config["num_hidden_layers"]):
+        p, a = f"model.layers.{i}.", f"model.layers.{i}.self_attn."
+        yield p + "input_layernorm.weight", (d,), "norm"
+        yield p + "post_attention_layernorm.weight", (d,), "norm"
+        if q_lora is None:
+            yield a + "q_proj.weight", (h * qk, d), "linear"
+        else:
+            yield a + "q_a_proj.weight", (q_lora, d), "linear"
+            yield a + "q_a_layernorm.weight", (q_lora,), "norm"
+            yield a + "q_b_proj.weight", (h * qk, q_lora), "linear"
+            if bias:
+                yield a + "q_a_proj.bias", (q_lora,), "bias"
+        yield a + "kv_a_proj_with_mqa.weight", (r + rope, d), "linear"
+        yield a + "kv_a_layernorm.weight", (r,), "norm"
+        yield a + "kv_b_proj.weight", (h * (nope + v), r), "linear"
+        yield a + "o_proj.weight", (d, h * v), "linear"
+        if bias:
+            yield a + "kv_a_proj_with_mqa.bias", (r + rope,), "bias"
+            yield a + "o_proj.bias", (d,), "bias"
+        if i < config["first_k_dense_replace"]:
+            f = config["intermediate_size"]
+            yield p + "mlp.gate_proj.weight", (f, d), "linear"
+            yield p + "mlp.up_proj.weight", (f, d), "linear"
+            yield p + "mlp.down_proj.weight", (d, f), "linear"
+            continue
+        yield p + "mlp.gate.weight", (e, d), "router"
+        yield p + "mlp.gate.e_score_correction_bias", (e,), "router_bias"
+        for j in range(e):
+            yield p + f"mlp.experts.{j}.gate_proj.weight", (m, d), "linear"
+            yield p + f"mlp.experts.{j}.up_proj.weight", (m, d), "linear"
+            yield p + f"mlp.experts.{j}.down_proj.weight", (d, m), "linear"
+        shared = m * (config.get("n_shared_experts") or 0)
+        if shared:
+            yield p + "mlp.shared_experts.gate_proj.weight", (shared, d), "linear"
+            yield p + "mlp.shared_experts.up_proj.weight", (shared, d), "linear"
+            yield p + "mlp.shared_experts.down_proj.weight", (d, shared), "linear"
+    yield "model.norm.weight", (d,), "norm"
+    yield "lm_head.weight", (config["vocab_size"], d), "lm_head"
+
+
+def random_fp8_model(
+    config: dict[str, Any],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+    keep_fp8: bool = True,
+    seed: int = 0,
+    n_ctx: int = 8192,
+    block_size: tuple[int, int] = (128, 128),
+    name: str = "random-fp8-deepseek-v3",
+) -> Any:
+    """A DeepSeek-V3 HookedTransformer with random block-FP8 weights generated directly on `device`.
+
+    Goes through the streaming loader's own store path (FP8 kept or dequantised exactly as from a checkpoint), one
+    tensor at a time, so models far larger than host RAM build without files. The same seed gives the same
+    weights in both keep_fp8 modes (one generator, same draw order). Weight std is 1/sqrt(fan_in), so
+    activations stay O(1) at any width; the router is scaled up so routing varies.
+    """
+    from types import SimpleNamespace
+
+    from transformer_lens import HookedTransformer
+
+    from r1_plugin.models.deepseek_v3.config import DeepseekV3HookedConfig, hf_to_tl_config_dict
+    from r1_plugin.models.deepseek_v3.loading import StreamingLoader
+
+    config = dict(config)
+    config["quantization_config"] = {
+        "activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": list(block_size),
+    }
+    tl = hf_to_tl_config_dict(config, name)
+    tl.update(n_ctx=n_ctx, device=str(device), dtype=dtype, tokenizer_name=None)
+    cfg = DeepseekV3HookedConfig(**tl)
+    cfg.keep_fp8 = keep_fp8
+    with torch.device("meta"):
+        model = HookedTransformer(cfg, None, move_to_device=False)
+    loader = StreamingLoader(model, SimpleNamespace(name=name), config, keep_fp8=keep_fp8)  # type: ignore[arg-type]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    b0, b1 = block_size
+    fp8_max = torch.finfo(torch.float8_e4m3fn).max
+    for key, shape, kind in published_tensor_specs(config):
+        if kind == "linear":
+            rows, cols = shape
+            q = (torch.randn(shape, generator=gen, device=device) * 64).clamp_(-fp8_max, fp8_max)
+            grid = (-(-rows // b0), -(-cols // b1))
+            scale = (1 + 0.1 * torch.rand(grid, generator=gen, device=device)) / (64 * cols**0.5)
+            loader.add(key, q.to(torch.float8_e4m3fn), scale)
+            continue
+        if kind == "norm":
+            value = 1 + 0.1 * torch.randn(shape, generator=gen, device=device)
+        elif kind == "router":
+            value = torch.randn(shape, generator=gen, device=device) * (4 / shape[1] ** 0.5)
+        elif kind in ("router_bias", "bias"):
+            value = torch.randn(shape, generator=gen, device=device) * 0.05
+        elif kind == "embed":
+            value = torch.randn(shape, generator=gen, device=device)
+        else:  # lm_head
+            value = torch.randn(shape, generator=gen, device=device) / shape[1] ** 0.5
+        loader.add(key, value if kind == "router_bias" else value.to(dtype))
+    loader.finish()
+    return model.eval()

@@ -40,6 +40,12 @@ class DeepseekV3HookedConfig(HookedTransformerConfig):
     yarn_mscale: float = 0.0
     yarn_mscale_all_dim: float = 0.0
     softmax_scale: float = -1.0
+    # keep_fp8=True: FP8 checkpoint weights stay e4m3 in memory and are dequantised per forward (fp8_weights.py);
+    # routed experts are dequantised only when they receive tokens, this many experts at a time.
+    keep_fp8: bool = False
+    fp8_experts_per_chunk: int = 16
+    # Byte-balanced placement (models/placement.py): device index of each block; None = TransformerLens's split.
+    device_plan: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.original_architecture = self.original_architecture or ARCHITECTURE
@@ -70,6 +76,16 @@ class DeepseekV3HookedConfig(HookedTransformerConfig):
     def is_moe_layer(self, layer: int) -> bool:
         """Layers from first_k_dense_replace on use the routed MoE; earlier ones a dense gated MLP."""
         return layer >= self.first_k_dense_replace
+
+    def fp8_expert_transient_bytes(self) -> int:
+        """Upper bound of the memory a keep_fp8 MoE forward adds for dequantised experts (one chunk at a time).
+
+        A chunk of C = fp8_experts_per_chunk experts holds at most two dequantised [C, d_model, d_mlp_moe] matrices
+        in the model dtype while a third is built (its gathered e4m3 copy, a float32 working copy and the cast):
+        C * d_model * d_mlp_moe * (3 * itemsize + 5) bytes; 2.6 GB for R1 in bfloat16 with C=16.
+        """
+        per = self.d_model * self.d_mlp_moe * (3 * self.dtype.itemsize + 5)
+        return min(self.fp8_experts_per_chunk, self.num_experts or 0) * per
 
     def _validate(self) -> None:
         """Reject configs whose maths this implementation does not reproduce, saying what is wrong."""

@@ -38,15 +38,55 @@ def dequantize_blockwise(
             f"weight_scale_inv has shape {tuple(scale_inv.shape)} but a {rows}x{cols} weight with block size "
             f"{b0}x{b1} needs {expected[0]}x{expected[1]}; check quantization_config.weight_block_size."
         )
+    return dequantize_stacked(weight, scale_inv, (b0, b1), dtype)
+
+
+def dequantize_stacked(
+    weight: torch.Tensor,
+    scale_inv: torch.Tensor,
+    block_size: tuple[int, int] | list[int],
+    dtype: torch.dtype,
+    row_block: torch.Tensor | None = None,
+    fused: bool | None = None,
+) -> torch.Tensor:
+    """weight [..., rows, cols] (fp8) times its block scales [..., n_row_blocks, ceil(cols/B1)]; leading dims batch.
+
+    Row r uses scale row `row_block[r]` (default r // B0; a row subset of a larger matrix, such as W_K_b's rows of
+    kv_b_proj, passes the rows' original block indices). The product is taken in float32 and cast to `dtype`,
+    the same elementwise operations whatever the batching, so every caller gets bit-identical numbers.
+
+    Two equivalent paths (bit-identical, tested): on the CPU one float32 copy scaled in place; elsewhere (`fused`,
+    the default off the CPU) the e4m3 values go to bfloat16 (exact: every float8 value is a bfloat16 value) and one
+    mixed-dtype multiply computes each float32 product and stores it cast to `dtype` (7 bytes moved per number for
+    a bfloat16 result instead of 19). Torch's CPU mixed-dtype multiply is slower than the two passes, hence the
+    split; the GPU gain is by bytes moved, not yet measured (no GPU was available).
+    """
+    b0, b1 = int(block_size[0]), int(block_size[1])
+    rows, cols = weight.shape[-2:]
+    scale = scale_inv.to(device=weight.device, dtype=torch.float32)
+    if row_block is None:
+        row_scale = scale.repeat_interleave(b0, dim=-2)[..., :rows, :]
+    else:
+        row_scale = scale.index_select(-2, row_block.to(weight.device))
+    lead = weight.shape[:-2]
+    full = cols - cols % b1
+    if fused if fused is not None else weight.device.type != "cpu":
+        exact = weight.to(torch.bfloat16)
+        out = torch.empty(weight.shape, dtype=dtype, device=weight.device)
+        if full:
+            blocks = (*lead, rows, full // b1, b1)
+            torch.mul(exact[..., :full].view(blocks), row_scale[..., : full // b1, None],
+                      out=out[..., :full].view(blocks))
+        if full < cols:
+            torch.mul(exact[..., full:], row_scale[..., -1:], out=out[..., full:])
+        return out
     # In place on one float32 copy, with the scale broadcast over column blocks (no full-size scale grid):
     # peak is one float32 copy of the weight plus the output, not four full-size temporaries.
-    row_scale = scale_inv.to(device=weight.device, dtype=torch.float32).repeat_interleave(b0, dim=0)[:rows]
     out = weight.to(torch.float32, copy=True)  # never scale the caller's (possibly mmap-backed) tensor
-    full = cols - cols % b1
     if full:
-        out[:, :full].view(rows, full // b1, b1).mul_(row_scale[:, : full // b1, None])
+        out[..., :full].view(*lead, rows, full // b1, b1).mul_(row_scale[..., : full // b1, None])
     if full < cols:
-        out[:, full:].mul_(row_scale[:, -1:])
+        out[..., full:].mul_(row_scale[..., -1:])
     return out.to(dtype)
 
 

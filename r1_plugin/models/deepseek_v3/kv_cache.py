@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.utilities.multi_gpu import get_device_for_block_index
 
 
 @dataclass
@@ -57,9 +56,11 @@ class DeepseekLatentKVCache(TransformerLensKeyValueCache):
     def init_cache(
         cls, cfg: Any, device: torch.device | str | None, batch_size: int = 1
     ) -> DeepseekLatentKVCache:
-        """One latent entry per layer, on the device of that layer's block (TL's n_devices split)."""
+        """One latent entry per layer, on the device of that layer's block (cfg.device_plan's, or TL's split)."""
+        from r1_plugin.models.placement import block_device
+
         entries = [
-            LatentKVCacheEntry.init_cache_entry(cfg, get_device_for_block_index(i, cfg, device), batch_size)
+            LatentKVCacheEntry.init_cache_entry(cfg, block_device(i, cfg, device), batch_size)
             for i in range(cfg.n_layers)
         ]
         mask = torch.empty((batch_size, 0), device=device, dtype=torch.int)

@@ -16,16 +16,24 @@ from typing import Any
 import torch
 import torch.nn as nn
 import tqdm.auto as tqdm
-from transformer_lens.utilities.multi_gpu import get_device_for_block_index
 
 from r1_plugin.models.deepseek_v3.config import ARCHITECTURE, DeepseekV3HookedConfig
 from r1_plugin.models.deepseek_v3.fp8 import dequantize_blockwise, is_fp8
+from r1_plugin.models.deepseek_v3.fp8_weights import (
+    fp8_layout,
+    fp8_parts,
+    keep_fp8_weight,
+    select_rows,
+    tl_view,
+)
 
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 _HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only")
+# Further keywords TL's from_pretrained forwards to HF that mean nothing here but are harmless; anything else errors.
+_ACCEPTED_KWARGS = (*_HUB_KWARGS, "trust_remote_code", "torch_dtype", "load_in_8bit", "load_in_4bit")
 
 PROCESSING_HELP = (
     "Load DeepSeek-V3/R1 with `HookedTransformer.from_pretrained_no_processing(...)` (or pass "
@@ -195,12 +203,15 @@ def destinations(key: str, cfg: DeepseekV3HookedConfig) -> list[Destination] | N
 
 
 def target_device(name: str, cfg: DeepseekV3HookedConfig) -> torch.device:
-    """TL's pipeline split: embed with block 0, block i on its device, final norm and unembed with the last block."""
+    """Pipeline split (TL's, or cfg.device_plan's by bytes): embed with block 0, block i on its device, final norm
+    and unembed with the last block."""
+    from r1_plugin.models.placement import block_device
+
     if name.startswith("blocks."):
-        return get_device_for_block_index(int(name.split(".")[1]), cfg)
+        return block_device(int(name.split(".")[1]), cfg)
     if name.startswith("embed"):
-        return get_device_for_block_index(0, cfg)
-    return get_device_for_block_index(cfg.n_layers - 1, cfg)
+        return block_device(0, cfg)
+    return block_device(cfg.n_layers - 1, cfg)
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -244,8 +255,12 @@ def release_freed_memory() -> None:
 class StreamingLoader:
     """Reads the tensors a DeepSeek-V3 HookedTransformer needs, shard by shard, into the meta-built model."""
 
-    def __init__(self, model: nn.Module, files: CheckpointFiles, hf_config: dict[str, Any]) -> None:
+    def __init__(
+        self, model: nn.Module, files: CheckpointFiles, hf_config: dict[str, Any], keep_fp8: bool = False
+    ) -> None:
         self.model = model
+        self.keep_fp8 = keep_fp8
+        self.fp8_experts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # stacks being filled, per name
         self.cfg: DeepseekV3HookedConfig = model.cfg  # type: ignore[assignment]
         self.files = files
         quant = hf_config.get("quantization_config") or {}
@@ -274,15 +289,29 @@ class StreamingLoader:
             with open_safetensors(self.files.path(shard)) as handle:
                 for key in by_shard[shard]:
                     tensor = handle.get_tensor(key)
-                    if is_fp8(tensor):
-                        tensor = self._dequantize(key, tensor, handle, weight_map, shard)
-                    for name, expert, transform in destinations(key, self.cfg) or []:
-                        self._store(name, expert, transform(tensor))
-                    del tensor
+                    scale = self._scale(key, handle, weight_map, shard) if is_fp8(tensor) else None
+                    self.add(key, tensor, scale)
+                    del tensor, scale  # shard-mmap views: the shard is unmapped once its handle closes
             release_freed_memory()
         self._finish()
 
-    def _dequantize(self, key: str, weight: torch.Tensor, handle: Any, weight_map: dict[str, str], shard: str) -> Any:
+    def add(self, key: str, tensor: torch.Tensor, scale: torch.Tensor | None = None) -> None:
+        """Store checkpoint tensor `key` (FP8 with its `scale`: kept FP8 with keep_fp8, else dequantised)."""
+        for name, expert, transform in destinations(key, self.cfg) or []:
+            if scale is None:
+                self._store(name, expert, transform(tensor))
+            elif self.keep_fp8 and fp8_layout(name, self.cfg) is not None:
+                self._store_fp8(name, expert, tensor, scale)
+            else:
+                value = dequantize_blockwise(tensor, scale, self.block_size, self.cfg.dtype)
+                self._store(name, expert, transform(value))
+
+    def finish(self) -> None:
+        """Check every parameter was given (after the last `add`)."""
+        self._finish()
+
+    def _scale(self, key: str, handle: Any, weight_map: dict[str, str], shard: str) -> torch.Tensor:
+        """The weight_scale_inv of FP8 tensor `key` (from its shard, or the small tensor from another shard)."""
         scale_key = key[: -len("weight")] + "weight_scale_inv"
         if scale_key not in weight_map:
             raise KeyError(f"{key} is FP8 but the checkpoint has no {scale_key} to dequantise it with.")
@@ -291,7 +320,43 @@ class StreamingLoader:
         else:  # scale stored in another shard: read just that (small) tensor
             with open_safetensors(self.files.path(weight_map[scale_key])) as other:
                 scale = other.get_tensor(scale_key)
-        return dequantize_blockwise(weight, scale, self.block_size, self.cfg.dtype)
+        return scale
+
+    def _store_fp8(self, name: str, expert: int | None, fp8: torch.Tensor, scale: torch.Tensor) -> None:
+        """Keep an FP8 checkpoint tensor as stored (e4m3 + scales) under TL name `name` (keep_fp8=True)."""
+        if name not in self.expected:
+            raise KeyError(f"checkpoint tensor for {name} does not fit this model config (absent, or given twice).")
+        layout, heads, rows = fp8_layout(name, self.cfg)  # type: ignore[misc]
+        meta = self.expected[name]
+        device = target_device(name, self.cfg)
+        row_block = None
+        if rows is not None:
+            fp8, row_block = select_rows(fp8, 0, rows), rows // self.block_size[0]
+        module, attr = _owner(self.model, name)
+        if expert is None:
+            shape = tuple(tl_view(torch.empty(fp8.shape, device="meta"), layout, heads).shape)
+            if shape != tuple(meta.shape):
+                raise ValueError(f"{name}: checkpoint gives shape {shape}, config needs {tuple(meta.shape)}.")
+            keep_fp8_weight(module, attr, materialise(fp8, fp8.dtype, device), materialise(scale, torch.float32, device),
+                            self.block_size, self.cfg.dtype, layout, heads, row_block)
+            del self.expected[name]
+            return
+        if tuple(fp8.t().shape) != tuple(meta.shape[1:]):
+            raise ValueError(f"{name}[{expert}]: checkpoint gives {tuple(fp8.t().shape)}, need {tuple(meta.shape[1:])}.")
+        n_experts = meta.shape[0]
+        if name not in self.fp8_experts:
+            self.fp8_experts[name] = (
+                torch.empty((n_experts, *fp8.shape), dtype=fp8.dtype, device=device),
+                torch.empty((n_experts, *scale.shape), dtype=torch.float32, device=device),
+            )
+        stack, scales = self.fp8_experts[name]
+        stack[expert].copy_(fp8)
+        scales[expert].copy_(scale)
+        filled = self.filled_experts[name]
+        filled.add(expert)
+        if len(filled) == n_experts:
+            keep_fp8_weight(module, attr, stack, scales, self.block_size, self.cfg.dtype, layout)
+            del self.fp8_experts[name], self.expected[name]
 
     def _store(self, name: str, expert: int | None, value: torch.Tensor) -> None:
         if name not in self.expected:
@@ -313,7 +378,11 @@ class StreamingLoader:
             return
         filled = self.filled_experts[name]
         if not filled:
-            _assign(self.model, name, torch.empty(meta.shape, dtype=dtype, device=device))
+            # The checkpoint's [E, out, in] storage viewed as TL's [E, in, out] (as `materialise` keeps other
+            # weights' layout): the grouped matmuls then read the same layout with or without keep_fp8, so both
+            # give bit-identical products, and it is the layout transformers multiplies with.
+            e, rows, cols = meta.shape
+            _assign(self.model, name, torch.empty((e, cols, rows), dtype=dtype, device=device).transpose(1, 2))
         param = _owner_param(self.model, name)
         if tuple(value.shape) != tuple(param.shape[1:]):
             raise ValueError(f"{name}[{expert}]: checkpoint gives {tuple(value.shape)}, need {tuple(param.shape[1:])}.")
@@ -352,11 +421,17 @@ def fold_layer_norms(model: nn.Module, norm_weights: dict[str, torch.Tensor]) ->
     """Fold ln1/ln2/ln_final RMSNorm weights into the matrices that read their output (exact for RMSNorm).
 
     ln1 -> W_Q_a (or W_Q) and W_KV_a; ln2 -> dense W_gate/W_in, or router, experts' and shared experts' W_gate/W_in;
-    ln_final -> W_U. Products are taken in float32 and cast back; experts are folded one at a time.
+    ln_final -> W_U. Products are taken in float32 and cast back; experts are folded one at a time. A weight kept
+    in FP8 (keep_fp8) takes the same product after each dequantisation, so the fold stays exact there too.
     """
     cfg: DeepseekV3HookedConfig = model.cfg  # type: ignore[assignment]
 
-    def scale_rows(weight: torch.Tensor, w: torch.Tensor, dim: int) -> None:
+    def scale_rows(module: nn.Module, attr: str, w: torch.Tensor, dim: int) -> None:
+        parts = fp8_parts(module, attr)
+        if parts is not None:  # kept FP8: the same product, taken after each dequantisation
+            parts[1].fold_input_scale(w)
+            return
+        weight = getattr(module, attr)
         shape = [1] * weight.ndim
         shape[dim] = -1
         w = w.to(weight.device).view(shape)
@@ -370,21 +445,21 @@ def fold_layer_norms(model: nn.Module, norm_weights: dict[str, torch.Tensor]) ->
         ln1, ln2 = norm_weights.pop(f"blocks.{i}.ln1.w"), norm_weights.pop(f"blocks.{i}.ln2.w")
         attn = block.attn
         if cfg.q_lora_rank is not None:
-            scale_rows(attn.W_Q_a, ln1, 0)
+            scale_rows(attn, "W_Q_a", ln1, 0)
         else:
-            scale_rows(attn.W_Q, ln1, 1)
-        scale_rows(attn.W_KV_a, ln1, 0)
+            scale_rows(attn, "W_Q", ln1, 1)
+        scale_rows(attn, "W_KV_a", ln1, 0)
         mlp = block.mlp
         if block.is_moe:
-            scale_rows(mlp.W_router, ln2, 0)
-            scale_rows(mlp.experts.W_gate, ln2, 1)
-            scale_rows(mlp.experts.W_in, ln2, 1)
+            scale_rows(mlp, "W_router", ln2, 0)
+            scale_rows(mlp.experts, "W_gate", ln2, 1)
+            scale_rows(mlp.experts, "W_in", ln2, 1)
             if mlp.shared_experts is not None:
-                scale_rows(mlp.shared_experts.W_gate, ln2, 0)
-                scale_rows(mlp.shared_experts.W_in, ln2, 0)
+                scale_rows(mlp.shared_experts, "W_gate", ln2, 0)
+                scale_rows(mlp.shared_experts, "W_in", ln2, 0)
         else:
-            scale_rows(mlp.W_gate, ln2, 0)
-            scale_rows(mlp.W_in, ln2, 0)
+            scale_rows(mlp, "W_gate", ln2, 0)
+            scale_rows(mlp, "W_in", ln2, 0)
     w_u = model.unembed.W_U  # type: ignore[attr-defined]
     folded = (w_u.t().float() * norm_weights.pop("ln_final.w").to(w_u.device)[None, :]).to(w_u.dtype)
     model.unembed._parameters["W_U"] = nn.Parameter(folded.t(), requires_grad=w_u.requires_grad)  # type: ignore[attr-defined]
@@ -425,6 +500,15 @@ def load_and_process_into(
         raise ValueError(
             "refactor_factored_attn_matrices is not defined for MLA (queries and keys come from low-rank latents "
             "with a shared rope key, not per-head W_Q/W_K). " + PROCESSING_HELP
+        )
+    from r1_plugin.models.deepseek_v3.fp8_weights import has_fp8_weights
+
+    if fold_ln and has_fp8_weights(model):
+        raise ValueError(
+            "process_weights_/load_and_process_state_dict with fold_ln=True on a keep_fp8 model is not supported "
+            "(its FP8 weights are stored as in the checkpoint). Load with `HookedTransformer.from_pretrained("
+            "..., keep_fp8=True)`, which folds exactly at load, or `from_pretrained_no_processing(..., "
+            "keep_fp8=True)`, or pass fold_ln=False."
         )
     cfg: DeepseekV3HookedConfig = model.cfg  # type: ignore[assignment]
     state_dict = dict(state_dict)
@@ -476,6 +560,8 @@ def load_pretrained(
     first_n_layers: int | None = None,
     n_ctx: int | None = None,
     progress: bool = True,
+    keep_fp8: bool = False,
+    memory_per_device: int | str | None = None,
     **from_pretrained_kwargs: Any,
 ) -> Any:
     """HookedTransformer.from_pretrained for DeepSeek-V3 (same arguments; see docs/models-deepseek.md).
@@ -483,6 +569,11 @@ def load_pretrained(
     Weight processing: fold_ln folds the RMSNorm weights exactly; center_unembed is exact for log-probs;
     center_writing_weights is skipped for RMSNorm models as TransformerLens does; MLA has no value biases, so
     fold_value_biases has nothing to fold; refactor_factored_attn_matrices is refused (MLA has no per-head W_Q/W_K).
+
+    keep_fp8=True keeps the checkpoint's FP8 weights as e4m3 + scales and dequantises them per forward (same
+    numbers, about half the memory of bfloat16). With n_devices > 1 (on an accelerator) blocks are placed by bytes
+    (r1_plugin.plan_devices); when the plan does not fit `memory_per_device` (default: each device's total memory)
+    loading stops before any weight is read with ModelDoesNotFitError.
     """
     import transformer_lens.loading_from_pretrained as loading
     from transformer_lens.HookedTransformer import DTYPE_FROM_STRING
@@ -498,6 +589,13 @@ def load_pretrained(
         raise ValueError(
             "hf_model is not used for DeepSeek-V3: r1_plugin streams the safetensors shards itself (an HF model "
             "of R1 would need ~1.3 TB of RAM). Pass the model name or checkpoint folder only."
+        )
+    unknown = sorted(set(from_pretrained_kwargs) - set(_ACCEPTED_KWARGS))
+    if unknown:
+        raise TypeError(
+            f"from_pretrained() got unexpected keyword argument(s) {unknown} for DeepSeek-V3 model {official_name}; "
+            "see docs/models-deepseek.md for the accepted arguments (e.g. keep_fp8, n_devices, first_n_layers, "
+            "memory_per_device)."
         )
     for key in ("load_in_8bit", "load_in_4bit"):
         if from_pretrained_kwargs.pop(key, False):
@@ -530,9 +628,13 @@ def load_pretrained(
             "the DeepSeek-V3 config was not built as DeepseekV3HookedConfig: call `import r1_plugin` "
             "(r1_plugin._patches.tl_deepseek.apply()) before loading."
         )
+    cfg.keep_fp8 = bool(keep_fp8) and bool(hf_config.get("quantization_config"))
+    from r1_plugin.models.placement import place_model
+
+    place_model(cfg, hf_config, official_name, memory_per_device)
     with torch.device("meta"):
         model = cls(cfg, tokenizer, move_to_device=False, default_padding_side=default_padding_side)
-    loader = StreamingLoader(model, files, hf_config)
+    loader = StreamingLoader(model, files, hf_config, keep_fp8=keep_fp8)
     loader.load(progress=progress)
     if cfg.normalization_type == "RMSPre":
         fold_layer_norms(model, loader.norm_weights)

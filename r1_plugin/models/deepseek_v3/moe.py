@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from transformer_lens.hook_points import HookPoint
 
 from r1_plugin.models.deepseek_v3.config import DeepseekV3HookedConfig
+from r1_plugin.models.deepseek_v3.fp8_weights import fp8_parts
 from r1_plugin.models.deepseek_v3.mlp import DeepseekV3DenseMLP
 
 # At most this many (token, slot) rows (decode steps of small batches) run as one matmul per expert that received
@@ -49,6 +50,7 @@ class DeepseekV3Experts(nn.Module):
     def __init__(self, cfg: DeepseekV3HookedConfig) -> None:
         super().__init__()
         assert cfg.num_experts is not None
+        self.cfg = cfg
         e, d, m = cfg.num_experts, cfg.d_model, cfg.d_mlp_moe
         self.W_gate = nn.Parameter(torch.empty(e, d, m, dtype=cfg.dtype))
         self.W_in = nn.Parameter(torch.empty(e, d, m, dtype=cfg.dtype))
@@ -64,20 +66,51 @@ class DeepseekV3Experts(nn.Module):
         flat = indices.reshape(-1)
         order = flat.argsort(stable=True)
         token_of_row = order // k
-        counts_t = torch.bincount(flat, minlength=self.W_gate.shape[0])
+        counts_t = torch.bincount(flat, minlength=self.cfg.num_experts)  # never self.W_gate: it dequantises
         offsets = counts_t.cumsum(0).to(torch.int32)
         counts = counts_t.tolist()
         rows = x.index_select(0, token_of_row)
-        hidden = F.silu(grouped_matmul(rows, self.W_gate, counts, offsets)) * grouped_matmul(
-            rows, self.W_in, counts, offsets
-        )
-        out = grouped_matmul(hidden, self.W_out, counts, offsets)
+        if fp8_parts(self, "W_gate") is not None:
+            out = self.fp8_expert_rows(rows, counts_t)
+        else:
+            hidden = F.silu(grouped_matmul(rows, self.W_gate, counts, offsets)) * grouped_matmul(
+                rows, self.W_in, counts, offsets
+            )
+            out = grouped_matmul(hidden, self.W_out, counts, offsets)
         # Back to (token, slot) order by gathering with the inverse permutation (a gather, not a scatter), then
         # each token's k rows are combined by one batched [1, k] @ [k, d_model] product with its routing weights.
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
         per_slot = out.index_select(0, inverse).view(n_tokens, k, -1).to(weights.dtype)
         return torch.bmm(weights[:, None, :], per_slot)[:, 0].to(x.dtype)
+
+    def fp8_expert_rows(self, rows: torch.Tensor, counts_t: torch.Tensor) -> torch.Tensor:
+        """Expert outputs for `rows` (sorted by expert) with FP8-kept weights: only experts that received rows are
+        dequantised, `cfg.fp8_experts_per_chunk` at a time (transient bound: `fp8_expert_transient_bytes`)."""
+        gate, gate_w = fp8_parts(self, "W_gate")  # type: ignore[misc]
+        up, up_w = fp8_parts(self, "W_in")  # type: ignore[misc]
+        down, down_w = fp8_parts(self, "W_out")  # type: ignore[misc]
+        used = counts_t.nonzero().flatten()
+        used_counts = counts_t.index_select(0, used).tolist()
+        chunk = max(1, int(self.cfg.fp8_experts_per_chunk))
+        out = rows.new_empty(rows.shape[0], down.shape[1])
+        start = 0
+        for c0 in range(0, len(used_counts), chunk):
+            ids, counts = used[c0 : c0 + chunk], used_counts[c0 : c0 + chunk]
+            n = sum(counts)
+            segment = rows[start : start + n]
+            offsets = torch.tensor(counts, device=rows.device).cumsum(0).to(torch.int32)
+            w_gate = gate_w.to_tl(gate_w.dequantize(gate, ids))
+            gated = F.silu(grouped_matmul(segment, w_gate, counts, offsets))
+            del w_gate
+            w_up = up_w.to_tl(up_w.dequantize(up, ids))
+            hidden = gated * grouped_matmul(segment, w_up, counts, offsets)
+            del w_up, gated
+            w_down = down_w.to_tl(down_w.dequantize(down, ids))
+            out[start : start + n] = grouped_matmul(hidden, w_down, counts, offsets)
+            del w_down, hidden
+            start += n
+        return out
 
 
 class DeepseekV3MoE(nn.Module):
@@ -87,8 +120,8 @@ class DeepseekV3MoE(nn.Module):
         super().__init__()
         assert cfg.num_experts is not None
         self.cfg = cfg
-        self.W_router = nn.Parameter(torch.empty(cfg.d_model, cfg.num_experts, dtype=cfg.dtype))
-        # Kept in float32 whatever the model dtype, as transformers does (_keep_in_fp32_modules_strict).
+        # Router weight and correction bias are kept in float32 whatever the model dtype, as transformers does.
+        self.W_router = nn.Parameter(torch.empty(cfg.d_model, cfg.num_experts, dtype=torch.float32))
         self.register_buffer("e_score_correction_bias", torch.zeros(cfg.num_experts, dtype=torch.float32))
         self.experts = DeepseekV3Experts(cfg)
         self.shared_experts = (

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 THINK_TOKEN = "<think>"
+THINK_CLOSE = "</think>"  # ends the thinking trace (the `Thinking` gate closes after it)
 # A sentence ends at '.', '!' or '?' (optionally closed by quotes/brackets) followed by whitespace, or at a
 # newline. "3.5" or "e.g" do not end a sentence: the punctuation must be followed by whitespace.
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s)|\n")

@@ -18,9 +18,12 @@ from r1_plugin.steering import (
     FromPosition,
     GateNeverOpenedWarning,
     GeneratedOnly,
+    Thinking,
+    Until,
+    Window,
     steer,
 )
-from r1_plugin.steering.reference import left_pads, reference_generate
+from r1_plugin.steering.reference import left_pads, reference_generate, reference_generate_spans
 from r1_plugin.testing.distill_checkpoints import write_tiny_distill
 
 QWEN = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
@@ -97,7 +100,14 @@ GATES = {
     "response_prefix_newline": lambda m, t: AfterResponsePrefix(end="newline", max_tokens=4),
     "after_text": text_gate_from_unsteered,
     "after_regex": lambda m, t: AfterText(r"Okay,\s*so", regex=True),
+    # Closing gates: each closes during generation on some row (checked below).
+    "prefix_only": lambda m, t: GeneratedOnly() & Until(AfterResponsePrefix(max_tokens=3)),
+    "window_positions": lambda m, t: Window(FromPosition(14), FromPosition(19)),
+    "window_text": lambda m, t: Window("prefix:sentence:2", AfterText(r"(?s)<think>.{12}", regex=True)),
+    "thinking_and_position": lambda m, t: Thinking(max_tokens=2) & Until(FromPosition(21)),
+    "open_and_open": lambda m, t: AfterResponsePrefix(max_tokens=3) & FromPosition(17),
 }
+CLOSING = {"prefix_only", "window_positions", "window_text", "thinking_and_position"}
 
 
 @pytest.mark.parametrize("gate_name", list(GATES))
@@ -105,8 +115,10 @@ def test_cached_and_uncached_generation_equal_naive_reference(
     qwen: HookedTransformer, batch: torch.Tensor, direction: torch.Tensor, gate_name: str
 ) -> None:
     gate = GATES[gate_name](qwen, batch)
-    ref, thresholds = reference_generate(qwen, batch, STEPS, HOOK, gate, add_by_hand(direction, 2.0))
+    ref, spans = reference_generate_spans(qwen, batch, STEPS, HOOK, gate, add_by_hand(direction, 2.0))
+    thresholds = [o for o, _ in spans]
     unsteered = qwen.generate(batch, max_new_tokens=STEPS, use_past_kv_cache=True, **GEN)
+    pads = left_pads(qwen, batch).tolist()
     for cache in (True, False):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", GateNeverOpenedWarning)
@@ -114,15 +126,23 @@ def test_cached_and_uncached_generation_equal_naive_reference(
                 out = qwen.generate(batch, max_new_tokens=STEPS, use_past_kv_cache=cache, **GEN)
         assert torch.equal(out, ref), f"{gate!r} use_past_kv_cache={cache}"
         assert len(result.records) == 1
-        assert result.open_at == thresholds
-        pads = left_pads(qwen, batch).tolist()
+        assert list(zip(result.open_at, result.close_at)) == spans
         assert result.last.open_at_absolute == [None if t is None else t + p for t, p in zip(thresholds, pads)]
+        assert result.last.close_at_absolute == [None if c is None else c + p for (_, c), p in zip(spans, pads)]
+        n_real = [out.shape[1] - 1 - p for p in pads]  # the last sampled token is never run
+        assert result.last.n_steered == [0 if o is None else (n if c is None else c) - o
+                                         for (o, c), n in zip(spans, n_real)]
         assert_clean(qwen)
     opened = [t for t in thresholds if t is not None]
     assert opened, f"{gate!r} should open on some row of this batch"
     assert not torch.equal(out, unsteered), "steering must change the greedy tokens (else the test proves nothing)"
     if gate_name in ("generated_only", "response_prefix"):
         assert len(set(thresholds)) == 3, "rows open at different real positions"
+    if gate_name in CLOSING:
+        closed = [c for c in result.close_at if c is not None]
+        assert closed, f"{gate!r} should close on some row of this batch"
+        prompt = [batch.shape[1] - p for p in pads]
+        assert any(c is not None and c > n for (_, c), n in zip(spans, prompt)), "a row closes while generating"
 
 
 def test_llama_distill_left_padding_rope_scaling(hf_cache: Any, direction: torch.Tensor) -> None:

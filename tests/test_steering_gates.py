@@ -153,3 +153,110 @@ def test_text_pieces_emit_complete_text_at_once_when_tokens_straddle_characters(
                              seq_id=1, forward_id=n)
             opened = int(runner.open_from(v)[0])
         assert opened == expected, gate
+
+
+class _PieceTokenizer:
+    """A tokenizer stub whose token i decodes to PIECES_CLOSING[i] (no byte splits): for model-free runner tests."""
+
+    def __init__(self, pieces: list[str]) -> None:
+        self.pieces = pieces
+
+    def decode(self, ids: list[int], clean_up_tokenization_spaces: bool = False) -> str:
+        return "".join(self.pieces[i] for i in ids)
+
+    def batch_decode(self, seqs: list[list[int]], clean_up_tokenization_spaces: bool = False) -> list[str]:
+        return [self.decode(s) for s in seqs]
+
+
+PIECES_CLOSING = [*PIECES, "</think>", " answer"]
+
+
+def closing_gates() -> list:
+    from r1_plugin.steering import Thinking, Until, Window
+
+    return [
+        Thinking(),
+        Thinking(max_tokens=3),
+        Until("</think>"),
+        Until(AfterResponsePrefix(max_tokens=4)),
+        GeneratedOnly() & Until(AfterResponsePrefix()),
+        Window(FromPosition(3), FromPosition(9)),
+        Window(FromPosition(9), FromPosition(3)),  # closes before it opens: never steers
+        Window("prefix:newline", AfterText(r"\?|!", regex=True)),
+        AfterText("so") & Until(" user") & Until("Wait"),
+        Until(Window(FromPosition(2), FromPosition(1))),  # the inner gate never steers: never closes
+        AfterResponsePrefix(max_tokens=2) & FromPosition(6),
+    ]
+
+
+@pytest.mark.parametrize("gate_index", range(len(closing_gates())))
+def test_closing_gates_online_equal_one_shot_and_stay_causal(gate_index: int) -> None:
+    """Fed in random chunks (a prefill, then decode steps), each position's steering decision, made when it is
+    processed, equals the one-shot definition on every later prefix; a closed gate never reopens."""
+    from r1_plugin.steering.reference import reference_span
+
+    gate = closing_gates()[gate_index]
+    tok = _PieceTokenizer(PIECES_CLOSING)
+    rng = random.Random(gate_index)
+    closed_somewhere = opened_somewhere = 0
+    for _trial in range(150):
+        ids = [rng.randrange(len(PIECES_CLOSING)) for _ in range(rng.randint(2, 28))]
+        pieces = [PIECES_CLOSING[i] for i in ids]
+        prompt = rng.randint(1, len(ids))
+        runner = gate.runner(tok)
+        decided: list[bool] = []
+        length = 0
+        for step, n in enumerate([prompt] + [1] * (len(ids) - prompt)):
+            v = SequenceView(length, n, torch.tensor([ids[: length + n]]), torch.zeros(1, dtype=torch.long),
+                             prompt, seq_id=1, forward_id=step + 1)
+            opens, closes = runner.span(v)
+            positions = range(length, length + n)
+            decided += [int(opens[0]) <= p < int(closes[0]) for p in positions]
+            length += n
+        for p in range(len(ids)):
+            for end in (p + 1, len(ids)):  # one-shot on the prefix up to p, and on the finished row
+                o, c = reference_span(gate, pieces[:end], prompt)
+                assert decided[p] == (o is not None and o <= p and (c is None or p < c)), (gate, pieces, p, end)
+        o, c = reference_span(gate, pieces, prompt)
+        if c is not None:
+            closed_somewhere += 1
+            assert not any(decided[c:]), "a closed gate stays closed"
+        opened_somewhere += o is not None
+    if gate_index not in (6, 9):
+        assert opened_somewhere > 0
+    if gate_index not in (9, 10):
+        assert closed_somewhere > 0 or gate_index == 6
+
+
+def test_closing_gate_algebra_and_spellings() -> None:
+    from r1_plugin.steering import AllOf, Thinking, Until, Window
+
+    assert Thinking() == AfterResponsePrefix() & Until("</think>") == as_gate("thinking")
+    assert Window(5, "</think>") == FromPosition(5) & Until(AfterText("</think>"))
+    assert Window("generated", "x") == GeneratedOnly() & Until("x")
+    assert as_gate("until:</think>") == Until("</think>")
+    assert (Always() & (GeneratedOnly() & FromPosition(3))).gates == [Always(), GeneratedOnly(), FromPosition(3)]
+    assert Thinking() != AfterResponsePrefix() & Until("</answer>")
+    assert len({Thinking(), as_gate("thinking"), Until("x")}) == 2
+    assert Until("x").needs_tokens and not Until(FromPosition(3)).needs_tokens and Thinking().needs_tokens
+    toks = ["<think>", "\n", "Okay", ".", " So", " hmm", "</think>", " ans"]
+    assert (Thinking().reference_open_from(toks, 0), Thinking().reference_close_from(toks, 0)) == (4, 7)
+    assert Until(FromPosition(3)).reference_close_from(toks, 0) == 3
+    assert Until(FromPosition(30)).reference_close_from(toks, 0) is None
+    with pytest.raises(TypeError):
+        AllOf(Always(), "prefix")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Until(3)  # type: ignore[arg-type]
+
+
+def test_position_gates_close_per_row_on_real_positions() -> None:
+    from r1_plugin.steering import FromPositions, Until, Window
+
+    v = view(3, 10, 1, [0, 2, 5], prompt=8)
+    opens, closes = Window("generated", FromPosition(7)).runner(None).span(v)
+    assert opens.tolist() == [8, 6, 3] and closes.tolist() == [7, 7, 7]
+    opens, closes = FromPositions([1, None, 4], until=[5, 2, None]).runner(None).span(v)
+    assert opens.tolist() == [1, NEVER, 4] and closes.tolist() == [5, 2, NEVER]
+    assert Until(GeneratedOnly()).runner(None).span(v)[1].tolist() == [8, 6, 3]
+    with pytest.raises(ValueError, match="until"):
+        FromPositions([1, 2], until=[3])

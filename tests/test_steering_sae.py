@@ -15,14 +15,16 @@ from transformer_lens import HookedTransformer
 from r1_plugin.chat import format_r1_prompt
 from r1_plugin.steering import (
     AfterResponsePrefix,
+    AfterText,
     FromPosition,
     GateNeverOpenedWarning,
     GeneratedOnly,
+    Until,
     encode_features,
     feature_direction,
     steer,
 )
-from r1_plugin.steering.reference import reference_generate
+from r1_plugin.steering.reference import reference_generate, reference_generate_spans
 from r1_plugin.testing.distill_checkpoints import write_tiny_distill
 
 QWEN = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
@@ -135,18 +137,22 @@ def test_deepseek_v3_architecture_cached_generation_equals_reference(hf_cache: A
     hook = "blocks.2.hook_resid_post"  # after an MoE layer, like R1's layer 37
     vec = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(3))
     unsteered = model.generate(tokens, max_new_tokens=8, use_past_kv_cache=True, **GEN)
-    for gate in (AfterResponsePrefix(max_tokens=2), GeneratedOnly()):
-        ref, thresholds = reference_generate(
+    closing = GeneratedOnly() & Until(AfterText(r"(?s)<think>.{10}", regex=True))
+    for gate in (AfterResponsePrefix(max_tokens=2), GeneratedOnly(), closing):
+        ref, spans = reference_generate_spans(
             model, tokens, 8, hook, gate, lambda a, m: a + m.unsqueeze(-1).to(a.dtype) * 3.0 * vec
         )
+        thresholds = [o for o, _ in spans]
         for cache in (True, False):
             with warnings.catch_warnings():
                 warnings.simplefilter("error", GateNeverOpenedWarning)
                 with steer(model, hook, vec, 3.0, gate) as result:
                     out = model.generate(tokens, max_new_tokens=8, use_past_kv_cache=cache, **GEN)
             assert torch.equal(out, ref), f"{gate!r} cache={cache}"
-            assert result.open_at == thresholds
+            assert list(zip(result.open_at, result.close_at)) == spans
         assert len(set(thresholds)) == 2
+        if gate is closing:
+            assert None not in result.close_at, "the closing gate closes on both rows while generating"
         assert not torch.equal(out, unsteered)
     assert not [n for n, hp in model.hook_dict.items() if hp.fwd_hooks]
     assert "forward" not in model.__dict__

@@ -13,6 +13,7 @@ from __future__ import annotations
 from r1_plugin.steering.gates import (
     AfterResponsePrefix,
     AfterText,
+    AllOf,
     Always,
     FromPosition,
     FromPositions,
@@ -20,6 +21,9 @@ from r1_plugin.steering.gates import (
     GateRunner,
     GeneratedOnly,
     ResponsePrefixScanner,
+    Thinking,
+    Until,
+    Window,
     as_gate,
 )
 from r1_plugin.steering.sae_directions import (
@@ -46,6 +50,10 @@ __all__ = [
     "AfterResponsePrefix",
     "Always",
     "GeneratedOnly",
+    "Until",
+    "Window",
+    "Thinking",
+    "AllOf",
     "Gate",
     "GateRunner",
     "as_gate",

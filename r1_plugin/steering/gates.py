@@ -1,8 +1,11 @@
 """Gates: where in a sequence steering is applied, decided online as tokens arrive.
 
-Every gate is a per-row threshold on *real* positions: a row's real positions count its own tokens from 0 (the
-prompt's first real token), skipping left padding, over the whole sequence (prompt + generated). A gate opens
-at a position `open_from` and stays open; steering is added at every real position >= `open_from`.
+Every gate is a per-row interval of *real* positions: a row's real positions count its own tokens from 0 (the
+prompt's first real token), skipping left padding, over the whole sequence (prompt + generated). A gate opens at
+`open_from` and, for a closing gate, closes at `close_from`; steering is added at every real position p with
+`open_from <= p < close_from`. A closed gate stays closed. Gates compose by intersection (`a & b`), and
+`Until(x)` is open from the start until the position where `x` would open, so `Window(start, stop)` and
+`Thinking()` (the response prefix's end to `</think>`) are intersections too.
 
 Gates are causal: whether position p is open depends only on tokens 0..p. That is what makes cached generation
 exact (a position is processed once, when its token arrives, and cannot be revisited). Content gates are
@@ -10,7 +13,7 @@ therefore defined on prefixes: `AfterText` opens right after the first token who
 text contain a match; `AfterResponsePrefix` opens after the token that ends R1's response prefix, or at the
 first position where that end is decidable if later (a sentence end needs the following whitespace, which can
 come with the next token). `reference_open_from` computes the same thresholds one-shot from a finished sequence
-(the naive oracle the tests compare against).
+(the naive oracle the tests compare against), and `reference_close_from` the closing thresholds.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 import torch
 
-from r1_plugin.response_prefix import THINK_TOKEN, ResponsePrefixSpec, find_response_prefix_end
+from r1_plugin.response_prefix import THINK_CLOSE, THINK_TOKEN, ResponsePrefixSpec, find_response_prefix_end
 from r1_plugin.steering.tracker import SequenceView
 
 NEVER = 2**62  # `open_from` of a row whose gate has not opened (yet)
@@ -32,11 +35,28 @@ _NEWLINE = re.compile(r"\n")
 
 
 class GateRunner(ABC):
-    """The per-`steer`-block state of a gate: turns each forward's `SequenceView` into per-row thresholds."""
+    """The per-`steer`-block state of a gate: turns each forward's `SequenceView` into per-row thresholds.
+
+    A runner returns the *same* tensor object while its thresholds do not change (the steering hook recomputes
+    its absolute thresholds only when the identity changes).
+    """
+
+    _never: torch.Tensor | None = None
 
     @abstractmethod
     def open_from(self, view: SequenceView) -> torch.Tensor:
-        """`[batch]` int64 real position from which each row is steered (`NEVER` while closed)."""
+        """`[batch]` int64 real position from which each row is steered (`NEVER` while not open yet)."""
+
+    def close_from(self, view: SequenceView) -> torch.Tensor:
+        """`[batch]` int64 real position from which each row is no longer steered (`NEVER`: not closed)."""
+        never = self._never
+        if never is None or never.shape != view.pads.shape or never.device != view.pads.device:
+            never = self._never = torch.full_like(view.pads, NEVER)
+        return never
+
+    def span(self, view: SequenceView) -> tuple[torch.Tensor, torch.Tensor]:
+        """(`open_from`, `close_from`) for this forward: steered where `open_from <= real position < close_from`."""
+        return self.open_from(view), self.close_from(view)
 
 
 class Gate(ABC):
@@ -51,6 +71,26 @@ class Gate(ABC):
     @abstractmethod
     def reference_open_from(self, str_tokens: Sequence[str], prompt_length: int) -> int | None:
         """One-shot threshold for a finished row (its real tokens as strings), None if it never opens in it."""
+
+    def reference_close_from(self, str_tokens: Sequence[str], prompt_length: int) -> int | None:
+        """One-shot closing threshold for a finished row, None if it never closes in it (gates that never close)."""
+        return None
+
+    def __and__(self, other: Gate) -> Gate:
+        """The intersection: open where both gates are open."""
+        if not isinstance(other, Gate):
+            return NotImplemented
+        return AllOf(self, other)
+
+    def _key(self) -> tuple[Any, ...]:
+        """What makes two gates equal (gates are values: same key, same positions on every sequence)."""
+        return (type(self).__name__, repr(self))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Gate) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
 
 # -- position gates (vectorised, no token ids needed) -----------------------------------------------------------
@@ -67,6 +107,19 @@ class _ConstRunner(GateRunner):
             self.value = self.value_of(view)
             self.seq_id = view.seq_id
         return self.value
+
+
+class _SpanRunner(GateRunner):
+    """A gate given by two runners: one for where rows open, one for where they close."""
+
+    def __init__(self, opens: GateRunner, closes: GateRunner) -> None:
+        self.opens, self.closes = opens, closes
+
+    def open_from(self, view: SequenceView) -> torch.Tensor:
+        return self.opens.open_from(view)
+
+    def close_from(self, view: SequenceView) -> torch.Tensor:
+        return self.closes.open_from(view)
 
 
 class Always(Gate):
@@ -102,28 +155,35 @@ class FromPosition(Gate):
 
 class FromPositions(Gate):
     """One real start position per batch row (None: that row is not steered); e.g. to replay where a gate opened
-    during generation (`SteeringResult.open_at`) in a later forward pass over the generated tokens."""
+    during generation (`SteeringResult.open_at`) in a later forward pass over the generated tokens. `until`
+    (optional, one per row, None: never) closes each row there, to replay a closing gate (`SteeringResult.close_at`).
+    """
 
-    def __init__(self, positions: Sequence[int | None]) -> None:
+    def __init__(self, positions: Sequence[int | None], until: Sequence[int | None] | None = None) -> None:
         self.positions = [None if p is None else int(p) for p in positions]
-        if any(p is not None and p < 0 for p in self.positions):
-            raise ValueError(f"FromPositions needs positions >= 0 or None, got {self.positions}")
+        self.until = None if until is None else [None if p is None else int(p) for p in until]
+        if any(p is not None and p < 0 for p in [*self.positions, *(self.until or [])]):
+            raise ValueError(f"FromPositions needs positions >= 0 or None, got {self.positions}, until={self.until}")
+        if self.until is not None and len(self.until) != len(self.positions):
+            raise ValueError(f"FromPositions got {len(self.positions)} positions but {len(self.until)} `until` values")
 
     def runner(self, tokenizer: Any) -> GateRunner:
-        values = torch.tensor([NEVER if p is None else p for p in self.positions], dtype=torch.long)
+        opens = torch.tensor([NEVER if p is None else p for p in self.positions], dtype=torch.long)
+        until = self.until if self.until is not None else [None] * len(self.positions)
+        closes = torch.tensor([NEVER if p is None else p for p in until], dtype=torch.long)
 
-        def value_of(v: SequenceView) -> torch.Tensor:
+        def opens_of(v: SequenceView) -> torch.Tensor:
             if v.batch != len(self.positions):
                 raise ValueError(f"FromPositions has {len(self.positions)} rows but the batch has {v.batch}")
-            return values.to(v.pads.device)
+            return opens.to(v.pads.device)
 
-        return _ConstRunner(value_of)
+        return _SpanRunner(_ConstRunner(opens_of), _ConstRunner(lambda v: closes.to(v.pads.device)))
 
     def reference_open_from(self, str_tokens: Sequence[str], prompt_length: int) -> int | None:
         raise NotImplementedError("FromPositions is per row: compare rows against `positions` directly")
 
     def __repr__(self) -> str:
-        return f"FromPositions({self.positions})"
+        return f"FromPositions({self.positions}{'' if self.until is None else f', until={self.until}'})"
 
 
 class GeneratedOnly(Gate):
@@ -401,14 +461,142 @@ class AfterResponsePrefix(Gate):
 
     def __repr__(self) -> str:
         s = self.spec
-        return f"AfterResponsePrefix(end={s.end!r}, max_tokens={s.max_tokens})"
+        think = "" if s.think_token == THINK_TOKEN else f", think_token={s.think_token!r}"
+        return f"AfterResponsePrefix(end={s.end!r}, max_tokens={s.max_tokens}{think})"
+
+
+# -- closing and composition -------------------------------------------------------------------------------------
+class _AllOfRunner(GateRunner):
+    """Intersection of runners: opens at the latest opening, closes at the earliest closing (per row)."""
+
+    def __init__(self, runners: list[GateRunner]) -> None:
+        self.runners = runners
+        self._inputs: list[torch.Tensor] = []
+        self._out: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def span(self, view: SequenceView) -> tuple[torch.Tensor, torch.Tensor]:
+        spans = [r.span(view) for r in self.runners]
+        flat = [t for pair in spans for t in pair]
+        if self._out is None or len(flat) != len(self._inputs) or any(a is not b for a, b in zip(flat, self._inputs)):
+            opens = torch.stack([o for o, _ in spans]).amax(0)
+            closes = torch.stack([c for _, c in spans]).amin(0)
+            self._out, self._inputs = (opens, closes), flat
+        return self._out
+
+    def open_from(self, view: SequenceView) -> torch.Tensor:
+        return self.span(view)[0]
+
+    def close_from(self, view: SequenceView) -> torch.Tensor:
+        return self.span(view)[1]
+
+
+class AllOf(Gate):
+    """Open where every one of `gates` is open (`gate_a & gate_b`): from the latest opening to the earliest
+    closing. A gate that closes stays closed, even if another part opens later."""
+
+    def __init__(self, *gates: Gate) -> None:
+        parts: list[Gate] = []
+        for gate in gates:
+            if not isinstance(gate, Gate):
+                raise TypeError(f"AllOf combines Gates, got {type(gate).__name__} (use as_gate(...) for spellings)")
+            parts.extend(gate.gates if isinstance(gate, AllOf) else [gate])
+        if not parts:
+            raise ValueError("AllOf needs at least one gate")
+        self.gates: list[Gate] = parts
+        self.needs_tokens = any(g.needs_tokens for g in parts)
+
+    def runner(self, tokenizer: Any) -> GateRunner:
+        return _AllOfRunner([g.runner(tokenizer) for g in self.gates])
+
+    def reference_open_from(self, str_tokens: Sequence[str], prompt_length: int) -> int | None:
+        opens = [g.reference_open_from(str_tokens, prompt_length) for g in self.gates]
+        return None if any(o is None for o in opens) else max(o for o in opens if o is not None)
+
+    def reference_close_from(self, str_tokens: Sequence[str], prompt_length: int) -> int | None:
+        closes = [c for g in self.gates if (c := g.reference_close_from(str_tokens, prompt_length)) is not None]
+        return min(closes) if closes else None
+
+    def _key(self) -> tuple[Any, ...]:
+        return ("AllOf", tuple(g._key() for g in self.gates))
+
+    def __repr__(self) -> str:
+        return "(" + " & ".join(repr(g) for g in self.gates) + ")"
+
+
+class _UntilRunner(GateRunner):
+    """Open from position 0; closes where the inner gate first steers (its opening, unless it closed first)."""
+
+    def __init__(self, inner: GateRunner) -> None:
+        self.inner = inner
+        self.zeros = _ConstRunner(lambda v: torch.zeros_like(v.pads))
+        self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._close: torch.Tensor | None = None
+
+    def open_from(self, view: SequenceView) -> torch.Tensor:
+        return self.zeros.open_from(view)
+
+    def close_from(self, view: SequenceView) -> torch.Tensor:
+        opens, closes = self.inner.span(view)
+        if self._close is None or self._inputs is None or opens is not self._inputs[0] or closes is not self._inputs[1]:
+            self._close = torch.where(opens < closes, opens, torch.full_like(opens, NEVER))
+            self._inputs = (opens, closes)
+        return self._close
+
+
+class Until(Gate):
+    """Open from the start of the sequence until the position where `gate` would open; closed from there on,
+    forever. A str means `AfterText(text)`: `Until("</think>")` steers up to and including the `</think>` token.
+
+    Combine with an opening gate: `AfterResponsePrefix() & Until("</think>")` (= `Thinking()`).
+    """
+
+    def __init__(self, gate: Gate | str) -> None:
+        if isinstance(gate, str):
+            gate = AfterText(gate)
+        if not isinstance(gate, Gate):
+            raise TypeError(f"Until needs a Gate or a text, got {type(gate).__name__}")
+        self.gate = gate
+        self.needs_tokens = gate.needs_tokens
+
+    def runner(self, tokenizer: Any) -> GateRunner:
+        return _UntilRunner(self.gate.runner(tokenizer))
+
+    def reference_open_from(self, str_tokens: Sequence[str], prompt_length: int) -> int | None:
+        return 0 if len(str_tokens) > 0 else None
+
+    def reference_close_from(self, str_tokens: Sequence[str], prompt_length: int) -> int | None:
+        opens = self.gate.reference_open_from(str_tokens, prompt_length)
+        closes = self.gate.reference_close_from(str_tokens, prompt_length)
+        return opens if opens is not None and (closes is None or opens < closes) else None
+
+    def _key(self) -> tuple[Any, ...]:
+        return ("Until", self.gate._key())
+
+    def __repr__(self) -> str:
+        return f"Until({self.gate!r})"
+
+
+class Window(AllOf):
+    """`as_gate(start) & Until(stop)`: steer real positions [where `start` opens, where `stop` opens)."""
+
+    def __init__(self, start: Gate | str | int | None, stop: Gate | str) -> None:
+        super().__init__(as_gate(start), Until(stop))
+
+
+class Thinking(AllOf):
+    """The thinking trace after the response prefix: `AfterResponsePrefix(...) & Until("</think>")` (CLI:
+    `thinking`). Steers from the token after the prefix's end up to and including the `</think>` token."""
+
+    def __init__(self, end: str = "sentence", max_tokens: int | None = 64, think_close: str = THINK_CLOSE) -> None:
+        super().__init__(AfterResponsePrefix(end=end, max_tokens=max_tokens), Until(think_close))
 
 
 def as_gate(gate: Gate | str | int | None) -> Gate:
     """A Gate from a Gate, None (AfterResponsePrefix), an int (FromPosition) or a CLI spelling.
 
     Spellings: "prefix", "prefix:newline", "prefix:sentence:32" (max tokens), "always", "generated",
-    "pos:12", "text:<plain text>", "regex:<pattern>".
+    "pos:12", "text:<plain text>", "regex:<pattern>", "thinking" (from the response prefix's end to `</think>`,
+    = `Thinking()`), "until:<plain text>" (= `Until(text)`).
     """
     if gate is None:
         return AfterResponsePrefix()
@@ -433,6 +621,11 @@ def as_gate(gate: Gate | str | int | None) -> Gate:
         return AfterText(arg)
     if kind == "regex":
         return AfterText(arg, regex=True)
+    if kind == "thinking" and not arg:
+        return Thinking()
+    if kind == "until" and arg:
+        return Until(arg)
     raise ValueError(
-        f"unknown gate {gate!r}: use prefix[:sentence|newline][:N], always, generated, pos:N, text:..., regex:..."
+        f"unknown gate {gate!r}: use prefix[:sentence|newline][:N], always, generated, pos:N, text:..., regex:..., "
+        "thinking, until:..."
     )

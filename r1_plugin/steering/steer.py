@@ -4,6 +4,7 @@
                gate=AfterResponsePrefix()) as result:
         out = model.generate(tokens, max_new_tokens=256, use_past_kv_cache=True)
     result.open_at  # per row: the real position where steering began (None: never)
+    result.close_at  # per row: where a closing gate stopped it (None: it did not close)
 
 Works for `generate` (cached and uncached), `model(...)`, `run_with_cache` and `run_with_hooks`: the hook is a
 permanent TransformerLens hook (so `run_with_hooks`' clean-up keeps it) and positions come from the shared
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from r1_plugin.steering.gates import NEVER, Gate, GateRunner, as_gate
+from r1_plugin.steering.gates import Gate, GateRunner, as_gate
 from r1_plugin.steering.tracker import SequenceTracker, SequenceView
 
 
@@ -30,16 +31,20 @@ class GateNeverOpenedWarning(UserWarning):
 
 @dataclass
 class GateRecord:
-    """Where the gate opened in one sequence (one `generate` call or one forward), per batch row.
+    """Where the gate opened and closed in one sequence (one `generate` call or one forward), per batch row.
 
     open_at: real position (left padding not counted) of the first steered position, None if never steered.
-    open_at_absolute: the same as an index into the padded token tensor (`open_at + pads`), or None.
+    close_at: real position of the first position after it that was not steered (where a closing gate closed),
+        None if steering went on to the end of the row (or never began). Steered: `open_at <= p < close_at`.
+    open_at_absolute / close_at_absolute: the same as indices into the padded token tensor (`+ pads`), or None.
     length: real length of each row seen; pads: left padding per row; prompt_length: real prompt length.
     tokens: `[batch, seq]` ids of the sequence as the gate saw it (None when fed embeddings).
     """
 
     open_at: list[int | None]
+    close_at: list[int | None]
     open_at_absolute: list[int | None]
+    close_at_absolute: list[int | None]
     length: list[int]
     pads: list[int]
     prompt_length: list[int]
@@ -53,7 +58,9 @@ class GateRecord:
     @property
     def n_steered(self) -> list[int]:
         """Number of steered positions per row."""
-        return [0 if p is None else n - p for p, n in zip(self.open_at, self.length)]
+        return [
+            0 if p is None else (n if c is None else c) - p for p, c, n in zip(self.open_at, self.close_at, self.length)
+        ]
 
 
 @dataclass
@@ -77,6 +84,11 @@ class SteeringResult:
         return self.last.open_at
 
     @property
+    def close_at(self) -> list[int | None]:
+        """Per row of the most recent sequence: real position where a closing gate stopped steering, or None."""
+        return self.last.close_at
+
+    @property
     def opened(self) -> bool:
         """Whether the gate opened on every row of every sequence."""
         return bool(self.records) and all(not r.never_opened for r in self.records)
@@ -86,8 +98,9 @@ class SteeringResult:
         lines = []
         for i, rec in enumerate(self.records):
             where = ", ".join(
-                f"row {r}: " + ("never" if p is None else f"pos {p} (abs {a}, {s} steered)")
-                for r, (p, a, s) in enumerate(zip(rec.open_at, rec.open_at_absolute, rec.n_steered))
+                f"row {r}: "
+                + ("never" if p is None else f"pos {p}{'' if c is None else f'-{c}'} (abs {a}, {s} steered)")
+                for r, (p, c, a, s) in enumerate(zip(rec.open_at, rec.close_at, rec.open_at_absolute, rec.n_steered))
             )
             lines.append(f"[{i}] {self.gate!r} at {self.hook_name}: {where}")
         return "\n".join(lines)
@@ -171,34 +184,38 @@ class _SteerHook:
         self._forward_id = -1
         self._mask: torch.Tensor | None = None
         self._record_view: SequenceView | None = None
-        self._record_open: torch.Tensor | None = None
-        self._absolute: torch.Tensor | None = None
+        self._record_span: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._absolute: tuple[torch.Tensor, torch.Tensor] | None = None
         self._absolute_seq = -1
 
     def mask(self, act: torch.Tensor) -> torch.Tensor:
         """`[batch, n]` bool: which processed positions the gate opens (once per forward).
 
-        The hot path of a cached decode step is one comparison: the per-row threshold is kept in absolute
-        positions (`open_from + pads`, recomputed only when the gate's thresholds change) and compared with the
-        step's scalar offset.
+        The hot path of a cached decode step is two comparisons: the per-row thresholds are kept in absolute
+        positions (`open_from + pads`, `close_from + pads`, recomputed only when the gate's thresholds change)
+        and compared with the step's scalar offset.
         """
         view = self.tracker.view(act)
         if view.forward_id == self._forward_id and self._mask is not None and self._mask.shape[1] == act.shape[1]:
             return self._mask
         if self._record_view is not None and view.seq_id != self._record_view.seq_id:
             self.flush()
-        open_from = self.runner.open_from(view)
-        if open_from is not self._record_open or self._absolute is None or view.seq_id != self._absolute_seq:
+        span = self.runner.span(view)
+        old = self._record_span
+        if old is None or self._absolute is None or view.seq_id != self._absolute_seq or any(
+            a is not b for a, b in zip(span, old)
+        ):
             # Gates never open before real position 0, so padding (absolute < pads) is never steered.
-            self._absolute = open_from.clamp(min=0) + view.pads
+            self._absolute = (span[0].clamp(min=0) + view.pads, span[1].clamp(min=0) + view.pads)
             self._absolute_seq = view.seq_id
+        start, stop = self._absolute
         if view.n == 1:
-            self._mask = self._absolute.le(view.offset).unsqueeze(1)
+            self._mask = (start.le(view.offset) & stop.gt(view.offset)).unsqueeze(1)
         else:
-            absolute = torch.arange(view.offset, view.length, device=view.pads.device)
-            self._mask = absolute.unsqueeze(0) >= self._absolute.unsqueeze(1)
+            absolute = torch.arange(view.offset, view.length, device=view.pads.device).unsqueeze(0)
+            self._mask = (absolute >= start.unsqueeze(1)) & (absolute < stop.unsqueeze(1))
         self._forward_id = view.forward_id
-        self._record_view, self._record_open = view, open_from
+        self._record_view, self._record_span = view, span
         return self._mask
 
     def __call__(self, act: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -206,18 +223,28 @@ class _SteerHook:
 
     def flush(self) -> None:
         """Turn the current sequence's state into a GateRecord (done lazily: it needs a device sync)."""
-        view, open_from = self._record_view, self._record_open
-        if view is None or open_from is None:
+        view, span = self._record_view, self._record_span
+        if view is None or span is None:
             return
         pads = view.pads.tolist()
         length = [view.length - p for p in pads]
         prompt = [view.prompt_length - p for p in pads]
-        opens = open_from.tolist()
-        open_at = [o if o < NEVER and o < n else None for o, n in zip(opens, length)]
-        absolute = [None if o is None else o + p for o, p in zip(open_at, pads)]
-        tokens = view.tokens.detach().cpu() if view.tokens is not None else None
-        self.result.records.append(GateRecord(open_at, absolute, length, pads, prompt, tokens))
-        self._record_view = self._record_open = None
+        opens, closes = span[0].tolist(), span[1].tolist()
+        open_at = [o if o < min(c, n) else None for o, c, n in zip(opens, closes, length)]
+        close_at = [None if o is None or c >= n else c for o, c, n in zip(open_at, closes, length)]
+        self.result.records.append(
+            GateRecord(
+                open_at=open_at,
+                close_at=close_at,
+                open_at_absolute=[None if o is None else o + p for o, p in zip(open_at, pads)],
+                close_at_absolute=[None if c is None else c + p for c, p in zip(close_at, pads)],
+                length=length,
+                pads=pads,
+                prompt_length=prompt,
+                tokens=view.tokens.detach().cpu() if view.tokens is not None else None,
+            )
+        )
+        self._record_view = self._record_span = None
 
 
 def resolve_hook_name(model: Any, hook_name: str) -> str:

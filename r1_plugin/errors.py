@@ -70,3 +70,7 @@ def is_missing_file_error(exc: BaseException) -> bool:
         or "HF_HUB_OFFLINE" in text
         or "outgoing traffic has been disabled" in text
     )
+
+
+class ModelDoesNotFitError(R1PluginError):
+    """A model whose weights (and stated allowances) do not fit the devices it was asked to load onto."""

@@ -37,6 +37,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from r1_plugin.errors import R1PluginError
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -61,7 +63,7 @@ ONLINE_INIT_TIMEOUT_S = 30.0
 FLUSH_TIMEOUT_S = 10.0
 
 
-class TrackingError(ValueError):
+class TrackingError(R1PluginError, ValueError):
     """Bad arguments to the tracking API (unknown mode, missing columns, wrong shapes)."""
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from r1_plugin.errors import R1PluginError
 from r1_plugin.tracking import resolve_mode, wait_for_run_file
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ _D_MODEL_HOOK = re.compile(
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
 
 
-class SAETrainingError(ValueError):
+class SAETrainingError(R1PluginError, ValueError):
     """A training recipe that cannot work as asked (unknown architecture, d_in not inferable, bad sizes)."""
 
 

@@ -102,7 +102,7 @@ def test_cli_sae_feature_sweep_and_errors(qwen: HookedTransformer, monkeypatch: 
     from r1_plugin.cli import main
 
     sae = SAE.from_dict(StandardSAEConfig(d_in=64, d_sae=32, metadata=SAEMetadata(hook_name=HOOK)).to_dict())
-    monkeypatch.setattr(SAE, "from_pretrained", classmethod(lambda cls, release, sae_id, device="cpu": sae))
+    monkeypatch.setattr(SAE, "from_pretrained", classmethod(lambda cls, release, sae_id, **kw: sae))
     code = main(["steer", "--model", QWEN, "--prompt", "Hi", "--sae-release", "r", "--sae-id", "i", "--feature", "3",
                  "--sweep", "0,4,16", "--gate", "generated", "--max-new-tokens", "4", "--no-wandb"])
     out = capsys.readouterr().out
@@ -141,7 +141,7 @@ def test_sweep_over_several_features_reads_their_summed_activation(qwen: HookedT
     steered = table[~table["baseline"]].sort_values("strength")
     assert steered["feature_act"].iloc[1] > steered["feature_act"].iloc[0]
 
-    monkeypatch.setattr(SAE, "from_pretrained", classmethod(lambda cls, release, sae_id, device="cpu": sae))
+    monkeypatch.setattr(SAE, "from_pretrained", classmethod(lambda cls, release, sae_id, **kw: sae))
     code = main(["steer", "--model", QWEN, "--prompt", "Hi", "--sae-release", "r", "--sae-id", "i", "--feature", "3",
                  "5", "--sweep", "0,4", "--gate", "generated", "--max-new-tokens", "3", "--no-wandb"])
     assert code == 0 and "feature_act" in capsys.readouterr().out
@@ -154,7 +154,7 @@ def test_cli_bad_feature_hook_or_direction_shape_is_a_clean_error(qwen: HookedTr
     from r1_plugin.cli import main
 
     sae = SAE.from_dict(StandardSAEConfig(d_in=64, d_sae=32, metadata=SAEMetadata(hook_name=HOOK)).to_dict())
-    monkeypatch.setattr(SAE, "from_pretrained", classmethod(lambda cls, release, sae_id, device="cpu": sae))
+    monkeypatch.setattr(SAE, "from_pretrained", classmethod(lambda cls, release, sae_id, **kw: sae))
     common = ["steer", "--model", QWEN, "--prompt", "Hi", "--max-new-tokens", "2", "--gate", "always", "--no-wandb"]
     assert main([*common, "--sae-release", "r", "--sae-id", "i", "--feature", "99"]) == 2
     assert "out of range" in capsys.readouterr().err

@@ -15,7 +15,9 @@ SUBCOMMANDS: tuple[str, ...] = ("models", "steer", "sinks", "features", "saes")
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every available subcommand."""
-    parser = argparse.ArgumentParser(prog="r1-plugin", description="DeepSeek-R1 interpretability tools.")
+    from r1_plugin.cli._errors import CLIParser  # usage errors on one line, exit code 2
+
+    parser = CLIParser(prog="r1-plugin", description="DeepSeek-R1 interpretability tools.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in SUBCOMMANDS:
@@ -31,15 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `r1-plugin`; returns the process exit code."""
+    """Entry point of `r1-plugin`; returns the process exit code (2, with one line on stderr, for bad input)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a usage error already printed on one line (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    from r1_plugin.cli._errors import one_line
     from r1_plugin.errors import R1PluginError
 
     try:
         return int(args._run(args) or 0)
     except R1PluginError as exc:
-        print(f"r1-plugin {args.command}: error: {exc}", file=sys.stderr)
+        print(f"r1-plugin {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

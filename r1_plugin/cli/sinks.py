@@ -9,6 +9,7 @@ from typing import Any
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the `sinks` subcommand."""
+    from r1_plugin.cli._model_args import add_model_args
     from r1_plugin.sinks.detect import (
         DEFAULT_CHUNK_SIZE,
         DEFAULT_EPSILON,
@@ -29,7 +30,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "attention sink, next to BOS and the other sinks. With --raw the text is scanned as it is."
         ),
     )
-    parser.add_argument("--model", required=True, help="model name (HF id or alias) TransformerLens can load")
     parser.add_argument("--prompt", required=True, help="user message (default) or, with --raw, the exact text")
     parser.add_argument("--raw", action="store_true", help="scan the text as is (TransformerLens BOS rule)")
     parser.add_argument(
@@ -42,27 +42,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--min-value", type=float, default=DEFAULT_MIN_VALUE, help="massive: |value| above this")
     parser.add_argument("--min-ratio", type=float, default=DEFAULT_MIN_RATIO, help="massive: times the median")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="queries per forward chunk")
-    parser.add_argument("--device", default=None, help="torch device (default: TransformerLens's choice)")
     parser.add_argument("--out", type=Path, default=None, help="folder for positions.csv, massive.csv, heatmaps")
+    add_model_args(parser, sae=False)
     add_tracking_args(parser)
     return parser
-
-
-def _load(name: str, device: str | None) -> Any:
-    """The model, unprocessed (no LN folding: the residual stream stays what the model computes)."""
-    from transformer_lens import HookedTransformer
-
-    kwargs = {"device": device} if device else {}
-    return HookedTransformer.from_pretrained_no_processing(name, **kwargs)
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the model, scan (or run the R1 check), print a summary, write files and log to W&B."""
     from r1_plugin.chat import THINK_OPEN, format_r1_prompt
+    from r1_plugin.cli._model_args import load_model_from_args
     from r1_plugin.sinks import check_response_prefix_sink, log_sinks, scan_sinks
     from r1_plugin.tracking import tracker_from_args
 
-    model = _load(args.model, args.device)
+    model = load_model_from_args(args)  # unprocessed: the residual stream stays what the model computes
     thresholds = dict(
         epsilon=args.epsilon,
         min_sink_rate=args.min_sink_rate,

@@ -5,6 +5,11 @@
         --gate prefix --prompt "What is 7 times 8?"
     r1-plugin steer --model <name> --direction vec.pt --hook blocks.19.hook_resid_post --strength 4 --gate always ...
     r1-plugin steer ... --sweep 0,2,4,8,16      # over-steering sweep with reversion flags instead
+    r1-plugin steer --model deepseek-ai/DeepSeek-R1 --dtype bfloat16 --keep-fp8 --n-devices 8 \
+        --first-n-layers 38 --sae-release goodfire-deepseek-r1-logic --sae-id layer_37 --feature 1234 ...
+
+The model flags (--dtype, --device, --n-devices, --first-n-layers, --keep-fp8, --sae-device, --sae-dtype) mean
+what the keywords of `HookedTransformer.from_pretrained` mean (r1_plugin/cli/_model_args.py).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ class SteerCLIError(R1PluginError, ValueError):
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the `steer` subcommand."""
+    from r1_plugin.cli._model_args import add_model_args
     from r1_plugin.tracking import add_tracking_args
 
     parser = subparsers.add_parser(
@@ -36,7 +42,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "format (ending in '<think>\\n'); --raw uses the text as is."
         ),
     )
-    parser.add_argument("--model", required=True, help="model name (HF id or alias) TransformerLens can load")
     parser.add_argument("--prompt", required=True, help="user message (or, with --raw, the exact text)")
     parser.add_argument("--raw", action="store_true", help="do not apply R1's chat template")
     src = parser.add_argument_group("what to steer with (an SAE feature or a saved direction)")
@@ -61,8 +66,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     how.add_argument("--seed", type=int, default=0)
     how.add_argument("--no-cache", action="store_true", help="generate without the KV cache (slower, same result)")
     how.add_argument("--sweep", default=None, help="comma-separated strengths: run a sweep and print its table")
-    how.add_argument("--device", default=None, help="torch device (default: TransformerLens's choice)")
     how.add_argument("--width", type=int, default=None, help="output width (default: the terminal's)")
+    add_model_args(parser)
     add_tracking_args(parser)
     return parser
 
@@ -122,9 +127,8 @@ def describe_gate(model: Any, tokens: Any, open_at: int | None, gate: Any, n_pro
 
 def run(args: argparse.Namespace) -> int:
     """Load the model and the direction/SAE, generate unsteered and steered, print them, log to W&B."""
-    from transformer_lens import HookedTransformer
-
     from r1_plugin.chat import THINK_OPEN, format_r1_prompt
+    from r1_plugin.cli._model_args import load_model_from_args, load_sae_from_args
     from r1_plugin.steering import as_gate
     from r1_plugin.tracking import tracker_from_args
 
@@ -140,13 +144,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SteerCLIError(str(exc)) from exc
 
-    kwargs = {"device": args.device} if args.device else {}
-    model = HookedTransformer.from_pretrained_no_processing(args.model, **kwargs)
+    model = load_model_from_args(args)
     steer_kwargs: dict[str, Any] = dict(mode=args.mode, normalize=args.normalize, relative=args.relative)
     if use_sae:
-        from sae_lens import SAE
-
-        sae = SAE.from_pretrained(args.sae_release, args.sae_id, device=str(model.cfg.device))
+        sae = load_sae_from_args(args, model, args.sae_release, args.sae_id, hook_name=args.hook)
         features = args.feature[0] if len(args.feature) == 1 else args.feature
         steer_kwargs.update(sae=sae, feature=features, hook_name=args.hook)
         what = f"{args.sae_release}/{args.sae_id} feature {args.feature}"

@@ -32,6 +32,7 @@ import duckdb
 import torch
 
 from r1_plugin.features.db import FeatureDB, FeatureDBError, FeatureLabel
+from r1_plugin.saes.placement import encode_on_sae
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,8 @@ class RunningTopK:
             self.values = torch.full((d_sae, self.k), float("-inf"), device=acts.device)
             self.seqs = torch.zeros((d_sae, self.k), dtype=torch.long, device=acts.device)
             self.toks = torch.zeros((d_sae, self.k), dtype=torch.long, device=acts.device)
+        elif self.values.device != acts.device:  # a checkpoint restored on the CPU, a harvest on a GPU
+            self.values, self.seqs, self.toks = (t.to(acts.device) for t in (self.values, self.seqs, self.toks))
         assert self.seqs is not None and self.toks is not None
         seq_ids, tok_idx = seq_ids.to(acts.device).long(), tok_idx.to(acts.device).long()
         order_key = seq_ids * (int(tok_idx.max()) + 1) + tok_idx
@@ -212,9 +215,6 @@ class _Harvester:
         self.model, self.sae, self.config, self.shard_dir = model, sae, config, shard_dir
         self.tokenizer = getattr(model, "tokenizer", None)
         self.layer = _hook_layer(config.hook_name)
-        param = next(sae.parameters(), None) if hasattr(sae, "parameters") else None
-        self.sae_device = param.device if param is not None else torch.device("cpu")
-        self.sae_dtype = param.dtype if param is not None else torch.float32
         self.decoded: dict[int, str] = {}
         self.topk = RunningTopK(config.top_k, config.min_strength)
         self._con = duckdb.connect(":memory:")
@@ -269,8 +269,8 @@ class _Harvester:
                 f"hook {self.config.hook_name!r} never ran: is it a hook point of this model?"
             )
         x = captured["x"][valid.to(captured["x"].device)]  # [n_tokens, d_in], padding dropped
-        acts = self.sae.encode(x.to(device=self.sae_device, dtype=self.sae_dtype))
-        return acts.float(), valid
+        acts = encode_on_sae(self.sae, x, out_dtype=torch.float32)  # on the SAE's device/dtype, back beside x
+        return acts, valid
 
     # ---------------------------------------------------------------- files
     def load_state(self) -> int | None:

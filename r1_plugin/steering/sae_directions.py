@@ -7,7 +7,9 @@
   editing `hook_sae_acts_post` without the error term would also replace x by its reconstruction.
 - ablate: clamp to 0 (only changes positions where the feature fires).
 
-Works with any SAELens `SAE` (standard, top-k, JumpReLU, ...) and with r1_plugin's Goodfire SAEs.
+Works with any SAELens `SAE` (standard, top-k, JumpReLU, ...) and with r1_plugin's Goodfire SAEs, on any device and
+in any dtype: the SAE maths runs where the SAE is (`r1_plugin.saes.placement`) and what is written back to the
+layer arrives on the layer's device and in its dtype.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import torch
 
+from r1_plugin.saes.placement import on_sae, sae_placement
 from r1_plugin.steering.steer import AddDirection, Intervention
 
 
@@ -41,21 +44,27 @@ def _feature_ids(sae: Any, feature: int | Sequence[int]) -> list[int]:
 
 
 def feature_direction(sae: Any, feature: int | Sequence[int], normalize: bool = False) -> torch.Tensor:
-    """The decoder row of `feature` (the sum of rows for several), optionally unit-normalised."""
+    """The decoder row of `feature` (the sum of rows for several, in float32), optionally unit-normalised.
+
+    It stays on the SAE's device; `AddDirection` casts it to each hooked activation's device and dtype.
+    """
     ids = _feature_ids(sae, feature)
-    vec = sae.W_dec.detach()[ids].sum(0)
+    vec = sae.W_dec.detach()[ids].float().sum(0)
     if normalize:
         vec = vec / vec.norm()
     return vec
 
 
 def encode_features(sae: Any, act: torch.Tensor, feature: int | Sequence[int]) -> torch.Tensor:
-    """`[..., n_features]` activations of the given features for activations `act` `[..., d_in]`."""
+    """`[..., n_features]` activations of the given features for activations `act` `[..., d_in]`.
+
+    Encoded on the SAE's device and in its dtype; returned on `act`'s device, in the SAE's dtype (a read-out
+    keeps the SAE's precision).
+    """
     ids = _feature_ids(sae, feature)
     flat = act.reshape(*act.shape[:2], -1) if act.dim() > 3 else act
     with torch.no_grad():
-        feats = sae.encode(flat.to(sae.W_dec.dtype))
-    return feats[..., ids]
+        return on_sae(sae, lambda x: sae.encode(x)[..., ids], flat, out_dtype=sae_placement(sae)[1])
 
 
 def _linear_decoder(sae: Any) -> bool:
@@ -81,20 +90,22 @@ class SAEClamp(Intervention):
 
     def apply(self, act: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         shape = act.shape
-        x = act.reshape(*shape[:2], -1).to(self.sae.W_dec.dtype)
-        with torch.no_grad():
-            feats = self.sae.encode(x)
-            values = self.values.to(feats.device, feats.dtype)
-            target = values.reshape(-1, 1, 1) if values.dim() == 1 else values  # per-row values
-            if self.linear:
-                current = feats[..., self.ids]
-                delta = (target - current) @ self.sae.W_dec[self.ids]
-            else:
-                edited = feats.clone()
-                edited[..., self.ids] = target.expand_as(edited[..., self.ids])
-                delta = self.sae.decode(edited) - self.sae.decode(feats)
+        with torch.no_grad():  # the SAE maths on the SAE's device/dtype; the edit back in the layer's
+            delta = on_sae(self.sae, self._delta, act.reshape(*shape[:2], -1))
         delta = delta * mask.unsqueeze(-1).to(delta.dtype)
-        return act + delta.to(act.dtype).reshape(shape)
+        return act + delta.reshape(shape)
+
+    def _delta(self, x: torch.Tensor) -> torch.Tensor:
+        """`decode(f') - decode(f)` for `x` `[batch, n, d_in]` already on the SAE's device and in its dtype."""
+        feats = self.sae.encode(x)
+        values = self.values.to(feats.device, feats.dtype)
+        target = values.reshape(-1, 1, 1) if values.dim() == 1 else values  # per-row values
+        if self.linear:
+            current = feats[..., self.ids]
+            return (target - current) @ self.sae.W_dec[self.ids]
+        edited = feats.clone()
+        edited[..., self.ids] = target.expand_as(edited[..., self.ids])
+        return self.sae.decode(edited) - self.sae.decode(feats)
 
 
 def sae_intervention(

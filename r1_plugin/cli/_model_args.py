@@ -1,0 +1,163 @@
+"""Model-loading flags shared by every `r1-plugin` command that loads a model, with from_pretrained's meanings.
+
+    add_model_args(parser)            # --model --dtype --device --n-devices --first-n-layers --keep-fp8
+                                      # --sae-device --sae-dtype
+    model = load_model_from_args(args)              # HookedTransformer.from_pretrained_no_processing(...)
+    sae = load_sae_from_args(args, model, release, sae_id)
+
+Each flag is passed to `HookedTransformer.from_pretrained(_no_processing)` under the keyword of the same name
+only when given, so a flag left out means exactly what leaving the keyword out means in Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any
+
+from r1_plugin.errors import R1PluginError
+
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+class ModelArgsError(R1PluginError, ValueError):
+    """A --device / --n-devices / --sae-device value this machine cannot honour."""
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_model_args(parser: argparse.ArgumentParser, *, model: bool = True, sae: bool = True) -> None:
+    """Add the model-loading flags (and `--model` unless `model=False`; the SAE flags unless `sae=False`)."""
+    group = parser.add_argument_group(
+        "model loading (the keywords of HookedTransformer.from_pretrained; left out = its default)"
+    )
+    if model:
+        group.add_argument("--model", required=True, help="model name (HF id or alias) TransformerLens can load")
+    group.add_argument(
+        "--dtype", choices=DTYPES, default=None,
+        help="weights and activations dtype (default: TransformerLens's float32; R1: bfloat16)",
+    )
+    group.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: TransformerLens's choice)")
+    group.add_argument(
+        "--n-devices", type=_positive_int, default=None, metavar="N",
+        help="split the blocks over N CUDA devices, starting at --device (default 1)",
+    )
+    group.add_argument(
+        "--first-n-layers", type=_positive_int, default=None, metavar="N",
+        help="load only the first N blocks (e.g. 38 for R1's layer-37 SAEs)",
+    )
+    group.add_argument(
+        "--keep-fp8", action="store_true",
+        help="keep FP8 checkpoint weights in FP8 in memory, dequantised per forward (R1 on one 8-GPU node)",
+    )
+    if sae:
+        group.add_argument(
+            "--sae-device", default=None,
+            help="device of the SAE (default: the device of the block the SAE reads)",
+        )
+        group.add_argument(
+            "--sae-dtype", choices=DTYPES, default=None, help="dtype of the SAE (default: the model's dtype)"
+        )
+
+
+def model_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The from_pretrained keywords the flags give (only those given)."""
+    kwargs: dict[str, Any] = {}
+    for flag in ("dtype", "device", "n_devices", "first_n_layers"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            kwargs[flag] = value
+    if getattr(args, "keep_fp8", False):
+        kwargs["keep_fp8"] = True
+    return kwargs
+
+
+def check_device(device: str | None, flag: str = "--device", n_devices: int = 1) -> None:
+    """Raise ModelArgsError for a device string torch cannot parse or a device this machine does not have."""
+    import torch
+
+    if device is None and n_devices == 1:
+        return
+    try:
+        dev = torch.device(device if device is not None else "cuda")
+    except (RuntimeError, TypeError) as exc:
+        raise ModelArgsError(f"{flag} {device!r} is not a torch device (e.g. cpu, cuda, cuda:1): {exc}") from None
+    if dev.type == "cuda":
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        first = dev.index or 0
+        if first + n_devices > have:
+            want = f"devices cuda:{first}..cuda:{first + n_devices - 1}" if n_devices > 1 else f"device {dev}"
+            raise ModelArgsError(
+                f"{flag} {device or 'cuda'}" + (f" with --n-devices {n_devices}" if n_devices > 1 else "")
+                + f" needs {want}, but this machine has {have} CUDA device(s)"
+                + ("; use --device cpu" if have == 0 else "")
+            )
+    elif n_devices > 1:
+        raise ModelArgsError(f"--n-devices {n_devices} splits the model over CUDA devices, not {dev.type}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelArgsError(f"{flag} mps: this machine has no MPS device")
+
+
+def load_model_from_args(args: argparse.Namespace, cls: Any = None, processing: bool = False) -> Any:
+    """The model named by `--model`, loaded with the flags' keywords (unprocessed unless `processing`).
+
+    `cls` is HookedTransformer by default (e.g. sae_lens.HookedSAETransformer); without processing the residual
+    stream stays what the model computes (no LayerNorm folding), which steering and SAEs need.
+    """
+    if cls is None:
+        from transformer_lens import HookedTransformer
+
+        cls = HookedTransformer
+    check_device(getattr(args, "device", None), "--device", getattr(args, "n_devices", None) or 1)
+    check_device(getattr(args, "sae_device", None), "--sae-device")
+    loader = cls.from_pretrained if processing else cls.from_pretrained_no_processing
+    return loader(args.model, **model_kwargs_from_args(args))
+
+
+def hook_device(model: Any, hook_name: str) -> Any:
+    """The device of the block `hook_name` belongs to (the model's device for hooks outside the blocks)."""
+    import torch
+
+    match = _BLOCK.match(hook_name)
+    blocks = getattr(model, "blocks", None)
+    if match is not None and blocks is not None and int(match.group(1)) < len(blocks):
+        param = next(blocks[int(match.group(1))].parameters(), None)
+        if param is not None:
+            return param.device
+    return torch.device(model.cfg.device)
+
+
+def load_sae_from_args(
+    args: argparse.Namespace, model: Any, release: str, sae_id: str, hook_name: str | None = None
+) -> Any:
+    """`SAE.from_pretrained(release, sae_id)` on --sae-device / --sae-dtype.
+
+    Defaults: the model's dtype, and the device of the block the SAE reads (`hook_name`, else the SAE's own
+    hook), so that no activation has to cross devices unless --sae-device asks for it.
+    """
+    from sae_lens import SAE
+
+    dtype = getattr(args, "sae_dtype", None) or str(model.cfg.dtype).removeprefix("torch.")
+    device = getattr(args, "sae_device", None)
+    if device is not None:
+        return SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
+    sae = SAE.from_pretrained(release, sae_id, device="cpu", dtype=dtype)
+    if hook_name is None:
+        from r1_plugin.steering.sae_directions import sae_hook_name
+
+        try:
+            hook_name = sae_hook_name(sae)
+        except ValueError:
+            hook_name = ""
+    target = hook_device(model, hook_name)
+    return sae if target.type == "cpu" else sae.to(target)

@@ -1,0 +1,99 @@
+"""The model-loading flags every model-loading command shares (r1_plugin/cli/_model_args.py): each flag reaches
+`from_pretrained` under the keyword of the same name, only when given, and loads the same model as Python does."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer
+
+from r1_plugin.cli import build_parser
+from r1_plugin.cli._model_args import (
+    ModelArgsError,
+    add_model_args,
+    hook_device,
+    load_model_from_args,
+    model_kwargs_from_args,
+)
+from r1_plugin.testing.distill_checkpoints import write_tiny_distill
+
+QWEN = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+FLAGS = ["--dtype", "bfloat16", "--device", "cuda", "--n-devices", "2", "--first-n-layers", "38", "--keep-fp8"]
+LOADING = ("steer", "sinks")  # every command that loads a model (and `features harvest`, tested below)
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_flags_map_to_the_from_pretrained_keywords_only_when_given() -> None:
+    args = parse("--model", "m", *FLAGS)
+    assert model_kwargs_from_args(args) == dict(
+        dtype="bfloat16", device="cuda", n_devices=2, first_n_layers=38, keep_fp8=True
+    )
+    assert model_kwargs_from_args(parse("--model", "m")) == {}  # TransformerLens's own defaults apply
+    for bad in (["--n-devices", "0"], ["--first-n-layers", "-1"], ["--dtype", "fp64"], ["--n-devices", "two"]):
+        with pytest.raises(SystemExit):
+            parse("--model", "m", *bad)
+
+
+@pytest.mark.parametrize("command", LOADING)
+def test_every_model_loading_command_passes_the_flags_to_from_pretrained(
+    command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parsed by the real `r1-plugin` parser and loaded by the real loader, up to from_pretrained itself."""
+    seen: dict[str, Any] = {}
+
+    def fake_loader(cls: Any, name: str, **kwargs: Any) -> Any:
+        seen.update(name=name, **kwargs)
+        raise KeyboardInterrupt  # stop before any weight is read
+
+    monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing", classmethod(fake_loader))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a 2-GPU machine, as far as the check sees
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    extra = ["--direction", "d.pt"] if command == "steer" else []
+    args = build_parser().parse_args([command, "--model", "deepseek-ai/DeepSeek-R1", "--prompt", "Hi", *FLAGS,
+                                      *extra])
+    with pytest.raises(KeyboardInterrupt):
+        load_model_from_args(args)
+    assert seen == dict(name="deepseek-ai/DeepSeek-R1", dtype="bfloat16", device="cuda", n_devices=2,
+                        first_n_layers=38, keep_fp8=True)
+
+
+def test_loaded_model_equals_the_python_call(hf_cache: Any) -> None:
+    """`--dtype bfloat16 --first-n-layers 1 --device cpu` gives exactly `from_pretrained_no_processing(...)`."""
+    write_tiny_distill(QWEN, seed=0)
+    model = load_model_from_args(parse("--model", QWEN, "--dtype", "bfloat16", "--first-n-layers", "1",
+                                       "--device", "cpu"))
+    ref = HookedTransformer.from_pretrained_no_processing(QWEN, dtype="bfloat16", first_n_layers=1, device="cpu")
+    assert model.cfg.n_layers == 1 and model.cfg.dtype == torch.bfloat16
+    state, ref_state = model.state_dict(), ref.state_dict()
+    assert state.keys() == ref_state.keys()
+    assert all(torch.equal(state[k], ref_state[k]) for k in state)
+    assert hook_device(model, "blocks.0.hook_resid_post") == torch.device("cpu")
+    assert hook_device(model, "hook_embed") == torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--device", "gpu0"], "is not a torch device"),
+        (["--device", "cuda:3"], "this machine has 0 CUDA device"),
+        (["--n-devices", "2"], "this machine has 0 CUDA device"),
+        (["--n-devices", "2", "--device", "cpu"], "splits the model over CUDA devices"),
+        (["--sae-device", "cuda:1"], "--sae-device cuda:1"),
+    ],
+)
+def test_devices_this_machine_lacks_are_refused_before_loading(
+    argv: list[str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing",
+                        classmethod(lambda cls, *a, **k: pytest.fail("loaded despite a bad device")))
+    with pytest.raises(ModelArgsError, match=message):
+        load_model_from_args(parse("--model", QWEN, *argv))

@@ -211,7 +211,6 @@ class FeatureReadout:
         from r1_plugin.steering import encode_features
 
         if self.sae is not None:
-            act = act.to(self.sae.W_dec.device)
             return encode_features(self.sae, act, self.feature).sum(-1).float().cpu()
         assert self.unit is not None
         flat = act.reshape(*act.shape[:2], -1)

@@ -154,11 +154,7 @@ def prefix_gating(
                 seq, lp = _generate(model, tokens, max_new_tokens)
             seq = _trim(seq, n_prompt, eos)
             rec = result.last
-            open_at = rec.open_at[0]
-            close_at = (getattr(rec, "close_at", None) or [None])[0]
-            seen = rec.length[0]
-            n_steered = 0 if open_at is None else max(0, min(seen, close_at if close_at is not None else seen)
-                                                      - open_at)
+            open_at, close_at, n_steered = rec.open_at[0], rec.close_at[0], rec.n_steered[0]
             row = _row_metrics(model, readout, seq, lp, n_prompt, target_text, ids)
             gen = seq[n_prompt:].tolist()
             diff = first_difference(base_gen, gen)

@@ -36,6 +36,7 @@ from r1_plugin.experiments.base import (
     prompt_tokens,
 )
 from r1_plugin.response_prefix import ResponsePrefixSpec, find_response_prefix_end, find_think_start
+from r1_plugin.saes.placement import encode_on_sae
 
 NAME = "segments"
 SEGMENTS = ("prompt", "response_prefix", "thinking", "answer")
@@ -129,8 +130,7 @@ def segments(
         labels = torch.from_numpy(segment_labels(model.to_str_tokens(seq[0]), spec))
         with torch.no_grad():
             _, cache = model.run_with_cache(seq, names_filter=[hook])
-            act = cache[hook][0].to(sae.W_dec.device, sae.W_dec.dtype)
-            feats = sae.encode(act)[:, index.to(act.device)].double().cpu()  # [seq, n_features]
+            feats = encode_on_sae(sae, cache[hook][0])[:, index.to(cache[hook].device)].double().cpu()
         counts += torch.bincount(labels, minlength=n_seg).double()
         fired.index_add_(0, labels, (feats > 0).double())
         summed.index_add_(0, labels, feats)

@@ -96,7 +96,9 @@ def _observe_oversteer(result: Any) -> str:
 
 
 def _observe_segments(result: Any) -> str:
-    pairs = result.summary.set_index(["segment_a", "segment_b"])["js_divergence"]
+    pairs = result.summary.set_index(["segment_a", "segment_b"])["js_divergence"].dropna()
+    if pairs.empty:
+        return "The traces did not reach two non-empty segments: raise the number of generated tokens."
     low, high = pairs.idxmin(), pairs.idxmax()
     return (f"Jensen-Shannon divergence between segments' firing rates ranges from {pairs.min():.2f} "
             f"({low[0]} vs {low[1]}) to {pairs.max():.2f} ({high[0]} vs {high[1]}): the tiny model's features do "

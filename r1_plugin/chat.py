@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
+from r1_plugin.response_prefix import THINK_CLOSE
+from r1_plugin.response_prefix import THINK_TOKEN as THINK_OPEN
+
 USER_TAG = "<｜User｜>"
 ASSISTANT_TAG = "<｜Assistant｜>"
 BOS_TEXT = "<｜begin▁of▁sentence｜>"
@@ -72,19 +73,50 @@ def format_r1_prompt(
     return text
 
 
+class ChatBatch(NamedTuple):
+    """Left-padded R1 prompts: pass `tokens` to `model.generate(tokens, padding_side="left", ...)` (which masks the
+    same leading pads) or both to `model(tokens, attention_mask=attention_mask)`."""
+
+    tokens: torch.Tensor  # [batch, seq] ids, each row left-padded with the tokenizer's pad id
+    attention_mask: torch.Tensor  # [batch, seq] 0 on each row's left padding, 1 on its tokens
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def r1_chat_tokens(
     model_or_tokenizer: Any,
-    user: str,
+    user: str | Sequence[str],
     system: str | None = None,
     history: Sequence[dict[str, str]] | None = None,
-) -> torch.Tensor:
-    """Token ids `[1, seq]` of the rendered R1 prompt, with exactly one BOS (the template's own).
+) -> Any:
+    """Token ids of the rendered R1 prompt(s), each with exactly one BOS (the template's own).
 
-    Pass them to `model.generate(tokens, ...)`, e.g.
+    One string: a `[1, seq]` tensor, e.g.
     `model.generate(r1_chat_tokens(model, "What is 2+2?"), max_new_tokens=256, use_past_kv_cache=True)`.
+    A list of strings: a `ChatBatch(tokens, attention_mask)`, left-padded with the tokenizer's pad id, ready for
+    `model.generate(batch.tokens, padding_side="left", ...)`; `system` and `history` apply to every row. Gates
+    count real positions (padding excluded), so each row opens at its own response prefix's end.
     """
     tokenizer = _tokenizer_of(model_or_tokenizer)
-    text = format_r1_prompt(tokenizer, user, system, history)
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     device = getattr(getattr(model_or_tokenizer, "cfg", None), "device", None)
-    return ids.to(device) if device is not None else ids
+    if isinstance(user, str):
+        text = format_r1_prompt(tokenizer, user, system, history)
+        ids = torch.tensor([_encode(tokenizer, text)], dtype=torch.long)
+        return ids.to(device) if device is not None else ids
+    users = list(user)
+    if not users or not all(isinstance(u, str) for u in users):
+        raise TypeError("r1_chat_tokens takes one prompt (str) or a non-empty list of prompts (str)")
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        raise ValueError(
+            "batching prompts needs a pad token: set tokenizer.pad_token (e.g. to tokenizer.eos_token) first"
+        )
+    rows = [_encode(tokenizer, format_r1_prompt(tokenizer, u, system, history)) for u in users]
+    width = max(len(r) for r in rows)
+    tokens = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+    if device is not None:
+        tokens, mask = tokens.to(device), mask.to(device)
+    return ChatBatch(tokens, mask)

@@ -10,7 +10,7 @@ from test_sinks import QWEN, brute_force_alpha, forced_sink_model, qwen_distill 
 from transformer_lens import HookedTransformer
 
 from r1_plugin.chat import format_r1_prompt
-from r1_plugin.response_prefix import find_response_prefix_end
+from r1_plugin.response_prefix import response_prefix_end
 from r1_plugin.sinks import (
     SinkDetectionError,
     SinkTracker,
@@ -74,7 +74,7 @@ def sink_model_for(tokenizer_model: HookedTransformer, position: int) -> HookedT
 def test_prefix_end_sink_is_reported(qwen_distill: HookedTransformer) -> None:  # noqa: F811
     text = format_r1_prompt(qwen_distill, "Hi") + RESPONSE
     str_tokens = qwen_distill.to_str_tokens(r1_ids(qwen_distill, text)[0])
-    end = find_response_prefix_end(str_tokens)  # the steering gate's definition
+    end = response_prefix_end(qwen_distill, r1_ids(qwen_distill, text)[0])  # the steering gate's definition
     assert end is not None and str_tokens[end].rstrip().endswith(".") and len(str_tokens) - end >= 8
     check = check_response_prefix_sink(sink_model_for(qwen_distill, end), text)
     assert check.n_generated == 0  # the text already holds the prefix and enough tokens after it

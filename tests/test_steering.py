@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer
 
+from r1_plugin._patches.tl_generation import OBSERVER_ATTR
 from r1_plugin.chat import format_r1_prompt
 from r1_plugin.steering import (
     AfterResponsePrefix,
@@ -51,7 +52,7 @@ def assert_clean(model: HookedTransformer) -> None:
     """No hook, wrapper or tracker left on the model."""
     assert not [name for name, hp in model.hook_dict.items() if hp.fwd_hooks or hp.bwd_hooks]
     assert "forward" not in model.__dict__ and "generate" not in model.__dict__
-    assert "_r1_steering_tracker" not in model.__dict__
+    assert OBSERVER_ATTR not in model.__dict__
     assert not model.embed._forward_pre_hooks
 
 
@@ -146,9 +147,12 @@ def test_cached_and_uncached_generation_equal_naive_reference(
 
 
 def test_llama_distill_left_padding_rope_scaling(hf_cache: Any, direction: torch.Tensor) -> None:
+    from r1_plugin.chat import r1_chat_tokens
+
     model = load(LLAMA)
     texts = [format_r1_prompt(model, "Hi"), format_r1_prompt(model, "What is two plus two, really, friend?")]
     tokens = left_padded(model, texts)
+    assert torch.equal(r1_chat_tokens(model, ["Hi", "What is two plus two, really, friend?"]).tokens, tokens)
     gate = AfterResponsePrefix(max_tokens=2)
     ref, thresholds = reference_generate(model, tokens, STEPS, HOOK, gate, add_by_hand(direction, 2.0))
     with steer(model, HOOK, direction, 2.0, gate) as result:
@@ -244,7 +248,7 @@ def test_several_blocks_stack_and_exceptions_leave_model_clean(
         with steer(qwen, HOOK, direction, 1.0, FromPosition(4)) as a:
             with steer(qwen, HOOK, other, -1.0, FromPosition(10)) as b:
                 logits = qwen(tokens)
-            assert "_r1_steering_tracker" in qwen.__dict__  # still held by the outer block
+            assert OBSERVER_ATTR in qwen.__dict__  # still held by the outer block
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
     assert a.open_at == [4] and b.open_at == [10]
     assert_clean(qwen)
@@ -296,3 +300,166 @@ def test_strength_options_and_per_row_strengths(
         with steer(qwen, HOOK, torch.ones(3), 1.0, Always()):
             qwen(tokens)
     assert_clean(qwen)
+
+
+def stream(model: HookedTransformer, tokens: torch.Tensor, cache: bool, steps: int = STEPS) -> torch.Tensor:
+    """`generate_stream`'s yields joined back into `[batch, seq + steps]` (several yields of 3 tokens)."""
+    chunks = list(model.generate_stream(tokens, max_new_tokens=steps, max_tokens_per_yield=3, use_past_kv_cache=cache,
+                                        **GEN))
+    assert len(chunks) > 2
+    return torch.cat(chunks, dim=1)
+
+
+@pytest.mark.parametrize("gate_name", ["generated_only", "response_prefix", "after_regex", "prefix_only",
+                                       "thinking_and_position"])
+def test_generate_stream_cached_and_uncached_equal_naive_reference(
+    qwen: HookedTransformer, batch: torch.Tensor, direction: torch.Tensor, gate_name: str
+) -> None:
+    """`generate_stream` re-embeds the whole sequence each step when uncached: the tracker continues the sequence
+    (GeneratedOnly opens, text gates scan each token once, one GateRecord), and every gate equals the oracle."""
+    from r1_plugin.steering import gates as gates_module
+
+    gate = GATES[gate_name](qwen, batch)
+    ref, spans = reference_generate_spans(qwen, batch, STEPS, HOOK, gate, add_by_hand(direction, 2.0))
+    pads = left_pads(qwen, batch).tolist()
+    fed = []
+    original_push = gates_module._Completer.push
+
+    def counting_push(self: Any, token_id: int, piece: str) -> str:
+        fed.append(token_id)
+        return original_push(self, token_id, piece)
+
+    for cache in (True, False):
+        fed.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", GateNeverOpenedWarning)
+            gates_module._Completer.push = counting_push  # type: ignore[method-assign]
+            try:
+                with steer(qwen, HOOK, direction, 2.0, gate) as result:
+                    out = stream(qwen, batch, cache)
+            finally:
+                gates_module._Completer.push = original_push  # type: ignore[method-assign]
+        assert torch.equal(out, ref), f"{gate!r} use_past_kv_cache={cache}"
+        assert len(result.records) == 1, "one GateRecord per generate_stream call"
+        assert list(zip(result.open_at, result.close_at)) == spans
+        assert result.last.prompt_length == [batch.shape[1] - p for p in pads]
+        # Each real token is scanned at most once per text gate (no rescans of the whole sequence per step).
+        n_text = sum(g.needs_tokens for g in getattr(gate, "gates", [gate]))
+        assert len(fed) <= n_text * sum(out.shape[1] - 1 - p for p in pads)
+        assert_clean(qwen)
+    assert any(o is not None for o, _ in spans)
+
+
+def test_generation_boundaries_and_plain_forwards(
+    qwen: HookedTransformer, batch: torch.Tensor, direction: torch.Tensor
+) -> None:
+    """Two streams and a generate in one block give three records; repeated plain `model(seq)` calls stay separate
+    sequences (a plain forward has no generated positions); an abandoned stream ends its sequence too."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GateNeverOpenedWarning)
+        with steer(qwen, HOOK, direction, 2.0, GeneratedOnly()) as result:
+            stream(qwen, batch, cache=False, steps=7)
+            stream(qwen, batch, cache=True, steps=7)
+            qwen.generate(batch, max_new_tokens=4, use_past_kv_cache=False, **GEN)
+            gen = qwen.generate_stream(batch, max_new_tokens=8, max_tokens_per_yield=2, use_past_kv_cache=False, **GEN)
+            next(gen), next(gen)  # the prompt's forward and two decode steps have run
+            gen.close()
+            seq = batch[1:2]
+            for _ in range(3):
+                with torch.no_grad():
+                    nxt = qwen(seq)[:, -1].argmax(-1, keepdim=True)
+                seq = torch.cat([seq, nxt], dim=1)
+    pads = left_pads(qwen, batch).tolist()
+    prompt = [batch.shape[1] - p for p in pads]
+    assert len(result.records) == 4 + 3
+    assert [r.open_at for r in result.records[:4]] == [prompt] * 4
+    assert [r.length for r in result.records[:3]] == [[n + 6 for n in prompt], [n + 6 for n in prompt],
+                                                     [n + 3 for n in prompt]]
+    assert result.records[3].length == [n + 2 for n in prompt]  # the stream was closed after three forwards
+    assert all(r.open_at == [None] for r in result.records[4:])
+    assert_clean(qwen)
+
+
+def test_generation_patch_is_a_pass_through_without_a_tracker(qwen: HookedTransformer, batch: torch.Tensor) -> None:
+    """The class-level wrappers (r1_plugin._patches.tl_generation) change nothing for a model with no steer block:
+    same tokens as the unwrapped originals, same errors, and re-applying the patch is a no-op."""
+    from r1_plugin._patches import tl_generation
+
+    tl_generation.apply()
+    wrapped = {name: HookedTransformer.__dict__[name] for name in ("forward", "generate", "generate_stream")}
+    tl_generation.apply()
+    assert {name: HookedTransformer.__dict__[name] for name in wrapped} == wrapped
+    for name, fn in wrapped.items():
+        assert fn.__wrapped_original__.__name__ == name and fn.__wrapped__ is fn.__wrapped_original__
+    with torch.no_grad():
+        out = qwen.generate(batch, max_new_tokens=5, use_past_kv_cache=True, **GEN)
+        original = wrapped["generate"].__wrapped_original__(qwen, batch, max_new_tokens=5, use_past_kv_cache=True,
+                                                              **GEN)
+        streamed = stream(qwen, batch, cache=True, steps=5)
+        logits = qwen(batch, attention_mask=(batch != qwen.tokenizer.pad_token_id).long())
+        direct = wrapped["forward"].__wrapped_original__(qwen, batch,
+                                                         attention_mask=(batch != qwen.tokenizer.pad_token_id).long())
+    assert torch.equal(out, original) and torch.equal(streamed, original)
+    torch.testing.assert_close(logits, direct, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="no_such_argument"):
+        qwen(batch, no_such_argument=1)
+    assert OBSERVER_ATTR not in qwen.__dict__
+    # Inside a steer block nothing is replaced on the instance either: only the observer is attached.
+    with steer(qwen, HOOK, torch.zeros(qwen.cfg.d_model), 1.0, Always()):
+        assert "forward" not in qwen.__dict__ and "generate" not in qwen.__dict__
+        assert OBSERVER_ATTR in qwen.__dict__
+        assert type(qwen).forward is wrapped["forward"]
+    assert_clean(qwen)
+
+
+def test_batched_chat_prompts_each_row_opens_at_its_own_prefix_end(
+    qwen: HookedTransformer, direction: torch.Tensor
+) -> None:
+    """`r1_chat_tokens(model, [...])` batches go straight into `generate(..., padding_side="left")`: steering equals
+    the oracle, and each row's gate opens right after its own response prefix's end (`response_prefix_end`)."""
+    from r1_plugin.chat import r1_chat_tokens
+    from r1_plugin.response_prefix import ResponsePrefixSpec, response_prefix_end
+
+    batch = r1_chat_tokens(qwen, ["Hi", "What is two plus two, really?", "Hello there friend"])
+    pads = (batch.attention_mask == 0).sum(-1).tolist()
+    assert pads == left_pads(qwen, batch.tokens).tolist() and len(set(pads)) == 3
+    for gate in (AfterResponsePrefix(max_tokens=3), Thinking(max_tokens=3)):
+        ref, spans = reference_generate_spans(qwen, batch.tokens, STEPS, HOOK, gate, add_by_hand(direction, 2.0))
+        with steer(qwen, HOOK, direction, 2.0, gate) as result:
+            out = qwen.generate(batch.tokens, max_new_tokens=STEPS, use_past_kv_cache=True, **GEN)
+        assert torch.equal(out, ref)
+        assert list(zip(result.open_at, result.close_at)) == spans
+        for row, opened in enumerate(result.open_at):
+            real = out[row, pads[row] :]
+            end = response_prefix_end(qwen, real, ResponsePrefixSpec(max_tokens=3))
+            assert opened is not None and end is not None and opened >= end + 1
+            # It opens right after the end, or at the first token that decides it if that is later.
+            assert opened == end + 1 or response_prefix_end(qwen, real[:opened], ResponsePrefixSpec(max_tokens=3)) is None
+        assert len(set(result.open_at)) == 3
+    assert_clean(qwen)
+
+
+def test_sink_scan_on_a_batch_of_chat_prompts_equals_each_row_alone(qwen: HookedTransformer) -> None:
+    """The sink tools on a left-padded `r1_chat_tokens` batch: at each row's own prefix end (found per row by
+    `response_prefix_end` on its real tokens), the batched attention-sink statistics equal the row's alone."""
+    from r1_plugin.chat import r1_chat_tokens
+    from r1_plugin.response_prefix import ResponsePrefixSpec, response_prefix_end
+    from r1_plugin.sinks import scan_sinks
+
+    batch = r1_chat_tokens(qwen, ["Hi", "What is two plus two, really?"])
+    out = qwen.generate(batch.tokens, max_new_tokens=12, use_past_kv_cache=True, **GEN)
+    mask = torch.cat([batch.attention_mask, torch.ones(2, 12, dtype=torch.long)], dim=1)
+    scanned = scan_sinks(qwen, out, attention_mask=mask, min_queries=1)
+    assert scanned.sinks is not None and scanned.sinks.batched
+    pads = (batch.attention_mask == 0).sum(-1).tolist()
+    for row in range(2):
+        real = out[row : row + 1, pads[row] :]
+        end = response_prefix_end(qwen, real[0], ResponsePrefixSpec(max_tokens=3))
+        assert end is not None
+        alone = scan_sinks(qwen, real, min_queries=1)
+        assert alone.sinks is not None
+        batched_row = scanned.sinks.row(row)
+        torch.testing.assert_close(batched_row.alpha[..., pads[row] + end], alone.sinks.alpha[..., end],
+                                   rtol=0, atol=1e-5)
+        assert batched_row.alpha[..., : pads[row]].isnan().all()
+    assert pads[0] != pads[1], "the rows are padded differently"

@@ -108,8 +108,8 @@ def test_as_gate_spellings() -> None:
 def test_after_text_matches_characters_split_across_byte_tokens() -> None:
     """A byte-level tokenizer splits '×' or '答案' over several tokens, each decoding alone to '\\ufffd'; the gate
     reads the decoded text, so it opens right after the token that completes the match (online and reference)."""
-    from r1_plugin.steering.gates import text_pieces
     from r1_plugin.testing.tokenizers import build_tokenizer
+    from r1_plugin.token_text import text_pieces
 
     tok = build_tokenizer("r1")
     ids = tok("What is 4 × 6? 答案 is 24.", add_special_tokens=False)["input_ids"]
@@ -141,7 +141,7 @@ class _ByteTokenizer:
 def test_text_pieces_emit_complete_text_at_once_when_tokens_straddle_characters() -> None:
     """The complete part of a token's text counts at that token; only an unfinished character waits: the space
     of ' \\xe7' ends the sentence 'Okay.' at token 1, as it did before characters were joined."""
-    from r1_plugin.steering.gates import text_pieces
+    from r1_plugin.token_text import text_pieces
 
     tok = _ByteTokenizer()
     ids = [0, 1, 2, 3, 4]
@@ -235,6 +235,9 @@ def test_closing_gate_algebra_and_spellings() -> None:
     assert Window(5, "</think>") == FromPosition(5) & Until(AfterText("</think>"))
     assert Window("generated", "x") == GeneratedOnly() & Until("x")
     assert as_gate("until:</think>") == Until("</think>")
+    assert as_gate("thinking:newline:12") == Thinking(end="newline", max_tokens=12)
+    assert as_gate("in-prefix") == GeneratedOnly() & Until(AfterResponsePrefix())
+    assert as_gate("in-prefix:8") == GeneratedOnly() & Until(AfterResponsePrefix(max_tokens=8))
     assert (Always() & (GeneratedOnly() & FromPosition(3))).gates == [Always(), GeneratedOnly(), FromPosition(3)]
     assert Thinking() != AfterResponsePrefix() & Until("</answer>")
     assert len({Thinking(), as_gate("thinking"), Until("x")}) == 2

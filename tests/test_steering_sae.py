@@ -153,6 +153,12 @@ def test_deepseek_v3_architecture_cached_generation_equals_reference(hf_cache: A
         assert len(set(thresholds)) == 2
         if gate is closing:
             assert None not in result.close_at, "the closing gate closes on both rows while generating"
+            for cache in (True, False):  # generate_stream too (uncached, it re-embeds the whole sequence)
+                with steer(model, hook, vec, 3.0, gate) as result:
+                    chunks = list(model.generate_stream(tokens, max_new_tokens=8, max_tokens_per_yield=3,
+                                                        use_past_kv_cache=cache, **GEN))
+                assert torch.equal(torch.cat(chunks, dim=1), ref), f"generate_stream cache={cache}"
+                assert len(result.records) == 1 and list(zip(result.open_at, result.close_at)) == spans
         assert not torch.equal(out, unsteered)
     assert not [n for n, hp in model.hook_dict.items() if hp.fwd_hooks]
     assert "forward" not in model.__dict__

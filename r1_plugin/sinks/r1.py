@@ -2,7 +2,9 @@
 
 Goodfire saw sinks at the end of R1's response prefix ("Okay, so the user asked about ..."), not only at the
 start of the response: evidence that R1 treats its own prefix as part of the prompt. The prefix end is the one
-definition shared with the steering gate (`r1_plugin.response_prefix.find_response_prefix_end`).
+definition shared with the steering gate, the experiments and the CLI
+(`r1_plugin.response_prefix.response_prefix_end`, which reads each token's completed text, so a character split
+over byte-level tokens counts once it is whole).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import torch
 
-from r1_plugin.response_prefix import ResponsePrefixSpec, find_response_prefix_end, find_think_start
+from r1_plugin.response_prefix import ResponsePrefixSpec, find_think_start, response_prefix_end
 from r1_plugin.sinks._scan import SinkDetectionError
 from r1_plugin.sinks.detect import (
     DEFAULT_CHUNK_SIZE,
@@ -28,6 +30,7 @@ from r1_plugin.sinks.detect import (
     scan_sinks,
 )
 from r1_plugin.sinks.tracker import SinkTracker
+from r1_plugin.token_text import text_pieces
 
 DEFAULT_MAX_NEW_TOKENS = 96  # the prefix is <= 64 tokens (ResponsePrefixSpec.max_tokens) + min_queries after it
 
@@ -166,13 +169,12 @@ def check_response_prefix_sink(
     if model.tokenizer is None:
         raise SinkDetectionError("the response prefix is found from token strings: the model needs a tokenizer")
     ids = _r1_tokens(model, prompt_or_tokens)
-    str_toks = list(model.to_str_tokens(ids[0]))
-    if find_think_start(str_toks, spec.think_token) is None:
+    if find_think_start(text_pieces(model.tokenizer, ids[0].tolist()), spec.think_token) is None:
         raise SinkDetectionError(
             f"no {spec.think_token!r} token in the input: pass R1 chat text, e.g. "
             "r1_plugin.format_r1_prompt(model, question) (its tokenizer must know <think> as one token)"
         )
-    end = find_response_prefix_end(str_toks, spec, complete=False)
+    end = response_prefix_end(model, ids[0], spec, complete=False)
     n_generated = 0
     if (end is None or ids.shape[1] - end < min_queries) and max_new_tokens > 0:
         tracker = SinkTracker(
@@ -191,7 +193,7 @@ def check_response_prefix_sink(
         n_generated = processed.shape[1] - ids.shape[1]
         report = tracker.report(out, batched=False)
         hits = tracker.massive_activations(out, batched=False) if massive else None
-        end = find_response_prefix_end(list(model.to_str_tokens(out[0])), spec, complete=True)
+        end = response_prefix_end(model, out[0], spec, complete=True)
         if end is not None and end >= processed.shape[1]:
             end = None  # the prefix ended on the last sampled token, which the model never ran
         ids = processed
@@ -211,7 +213,7 @@ def check_response_prefix_sink(
         assert result.sinks is not None
         report, hits = result.sinks, result.massive
         if end is None:
-            end = find_response_prefix_end(str_toks, spec, complete=True)
+            end = response_prefix_end(model, ids[0], spec, complete=True)
 
     sinks: list[int] = list(report.sink_positions)  # type: ignore[arg-type]
     bos_id = getattr(model.tokenizer, "bos_token_id", None)

@@ -25,13 +25,19 @@ from typing import Any
 
 import torch
 
-from r1_plugin.response_prefix import THINK_CLOSE, THINK_TOKEN, ResponsePrefixSpec, find_response_prefix_end
+from r1_plugin.response_prefix import (
+    THINK_CLOSE,
+    THINK_TOKEN,
+    ResponsePrefixScanner,
+    ResponsePrefixSpec,
+    find_response_prefix_end,
+)
 from r1_plugin.steering.tracker import SequenceView
+from r1_plugin.token_text import TextCompleter as _Completer
+from r1_plugin.token_text import TokenStrings as _TokenStrings
+from r1_plugin.token_text import text_pieces  # noqa: F401  (re-exported for callers of steering.gates)
 
 NEVER = 2**62  # `open_from` of a row whose gate has not opened (yet)
-
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s)|\n")
-_NEWLINE = re.compile(r"\n")
 
 
 class GateRunner(ABC):
@@ -204,68 +210,6 @@ class GeneratedOnly(Gate):
 
 
 # -- content gates (online, per row, only until decided) ---------------------------------------------------------
-class _TokenStrings:
-    """Per-token strings, as `model.to_str_tokens` gives them, memoised by id (the decode is the slow part)."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        if tokenizer is None:
-            raise ValueError("a text gate needs the model's tokenizer (model.tokenizer is None); set one")
-        self.tokenizer = tokenizer
-        self.cache: dict[int, str] = {}
-
-    def __call__(self, ids: Sequence[int]) -> list[str]:
-        missing = sorted({i for i in ids if i not in self.cache})
-        if missing:
-            texts = self.tokenizer.batch_decode([[i] for i in missing], clean_up_tokenization_spaces=False)
-            self.cache.update(zip(missing, texts))
-        return [self.cache[i] for i in ids]
-
-
-_REPLACEMENT = "\ufffd"
-_MAX_STALL = 4  # a UTF-8 character has at most 4 bytes: 4 tokens without progress mean invalid bytes, not a split
-
-
-class _Completer:
-    """Turns per-token strings into each token's contribution to the decoded text.
-
-    A byte-level tokenizer can split one character ('×', '答') over several tokens that each decode alone to
-    '\ufffd' (and a token can hold the end of one character and the start of the next). A token contributes the
-    text that is complete once it has arrived; an unfinished character waits for the token that completes it,
-    so the concatenated pieces equal `tokenizer.decode(ids)`.
-    """
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self.pending: list[int] = []  # ids since the last character boundary
-        self.emitted = 0  # characters of decode(pending) already given out
-        self.stalled = 0  # pushes in a row that completed nothing
-
-    def push(self, token_id: int, piece: str) -> str:
-        if not self.pending and _REPLACEMENT not in piece:
-            return piece
-        self.pending.append(token_id)
-        text = self.tokenizer.decode(self.pending, clean_up_tokenization_spaces=False)
-        if text.endswith(_REPLACEMENT):
-            stable = text.rstrip(_REPLACEMENT)
-            out = stable[self.emitted :]
-            self.stalled = 0 if out else self.stalled + 1
-            if self.stalled < _MAX_STALL:
-                self.emitted += len(out)
-                return out
-        out = text[self.emitted :]
-        self.pending, self.emitted, self.stalled = [], 0, 0
-        return out
-
-
-def text_pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
-    """Per token, the text it adds to the decoded sequence ("" for a token that leaves a character incomplete):
-    what the text gates read, one-shot. Their concatenation is `tokenizer.decode(ids)` for valid UTF-8."""
-    strings = _TokenStrings(tokenizer)
-    completer = _Completer(tokenizer)
-    ids = [int(i) for i in ids]
-    return [completer.push(i, piece) for i, piece in zip(ids, strings(ids))]
-
-
 class _Scanner(ABC):
     """Online decision for one row: `push` each real token string; returns `open_from` once decided."""
 
@@ -387,43 +331,14 @@ class AfterText(Gate):
         return f"AfterText({pattern!r}{', regex=True' if self.regex else ''})"
 
 
-class ResponsePrefixScanner(_Scanner):
-    """Online `find_response_prefix_end`: fed one token string at a time, decides at the first prefix where the
-    one-shot function (on the tokens so far, `complete=False`) returns an end; equal to it by construction and
-    by test (`tests/test_steering_gates.py`)."""
+class _PrefixScanner(_Scanner):
+    """The gate's scanner: `ResponsePrefixScanner` deciding the end, turned into the opening position."""
 
     def __init__(self, spec: ResponsePrefixSpec) -> None:
-        self.spec = spec
-        self.pattern = _SENTENCE_END if spec.end == "sentence" else _NEWLINE
-        self.start: int | None = None
-        self.text = ""
-        self.owner: list[int] = []
-        self.begun = False
-
-    def end_at(self, piece: str, pos: int) -> int | None:
-        """Feed the token at `pos`; the prefix's end token if the tokens so far decide it, else None."""
-        if piece == self.spec.think_token:
-            self.start, self.text, self.owner, self.begun = pos, "", [], False
-            return None
-        if self.start is None:
-            return None
-        if not self.begun:
-            stripped = piece.lstrip("\n")
-            if not stripped.strip():
-                return None
-            self.begun = True
-            piece = stripped
-        self.text += piece
-        self.owner.extend([pos] * len(piece))
-        match = self.pattern.search(self.text)
-        if match is not None:
-            return self.owner[match.start()]
-        if self.spec.max_tokens is not None and pos - self.start >= self.spec.max_tokens:
-            return pos
-        return None
+        self.scanner = ResponsePrefixScanner(spec)
 
     def push(self, piece: str, pos: int) -> int | None:
-        end = self.end_at(piece, pos)
+        end = self.scanner.end_at(piece, pos)
         return None if end is None else max(end + 1, pos)
 
 
@@ -449,7 +364,7 @@ class AfterResponsePrefix(Gate):
         self.spec = spec or ResponsePrefixSpec(end=end, max_tokens=max_tokens, think_token=think_token)
 
     def runner(self, tokenizer: Any) -> GateRunner:
-        return _TextRunner(self, tokenizer, lambda: ResponsePrefixScanner(self.spec))
+        return _TextRunner(self, tokenizer, lambda: _PrefixScanner(self.spec))
 
     def reference_open_from(self, str_tokens: Sequence[str], prompt_length: int) -> int | None:
         for p in range(len(str_tokens)):
@@ -596,7 +511,9 @@ def as_gate(gate: Gate | str | int | None) -> Gate:
 
     Spellings: "prefix", "prefix:newline", "prefix:sentence:32" (max tokens), "always", "generated",
     "pos:12", "text:<plain text>", "regex:<pattern>", "thinking" (from the response prefix's end to `</think>`,
-    = `Thinking()`), "until:<plain text>" (= `Until(text)`).
+    = `Thinking()`), "in-prefix" (inside the response prefix only: from the first generated token until the
+    prefix's end, = `GeneratedOnly() & Until(AfterResponsePrefix())`), "until:<plain text>" (= `Until(text)`).
+    "thinking" and "in-prefix" take the same ":sentence|newline:N" options as "prefix".
     """
     if gate is None:
         return AfterResponsePrefix()
@@ -606,11 +523,16 @@ def as_gate(gate: Gate | str | int | None) -> Gate:
         return FromPosition(gate)
     kind, _, arg = str(gate).partition(":")
     kind = kind.strip().lower()
-    if kind in ("prefix", "response-prefix", "after-response-prefix"):
+    if kind in ("prefix", "response-prefix", "after-response-prefix", "thinking", "in-prefix"):
         parts = [p for p in arg.split(":") if p]
         end = parts[0] if parts and not parts[0].isdigit() else "sentence"
         digits = [p for p in parts if p.isdigit()]
-        return AfterResponsePrefix(end=end, max_tokens=int(digits[0]) if digits else 64)
+        max_tokens = int(digits[0]) if digits else 64
+        if kind == "thinking":
+            return Thinking(end=end, max_tokens=max_tokens)
+        if kind == "in-prefix":
+            return GeneratedOnly() & Until(AfterResponsePrefix(end=end, max_tokens=max_tokens))
+        return AfterResponsePrefix(end=end, max_tokens=max_tokens)
     if kind == "always":
         return Always()
     if kind in ("generated", "generated-only"):
@@ -621,11 +543,9 @@ def as_gate(gate: Gate | str | int | None) -> Gate:
         return AfterText(arg)
     if kind == "regex":
         return AfterText(arg, regex=True)
-    if kind == "thinking" and not arg:
-        return Thinking()
     if kind == "until" and arg:
         return Until(arg)
     raise ValueError(
         f"unknown gate {gate!r}: use prefix[:sentence|newline][:N], always, generated, pos:N, text:..., regex:..., "
-        "thinking, until:..."
+        "thinking[:...], in-prefix[:...], until:..."
     )

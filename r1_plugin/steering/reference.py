@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from r1_plugin.steering.gates import Gate, text_pieces
+from r1_plugin.steering.gates import Gate
+from r1_plugin.token_text import text_pieces
 
 AddFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (activation, gate mask [batch, pos]) -> activation
 

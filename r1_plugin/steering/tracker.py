@@ -7,26 +7,29 @@ feeds residuals into `forward(start_at_layer=0)`, so `hook_tokens`/`hook_embed` 
 DeepSeek-V3 architecture) goes through:
 
 - a forward pre-hook on `model.embed` records every token id that is embedded (prompt and each sampled token);
-- an instance-level wrapper of `model.forward` (which `generate` calls as `self.forward`, and `model(...)`,
-  `run_with_cache`, `run_with_hooks` call through `__call__`) reads `past_kv_cache` (the cached length, via
+- the observer protocol of `r1_plugin._patches.tl_generation` (class-level pass-throughs of
+  `HookedTransformer.forward`, `generate` and `generate_stream`, active only for a model with a tracker
+  attached): at the start of each forward it reads `past_kv_cache` (the cached length, via
   `model.get_pos_offset`, = the absolute position of the first processed position) and `attention_mask`
-  (leading zeros = each row's left padding).
+  (leading zeros = each row's left padding); around each `generate` / `generate_stream` call it marks the
+  sequence boundaries.
 
-A forward whose tokens extend the previous forward's (a cached decode step, or an uncached `generate` step that
-re-runs the whole sequence) continues the same *sequence* (`seq_id` unchanged, gates keep their state);
-anything else starts a new one. One tracker per model is shared by all active `steer` blocks (reference-counted)
-and removed when the last block exits.
+A forward whose tokens extend the previous forward's continues the same *sequence* (`seq_id` unchanged, gates
+keep their state): a cached decode step, an uncached `generate` step (new ids embedded since the previous
+forward), or, inside a generation call, an uncached `generate_stream` step that re-embeds the whole sequence
+(its ids start with the previous forward's). Anything else starts a new one. One tracker per model is shared by
+all active `steer` blocks (reference-counted) and removed when the last block exits.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-_ATTR = "_r1_steering_tracker"
+from r1_plugin._patches import tl_generation
+
+_ATTR = tl_generation.OBSERVER_ATTR
 
 
 class SequenceView:
@@ -115,7 +118,7 @@ class SequenceTracker:
         self._view: SequenceView | None = None  # resolved view of the current forward
         self._prev: SequenceView | None = None  # view of the previous forward (for continuations)
         self._embed_handle: Any = None
-        self._orig_forward_in_dict = False
+        self._generating = 0  # depth of generate / generate_stream calls in progress
 
     # -- install / remove ------------------------------------------------------------------------------------
     @classmethod
@@ -125,58 +128,40 @@ class SequenceTracker:
         if tracker is None:
             tracker = cls(model)
             tracker._install()
-            model.__dict__[_ATTR] = tracker
         tracker.users += 1
         return tracker
 
     def release(self) -> None:
-        """Drop one user; the last one removes every hook and the forward wrapper."""
+        """Drop one user; the last one removes the embed hook and detaches the tracker from the model."""
         self.users -= 1
         if self.users <= 0:
             self._uninstall()
-            self.model.__dict__.pop(_ATTR, None)
 
     def _install(self) -> None:
-        for name in ("forward", "generate"):
-            if name in self.model.__dict__:
-                raise RuntimeError(
-                    f"model.{name} is already overridden on this instance (another tool wraps it); r1_plugin "
-                    "steering wraps it to see KV-cache positions and sequence boundaries. Remove that wrapper first."
-                )
+        tl_generation.apply()  # idempotent: the class-level pass-throughs that report to an attached observer
         embed = getattr(self.model, "embed", None)
         if isinstance(embed, torch.nn.Module):
             self._embed_handle = embed.register_forward_pre_hook(self._on_embed)
-        original_forward: Callable[..., Any] = self.model.forward
-        original_generate: Callable[..., Any] = self.model.generate
-
-        @functools.wraps(original_forward)
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            self._begin_forward(args, kwargs)
-            try:
-                return original_forward(*args, **kwargs)
-            finally:
-                self._end_forward()
-
-        @functools.wraps(original_generate)
-        def generate(*args: Any, **kwargs: Any) -> Any:
-            self._boundary()
-            try:
-                return original_generate(*args, **kwargs)
-            finally:
-                self._boundary()
-
-        self.model.__dict__["forward"] = forward
-        self.model.__dict__["generate"] = generate
+        self.model.__dict__[_ATTR] = self
 
     def _uninstall(self) -> None:
         if self._embed_handle is not None:
             self._embed_handle.remove()
             self._embed_handle = None
-        self.model.__dict__.pop("forward", None)
-        self.model.__dict__.pop("generate", None)
+        if self.model.__dict__.get(_ATTR) is self:
+            del self.model.__dict__[_ATTR]
 
-    def _boundary(self) -> None:
-        """A `generate` call starts or ends: the next forward begins a new sequence."""
+    # -- observer protocol (called by r1_plugin._patches.tl_generation) --------------------------------------
+    def begin_generation(self) -> None:
+        """A `generate` / `generate_stream` call starts: its first forward begins a new sequence."""
+        if not self._in_forward:
+            self._pending = []
+            self._prev = None
+        self._generating += 1
+
+    def end_generation(self) -> None:
+        """A generation call ends: the next forward begins a new sequence."""
+        self._generating = max(0, self._generating - 1)
         if not self._in_forward:
             self._pending = []
             self._prev = None
@@ -189,7 +174,8 @@ class SequenceTracker:
             if len(self._pending) > 64:  # stale ids nobody consumed (e.g. embed called by hand)
                 self._pending = self._pending[-64:]
 
-    def _begin_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def begin_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """A forward call starts: note its KV-cache offset, attention mask and whether it embeds token ids."""
         self._in_forward += 1
         if self._in_forward > 1:
             return  # a nested forward (e.g. called from a hook) keeps the outer view
@@ -214,10 +200,12 @@ class SequenceTracker:
             cache=kwargs.get("past_kv_cache"),
             attention_mask=kwargs.get("attention_mask"),
             prepend_bos=kwargs.get("prepend_bos"),
+            generating=self._generating > 0,
         )
         self._view = None
 
-    def _end_forward(self) -> None:
+    def end_forward(self) -> None:
+        """A forward call ends: its view becomes the previous one (for continuations)."""
         self._in_forward -= 1
         if self._in_forward == 0:
             if self._view is not None:
@@ -275,6 +263,19 @@ class SequenceTracker:
                     tokens = [torch.cat(tokens, dim=1)]
         elif prev is not None and have == 0 and offset > 0 and offset == prev.length:
             continues = True  # a cached step fed embeddings whose ids were never seen
+        elif (
+            entry["generating"]
+            and prev is not None
+            and new_ids is not None
+            and offset == 0
+            and have >= length > prev.length
+            and prev.tokens is not None
+            and torch.equal(new_ids[:, -length:][:, : prev.length], prev.tokens)
+        ):
+            # An uncached `generate_stream` step: the whole sequence is re-embedded from its ids, and they
+            # extend the previous forward's. The same sequence goes on; only the new ids are scanned by gates.
+            continues = True
+            tokens = [new_ids[:, -length:]]
         elif new_ids is not None and have >= length:
             tokens = [new_ids[:, -length:]]  # a fresh sequence: all its ids were just embedded
 

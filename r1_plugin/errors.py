@@ -23,6 +23,10 @@ class UnsupportedArchitectureError(R1PluginError, NotImplementedError):
     """A local checkpoint whose architecture cannot be loaded as a HookedTransformer."""
 
 
+class SAEMaskError(R1PluginError, ValueError):
+    """An attention mask that does not fit the activations given to a batch top-k SAE encode."""
+
+
 class MissingFromCacheError(R1PluginError, FileNotFoundError):
     """A file that is not in the local HF cache while the hub is unreachable or offline mode is on."""
 

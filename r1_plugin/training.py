@@ -140,6 +140,7 @@ def sae_runner_config(
     lr: float = 3e-4,
     device: str = "cpu",
     dtype: str = "float32",
+    llm_device: str | None = None,
     seed: int = 42,
     log_to_wandb: bool = True,
     wandb_project: str = DEFAULT_SAE_PROJECT,
@@ -160,6 +161,10 @@ def sae_runner_config(
     `model_from_pretrained_kwargs`; None loads the whole model. The dataset is the caller's
     (`train_sae(cfg, dataset=...)`); `dataset_path` stays empty so nothing is fetched from the Hub.
     Other `LanguageModelSAERunnerConfig` fields go in `runner_kwargs`.
+
+    `device` and `dtype` are the SAE's (and its activation buffer's); the model loads on `llm_device` (default:
+    `device`) in `model_from_pretrained_kwargs["dtype"]` (default float32), with `"n_devices": k` to spread it.
+    SAELens moves each activation batch to the SAE's device, and the SAE casts it to its dtype.
     """
     from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
     from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
@@ -208,6 +213,7 @@ def sae_runner_config(
         lr=lr,
         device=device,
         dtype=dtype,
+        llm_device=llm_device,
         seed=seed,
         n_eval_batches=n_eval_batches,
         n_batches_for_norm_estimate=n_batches_for_norm_estimate,

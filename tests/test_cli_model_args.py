@@ -79,6 +79,23 @@ def test_loaded_model_equals_the_python_call(hf_cache: Any) -> None:
     assert hook_device(model, "hook_embed") == torch.device("cpu")
 
 
+def test_keep_fp8_loads_what_the_python_keyword_loads(hf_cache: Any) -> None:
+    """`--keep-fp8 --dtype bfloat16 --first-n-layers 2` on an FP8 R1 checkpoint: the same logits as
+    `from_pretrained_no_processing(..., keep_fp8=True, dtype="bfloat16", first_n_layers=2)`."""
+    from r1_plugin.testing.deepseek_checkpoints import tiny_config, write_tiny_checkpoint
+
+    name = "deepseek-ai/DeepSeek-R1"
+    write_tiny_checkpoint(name, tiny_config(num_hidden_layers=3), storage="fp8", seed=1)
+    model = load_model_from_args(parse("--model", name, "--keep-fp8", "--dtype", "bfloat16", "--first-n-layers",
+                                       "2", "--device", "cpu"))
+    ref = HookedTransformer.from_pretrained_no_processing(name, keep_fp8=True, dtype="bfloat16", first_n_layers=2,
+                                                          device="cpu")
+    tokens = torch.arange(3, 40).reshape(1, -1)
+    with torch.no_grad():
+        assert torch.equal(model(tokens), ref(tokens))
+    assert model.cfg.n_layers == 2 and model.cfg.dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -79,8 +79,8 @@ def test_generation_hooks_see_one_token_per_step(pair) -> None:
     with torch.no_grad(), model.hooks(fwd_hooks=[hook]):
         model.generate(prompt, max_new_tokens=3, do_sample=False, stop_at_eos=False, verbose=False)
     heads, qk = config["num_attention_heads"], config["qk_nope_head_dim"] + config["qk_rope_head_dim"]
-    # hook_k covers every key position (the latent cache is re-expanded each step)
-    assert seen == [(1, 6, heads, qk), (1, 7, heads, qk), (1, 8, heads, qk)]
+    # hook_k covers the current forward's positions only, as in TransformerLens: the prompt, then one per step
+    assert seen == [(1, 6, heads, qk), (1, 1, heads, qk), (1, 1, heads, qk)]
 
 
 def test_r1_cache_is_71x_smaller() -> None:

@@ -41,7 +41,8 @@ def expected_shapes(cfg: dict, layer: int, batch: int, pos: int) -> dict[str, tu
         p + "attn.kv_a_norm.hook_scale": (batch, pos, 1), p + "attn.kv_a_norm.hook_normalized": (batch, pos, cfg["kv_lora_rank"]),
         p + "attn.hook_k_rope": (batch, pos, cfg["qk_rope_head_dim"]),
         p + "attn.hook_q": (batch, pos, h, qk), p + "attn.hook_rot_q": (batch, pos, h, qk),
-        p + "attn.hook_k": (batch, pos, h, qk), p + "attn.hook_v": (batch, pos, h, cfg["v_head_dim"]),
+        p + "attn.hook_k": (batch, pos, h, qk), p + "attn.hook_rot_k": (batch, pos, h, qk),
+        p + "attn.hook_v": (batch, pos, h, cfg["v_head_dim"]),
         p + "attn.hook_attn_scores": (batch, h, pos, pos), p + "attn.hook_pattern": (batch, h, pos, pos),
         p + "attn.hook_z": (batch, pos, h, cfg["v_head_dim"]),
     }

@@ -134,7 +134,7 @@ def test_published_config_converts_field_by_field(hf_cache, r1_configs, repo_id)
     assert cfg.rotary_dim == cfg.d_head and cfg.positional_embedding_type == "rotary"
     assert cfg.normalization_type == "RMS" and cfg.gated_mlp and cfg.final_rms
     assert cfg.tie_word_embeddings is False and raw["tie_word_embeddings"] is False
-    assert cfg.n_ctx == min(raw["max_position_embeddings"], 16384)
+    assert cfg.n_ctx == raw["max_position_embeddings"] == 131072
     scaling = raw.get("rope_scaling")
     if scaling:  # the Llama distills: llama3 NTK-by-parts, factor 8
         assert scaling["rope_type"] == "llama3"

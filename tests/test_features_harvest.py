@@ -62,16 +62,19 @@ def _token_ids(model: HookedTransformer, prompt: str | list[int]) -> list[int]:
 def _brute_force(
     model, sae
 ) -> tuple[dict[int, list[tuple[int, int, float]]], list[tuple[int, int, int, str]]]:
-    """Every positive activation of every feature (strongest first), one prompt at a time, unbatched; and
-    every token row."""
+    """Every positive activation of every feature (strongest first), one prompt at a time, unbatched, leaving out
+    BOS and special tokens (harvest's default exclude_special); and every token row."""
     per_feature: dict[int, list[tuple[int, int, float]]] = {}
     tokens = []
+    special = set(model.tokenizer.all_special_ids)
     with torch.no_grad():
         for seq, prompt in enumerate(PROMPTS):
             ids = _token_ids(model, prompt)
             _, cache = model.run_with_cache(torch.tensor([ids]), names_filter=HOOK)
             acts = sae.encode(cache[HOOK][0])  # [pos, d_sae]
             for pos, fid in (acts > 0).nonzero().tolist():
+                if ids[pos] in special:
+                    continue
                 per_feature.setdefault(fid, []).append((seq, pos, float(acts[pos, fid])))
             tokens += [(seq, i, t, model.tokenizer.decode([t])) for i, t in enumerate(ids)]
     for fid in per_feature:

@@ -39,13 +39,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0), or a usage error already printed on one line (2)
         return exc.code if isinstance(exc.code, int) else 2
-    from r1_plugin.cli._errors import one_line
+    from r1_plugin.cli._errors import input_error_message, one_line
     from r1_plugin.errors import R1PluginError
 
     try:
         return int(args._run(args) or 0)
     except R1PluginError as exc:
         print(f"r1-plugin {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # an unreadable file the user gave is bad input too; anything else is a bug
+        message = input_error_message(exc, args)
+        if message is None:
+            raise
+        print(f"r1-plugin {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -24,3 +24,45 @@ class CLIParser(argparse.ArgumentParser):
 def one_line(message: object) -> str:
     """The message with its lines joined by '; ' (a multi-line explanation still prints as one line)."""
     return "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
+_DUCKDB_FILE_ERRORS = ("IOException", "SerializationException", "PermissionException", "InvalidInputException")
+
+
+def input_error_message(exc: BaseException, args: argparse.Namespace | None = None) -> str | None:
+    """One line for an error that comes from a file the user gave rather than from r1_plugin; None otherwise.
+
+    Such errors are a database file that cannot be read (damaged, truncated, locked or not readable: sqlite3's
+    DatabaseError, DuckDB's I/O and serialization errors), a path that is missing, a folder or not readable,
+    and a model or file that is not in the HF cache while the hub cannot be reached.
+    """
+    import sqlite3
+
+    from r1_plugin.errors import is_missing_file_error
+
+    if is_missing_file_error(exc):  # a model or file neither in the HF cache nor downloadable now
+        return one_line(exc)
+    name = type(exc).__name__
+    given = [str(p) for p in (getattr(args, f, None) for f in ("labels", "activations", "db_dir")) if p]
+    hint = f" (reading {', '.join(given)}: is the file damaged or incomplete? fetch it again)" if given else (
+        " (is the file damaged or incomplete? fetch it again)"
+    )
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, (sqlite3.ProgrammingError, sqlite3.InterfaceError)
+    ):
+        return f"cannot read the SQLite database: {one_line(exc)}{hint}"
+    if type(exc).__module__.lstrip("_").startswith("duckdb") and name in _DUCKDB_FILE_ERRORS:
+        return f"cannot read the DuckDB database: {one_line(exc)}{hint}"
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)) and getattr(
+        exc, "filename", None
+    ):
+        return f"{exc.strerror or name}: {exc.filename}"
+    return None
+
+
+def check_tracking_args(args: argparse.Namespace) -> None:
+    """Fail now, before a model is loaded, on a W&B mode that cannot work (`--wandb-mode` or $WANDB_MODE)."""
+    from r1_plugin.tracking import resolve_mode
+
+    if not getattr(args, "no_wandb", False):
+        resolve_mode(getattr(args, "wandb_mode", None))

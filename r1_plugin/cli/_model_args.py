@@ -3,7 +3,7 @@
     add_model_args(parser)            # --model --dtype --device --n-devices --first-n-layers --keep-fp8
                                       # --sae-device --sae-dtype
     model = load_model_from_args(args)              # HookedTransformer.from_pretrained_no_processing(...)
-    sae = load_sae_from_args(args, model, release, sae_id)
+    sae = load_sae_from_args(args, model, release, sae_id)    # or path=... for SAE.load_from_disk
 
 Each flag is passed to `HookedTransformer.from_pretrained(_no_processing)` under the keyword of the same name
 only when given, so a flag left out means exactly what leaving the keyword out means in Python.
@@ -25,7 +25,7 @@ class ModelArgsError(R1PluginError, ValueError):
     """A --device / --n-devices / --sae-device value this machine cannot honour."""
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     try:
         value = int(text)
@@ -49,11 +49,11 @@ def add_model_args(parser: argparse.ArgumentParser, *, model: bool = True, sae: 
     )
     group.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: TransformerLens's choice)")
     group.add_argument(
-        "--n-devices", type=_positive_int, default=None, metavar="N",
+        "--n-devices", type=positive_int, default=None, metavar="N",
         help="split the blocks over N CUDA devices, starting at --device (default 1)",
     )
     group.add_argument(
-        "--first-n-layers", type=_positive_int, default=None, metavar="N",
+        "--first-n-layers", type=positive_int, default=None, metavar="N",
         help="load only the first N blocks (e.g. 38 for R1's layer-37 SAEs)",
     )
     group.add_argument(
@@ -138,9 +138,14 @@ def hook_device(model: Any, hook_name: str) -> Any:
 
 
 def load_sae_from_args(
-    args: argparse.Namespace, model: Any, release: str, sae_id: str, hook_name: str | None = None
+    args: argparse.Namespace,
+    model: Any,
+    release: str | None = None,
+    sae_id: str | None = None,
+    hook_name: str | None = None,
+    path: str | None = None,
 ) -> Any:
-    """`SAE.from_pretrained(release, sae_id)` on --sae-device / --sae-dtype.
+    """`SAE.from_pretrained(release, sae_id)` (or `SAE.load_from_disk(path)`) on --sae-device / --sae-dtype.
 
     Defaults: the model's dtype, and the device of the block the SAE reads (`hook_name`, else the SAE's own
     hook), so that no activation has to cross devices unless --sae-device asks for it.
@@ -149,9 +154,15 @@ def load_sae_from_args(
 
     dtype = getattr(args, "sae_dtype", None) or str(model.cfg.dtype).removeprefix("torch.")
     device = getattr(args, "sae_device", None)
+
+    def load(on: str) -> Any:
+        if path is not None:
+            return SAE.load_from_disk(path, device=on, dtype=dtype)
+        return SAE.from_pretrained(release, sae_id, device=on, dtype=dtype)
+
     if device is not None:
-        return SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
-    sae = SAE.from_pretrained(release, sae_id, device="cpu", dtype=dtype)
+        return load(device)
+    sae = load("cpu")
     if hook_name is None:
         from r1_plugin.steering.sae_directions import sae_hook_name
 

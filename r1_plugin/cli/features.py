@@ -3,6 +3,7 @@
     r1-plugin features search "backtracking" --db-dir ~/r1-features/logic
     r1-plugin features show 15204 --labels autointerp.db --activations logic-1.ddb [--html out.html]
     r1-plugin features download logic --sample 1 --dest ~/r1-features
+    r1-plugin features harvest --model <name> --sae-release <r> --sae-id <id> --prompts p.txt --out harvest_out/
     r1-plugin features merge harvest_out/ -o my-sae.ddb
 
 `--db-dir` (or $R1_FEATURES_DB_DIR) is a folder with `autointerp.db` (or `.csv`) and one `*.ddb`, as
@@ -45,7 +46,7 @@ def _add_tracking(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `features` with its actions: search, show, download, merge."""
+    """Register `features` with its actions: search, show, download, merge, harvest."""
     parser = subparsers.add_parser("features", help="search feature labels and show max-activating examples")
     actions = parser.add_subparsers(dest="features_command", metavar="ACTION")
     actions.required = True
@@ -85,6 +86,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     merge.add_argument("--labels", type=Path, help="copy labels from this autointerp file")
     merge.add_argument("--overwrite", action="store_true")
+
+    from r1_plugin.cli._harvest import add_harvest_parser  # `features harvest`: loads a model (shared flags)
+
+    add_harvest_parser(actions)
     return parser
 
 
@@ -229,5 +234,8 @@ def _merge(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch to the chosen action."""
-    action = {"search": _search, "show": _show, "download": _download, "merge": _merge}[args.features_command]
+    from r1_plugin.cli._harvest import run_harvest
+
+    action = {"search": _search, "show": _show, "download": _download, "merge": _merge,
+              "harvest": run_harvest}[args.features_command]
     return action(args)

@@ -51,10 +51,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Load the model, scan (or run the R1 check), print a summary, write files and log to W&B."""
     from r1_plugin.chat import THINK_OPEN, format_r1_prompt
+    from r1_plugin.cli._errors import check_tracking_args
     from r1_plugin.cli._model_args import load_model_from_args
     from r1_plugin.sinks import check_response_prefix_sink, log_sinks, scan_sinks
     from r1_plugin.tracking import tracker_from_args
 
+    check_tracking_args(args)  # a bad W&B mode fails before the model loads
     model = load_model_from_args(args)  # unprocessed: the residual stream stays what the model computes
     thresholds = dict(
         epsilon=args.epsilon,

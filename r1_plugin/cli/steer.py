@@ -128,10 +128,12 @@ def describe_gate(model: Any, tokens: Any, open_at: int | None, gate: Any, n_pro
 def run(args: argparse.Namespace) -> int:
     """Load the model and the direction/SAE, generate unsteered and steered, print them, log to W&B."""
     from r1_plugin.chat import THINK_OPEN, format_r1_prompt
+    from r1_plugin.cli._errors import check_tracking_args
     from r1_plugin.cli._model_args import load_model_from_args, load_sae_from_args
     from r1_plugin.steering import as_gate
     from r1_plugin.tracking import tracker_from_args
 
+    check_tracking_args(args)  # a bad W&B mode fails before the model loads
     use_sae = args.sae_release is not None or args.sae_id is not None
     if use_sae == (args.direction is not None):
         raise SteerCLIError("give either --sae-release/--sae-id/--feature or --direction (exactly one)")
@@ -144,20 +146,20 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SteerCLIError(str(exc)) from exc
 
-    model = load_model_from_args(args)
     steer_kwargs: dict[str, Any] = dict(mode=args.mode, normalize=args.normalize, relative=args.relative)
-    if use_sae:
-        sae = load_sae_from_args(args, model, args.sae_release, args.sae_id, hook_name=args.hook)
-        features = args.feature[0] if len(args.feature) == 1 else args.feature
-        steer_kwargs.update(sae=sae, feature=features, hook_name=args.hook)
-        what = f"{args.sae_release}/{args.sae_id} feature {args.feature}"
-    else:
+    if not use_sae:  # read the direction file before the (slow) model load, so a bad file fails at once
         vec, stored_hook = load_direction(args.direction)
         hook = args.hook or stored_hook
         if hook is None:
             raise SteerCLIError(f"{args.direction} has no hook_name: pass --hook (e.g. blocks.12.hook_resid_post)")
         steer_kwargs.update(direction=vec, hook_name=hook)
         what = f"direction {args.direction}"
+    model = load_model_from_args(args)
+    if use_sae:
+        sae = load_sae_from_args(args, model, args.sae_release, args.sae_id, hook_name=args.hook)
+        features = args.feature[0] if len(args.feature) == 1 else args.feature
+        steer_kwargs.update(sae=sae, feature=features, hook_name=args.hook)
+        what = f"{args.sae_release}/{args.sae_id} feature {args.feature}"
 
     text = args.prompt if args.raw or THINK_OPEN in args.prompt else format_r1_prompt(model, args.prompt)
     if args.raw:

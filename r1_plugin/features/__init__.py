@@ -18,7 +18,14 @@ from r1_plugin.features.db import (
 )
 
 # Eager on purpose: the function `harvest` must shadow the submodule of the same name.
-from r1_plugin.features.harvest import HarvestConfig, HarvestResult, harvest, merge_shards
+from r1_plugin.features.harvest import (
+    HarvestConfig,
+    HarvestResult,
+    harvest,
+    kept_token_mask,
+    merge_shards,
+    special_token_ids,
+)
 from r1_plugin.features.render import render_html, render_terminal
 
 __all__ = [
@@ -32,7 +39,9 @@ __all__ = [
     "HarvestResult",
     "detect_format",
     "harvest",
+    "kept_token_mask",
     "merge_shards",
     "render_html",
     "render_terminal",
+    "special_token_ids",
 ]

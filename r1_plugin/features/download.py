@@ -1,18 +1,26 @@
-"""Download Goodfire's public R1 feature databases: resumable (HTTP Range), with a progress bar and a size warning.
+"""Download Goodfire's public R1 feature databases: resumable (HTTP Range + If-Range), with a progress bar and a
+size warning.
 
 Files live at `<base_url>/<sae>/<file>` with `sae` in {math, logic}: `autointerp.db` (SQLite labels),
 `autointerp.csv`, and the activations `<sae>.ddb` (full) or `<sae>-10.ddb`, `<sae>-1.ddb`, `<sae>-0-1.ddb`
 (10 %, 1 %, 0.1 % samples). The base URL is configurable (argument or $R1_FEATURES_BASE_URL) for mirrors.
-Never called by the tests: only the pure helpers here (URLs, resume offsets, warnings) are tested.
+A partial download `<file>.part` is resumed only if the remote file is the one it started from: the ETag (or
+Last-Modified) seen when the part was started is kept in `<file>.part.json` and sent as `If-Range`, so a server
+whose file changed answers with the whole new file, which replaces the part (with a message), instead of the two
+versions being concatenated. The final size is checked against the server's Content-Length / Content-Range total.
+The tests run it against a local HTTP server.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import re
 import shutil
 import sys
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,9 +110,52 @@ def resume_offset(part_size: int, remote_size: int | None) -> int:
     return part_size
 
 
-def range_header(offset: int) -> dict[str, str]:
-    """The request header asking for the bytes from `offset` on (none when starting at 0)."""
-    return {"Range": f"bytes={offset}-"} if offset > 0 else {}
+def range_header(offset: int, validator: str | None = None) -> dict[str, str]:
+    """Headers asking for the bytes from `offset` on, only if the file still matches `validator` (If-Range);
+    none when starting at 0."""
+    if offset <= 0:
+        return {}
+    return {"Range": f"bytes={offset}-", **({"If-Range": validator} if validator else {})}
+
+
+@dataclass(frozen=True)
+class RemoteVersion:
+    """What identifies one version of a remote file: its size and a validator usable in If-Range."""
+
+    size: int | None
+    etag: str | None = None  # strong ETags only (RFC 9110: If-Range needs a strong validator)
+    last_modified: str | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str], size: int | None) -> RemoteVersion:
+        """From a response's headers (weak ETags are dropped: they cannot be used in If-Range)."""
+        etag = headers.get("ETag")
+        if etag is not None and etag.startswith("W/"):
+            etag = None
+        return cls(size, etag, headers.get("Last-Modified"))
+
+    @property
+    def validator(self) -> str | None:
+        """The If-Range value: the ETag, else Last-Modified, else None (then a part cannot be resumed safely)."""
+        return self.etag or self.last_modified
+
+    def same_file(self, other: RemoteVersion) -> bool:
+        """Whether two versions are the same file (same validator and, where both are known, same size)."""
+        sizes_differ = self.size is not None and other.size is not None and self.size != other.size
+        return self.validator is not None and self.validator == other.validator and not sizes_differ
+
+
+def version_path(path: Path) -> Path:
+    """Where the version a partial download started from is recorded."""
+    return path.with_name(path.name + ".part.json")
+
+
+def content_range_total(value: str | None) -> tuple[int, int | None] | None:
+    """(first byte, total size or None for '*') of a `Content-Range: bytes a-b/total` header."""
+    match = re.fullmatch(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)\s*", value or "")
+    if match is None:
+        return None
+    return int(match.group(1)), None if match.group(2) == "*" else int(match.group(2))
 
 
 def write_mode(status: int, offset: int) -> tuple[str, int]:
@@ -140,44 +191,108 @@ def size_warning(total_bytes: int, free_bytes: int | None, threshold: int = WARN
     return "; ".join(parts) + hint
 
 
-def remote_size(url: str, timeout: float = 30.0) -> int | None:
-    """The Content-Length of `url` from a HEAD request (None if the server does not say)."""
+def remote_version(url: str, timeout: float = 30.0) -> RemoteVersion:
+    """Size and validators of `url` from a HEAD request."""
     request = urllib.request.Request(url, method="HEAD")
     with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http(s) URL we built)
         length = response.headers.get("Content-Length")
-    return int(length) if length is not None else None
+        return RemoteVersion.from_headers(response.headers, int(length) if length is not None else None)
+
+
+def remote_size(url: str, timeout: float = 30.0) -> int | None:
+    """The Content-Length of `url` from a HEAD request (None if the server does not say)."""
+    return remote_version(url, timeout).size
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _read_version(path: Path) -> RemoteVersion | None:
+    try:
+        data = json.loads(version_path(path).read_text())
+        return RemoteVersion(data.get("size"), data.get("etag"), data.get("last_modified"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _write_version(path: Path, url: str, version: RemoteVersion) -> None:
+    record = {"url": url, "size": version.size, "etag": version.etag, "last_modified": version.last_modified}
+    version_path(path).write_text(json.dumps(record))
 
 
 def download_file(url: str, path: str | Path, progress: bool = True, timeout: float = 60.0) -> Path:
-    """Fetch `url` to `path`, resuming a `.part` file left by an earlier attempt; returns `path`."""
-    from tqdm.auto import tqdm
-
+    """Fetch `url` to `path`, resuming a `.part` file left by an earlier attempt if the remote file has not
+    changed since (If-Range); a changed file starts over, with a message. Returns `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    size = remote_size(url, timeout)
-    if path.is_file() and (size is None or path.stat().st_size == size):
+    current = remote_version(url, timeout)
+    if path.is_file() and (current.size is None or path.stat().st_size == current.size):
         return path
     part = part_path(path)
-    offset = resume_offset(part.stat().st_size if part.is_file() else 0, size)
-    if offset and size is not None and offset == size:
+    offset = part.stat().st_size if part.is_file() else 0
+    started = _read_version(path) if offset else None
+    if offset:
+        if started is None or started.validator is None:
+            _say(f"{path.name}: the partial download has no recorded ETag/Last-Modified, so it cannot be checked "
+                 "against the remote file; starting over")
+            offset = 0
+        elif not started.same_file(current):
+            _say(f"{path.name}: the remote file changed since the partial download started "
+                 f"({started.validator} -> {current.validator}); starting over")
+            offset = 0
+        else:
+            offset = resume_offset(offset, current.size)
+    if offset and current.size is not None and offset == current.size:
         os.replace(part, path)
+        version_path(path).unlink(missing_ok=True)
         return path
-    request = urllib.request.Request(url, headers=range_header(offset))
+    _fetch(url, path, offset, started if offset else None, progress, timeout)
+    os.replace(part, path)
+    version_path(path).unlink(missing_ok=True)
+    return path
+
+
+def _fetch(
+    url: str, path: Path, offset: int, started: RemoteVersion | None, progress: bool, timeout: float
+) -> None:
+    """One GET into `path`.part: appended from `offset` if the server confirms the same file, else from 0."""
+    from tqdm.auto import tqdm
+
+    part = part_path(path)
+    headers = range_header(offset, started.validator if started else None)
+    request = urllib.request.Request(url, headers=headers)
     with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
         mode, start = write_mode(response.status, offset)
-        with (
-            part.open(mode) as out,
-            tqdm(
-                total=size, initial=start, unit="B", unit_scale=True, desc=path.name, disable=not progress
-            ) as bar,
-        ):
-            while chunk := response.read(CHUNK):
-                out.write(chunk)
-                bar.update(len(chunk))
-    if size is not None and part.stat().st_size != size:
-        raise DownloadError(f"{url}: got {part.stat().st_size} of {size} bytes; run again to resume")
-    os.replace(part, path)
-    return path
+        length = response.headers.get("Content-Length")
+        if response.status == 206:
+            span = content_range_total(response.headers.get("Content-Range"))
+            if span is None or span[0] != offset or (span[1] is not None and started is not None
+                                                     and started.size is not None and span[1] != started.size):
+                raise DownloadError(
+                    f"{url}: the server answered the resume with Content-Range "
+                    f"{response.headers.get('Content-Range')!r}, not bytes {offset}- of the same file; "
+                    f"delete {part} and run again"
+                )
+            expected = span[1] if span[1] is not None else (offset + int(length) if length is not None else None)
+        else:
+            if offset:
+                _say(f"{path.name}: the remote file changed since the partial download started "
+                     "(the server sent the whole file); starting over")
+            expected = int(length) if length is not None else None
+            _write_version(path, url, RemoteVersion.from_headers(response.headers, expected))
+        try:
+            with part.open(mode) as out, tqdm(
+                total=expected, initial=start, unit="B", unit_scale=True, desc=path.name, disable=not progress
+            ) as bar:
+                while chunk := response.read(CHUNK):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        except (http.client.IncompleteRead, OSError) as exc:
+            raise DownloadError(f"{url}: the transfer broke off ({exc}); run again to resume") from exc
+    got = part.stat().st_size
+    if expected is not None and got != expected:
+        raise DownloadError(f"{url}: got {got} of {expected} bytes; run again to resume")
 
 
 def download(

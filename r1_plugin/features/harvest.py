@@ -50,8 +50,9 @@ class HarvestConfig:
     hook_name: str
     top_k: int = 64  # activations kept per feature
     max_length: int = 512  # tokens per prompt; longer prompts are truncated
-    prepend_bos: bool = True  # for string prompts; token-id prompts are used as given
+    prepend_bos: bool = True  # for string prompts not already starting with BOS; token-id prompts are used as given
     min_strength: float = 0.0  # only activations strictly above this are recorded
+    exclude_special: bool = True  # BOS and the tokenizer's special tokens never reach the SAE nor the top-k
 
 
 @dataclass
@@ -96,6 +97,41 @@ def _sae_hook_name(sae: Any) -> str | None:
     cfg = getattr(sae, "cfg", None)
     meta = getattr(cfg, "metadata", None)
     return getattr(meta, "hook_name", None) or getattr(cfg, "hook_name", None)
+
+
+def special_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of BOS and every token the tokenizer marks special (chat tags, EOS, padding; R1's `<think>` is not)."""
+    if tokenizer is None:
+        return []
+    ids = set(getattr(tokenizer, "all_special_ids", None) or [])
+    for token_id, token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+        if getattr(token, "special", False):
+            ids.add(int(token_id))
+    return sorted(ids)
+
+
+def kept_token_mask(
+    tokenizer: Any, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None, exclude_special: bool = True
+) -> torch.Tensor:
+    """Bool [batch, pos]: real tokens (attention_mask nonzero) that are not BOS/special when `exclude_special`.
+
+    Pass it to a batch top-k SAE as `sae.encode(acts, attention_mask=kept_token_mask(...))` so padding and special
+    tokens take no part in the `k x n_tokens` budget, as `harvest` does.
+    """
+    kept = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    if exclude_special:
+        special = torch.tensor(special_token_ids(tokenizer), dtype=tokens.dtype, device=tokens.device)
+        kept = kept & ~torch.isin(tokens, special)
+    return kept
+
+
+def tokenize_prompt(model: Any, prompt: str, prepend_bos: bool = True) -> list[int]:
+    """Token ids of a text prompt with at most one BOS: text that already starts with BOS (R1's chat helpers
+    emit it, e.g. `format_r1_prompt`) gets none added."""
+    bos = getattr(getattr(model, "tokenizer", None), "bos_token", None)
+    if prepend_bos and bos and prompt.startswith(bos):
+        prepend_bos = False
+    return model.to_tokens(prompt, prepend_bos=prepend_bos, truncate=False)[0].tolist()
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -223,9 +259,7 @@ class _Harvester:
     def tokenize(self, prompt: Prompt) -> list[int]:
         """Token ids of one prompt, truncated to max_length (strings via the model's tokenizer)."""
         if isinstance(prompt, str):
-            ids = self.model.to_tokens(prompt, prepend_bos=self.config.prepend_bos, truncate=False)[
-                0
-            ].tolist()
+            ids = tokenize_prompt(self.model, prompt, self.config.prepend_bos)
         else:
             ids = [int(t) for t in prompt]
         if not ids:
@@ -244,7 +278,8 @@ class _Harvester:
     # ---------------------------------------------------------------- compute
     @torch.inference_mode()
     def sae_acts(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(acts [n_tokens, d_sae], valid mask [batch, pos]) for a right-padded batch; pads never reach the SAE."""
+        """(acts [n_kept, d_sae], kept mask [batch, pos]) for a right-padded batch: padding, and with
+        exclude_special BOS and special tokens, never reach the SAE (nor a batch top-k SAE's k x n budget)."""
         lengths = torch.tensor([len(ids) for ids in batch])
         width = int(lengths.max())
         pad_id = getattr(self.tokenizer, "pad_token_id", None) or 0
@@ -268,9 +303,10 @@ class _Harvester:
             raise FeatureDBError(
                 f"hook {self.config.hook_name!r} never ran: is it a hook point of this model?"
             )
-        x = captured["x"][valid.to(captured["x"].device)]  # [n_tokens, d_in], padding dropped
+        kept = kept_token_mask(self.tokenizer, tokens, valid, self.config.exclude_special)
+        x = captured["x"][kept.to(captured["x"].device)]  # [n_kept, d_in], padding (and special tokens) dropped
         acts = encode_on_sae(self.sae, x, out_dtype=torch.float32)  # on the SAE's device/dtype, back beside x
-        return acts, valid
+        return acts, kept
 
     # ---------------------------------------------------------------- files
     def load_state(self) -> int | None:
@@ -335,6 +371,7 @@ def harvest(
     max_length: int = 512,
     prepend_bos: bool = True,
     min_strength: float = 0.0,
+    exclude_special: bool = True,
     shard_index: int = 0,
     num_shards: int = 1,
     checkpoint_every: int = 16,
@@ -348,6 +385,11 @@ def harvest(
     clashes. Rerunning the same call after an interruption continues from the last checkpoint (every
     `checkpoint_every` batches); rerunning a finished shard does nothing. `tracker` (r1_plugin.tracking) gets
     throughput metrics at each checkpoint; `on_batch(prompts_done)` is called after every batch.
+
+    Text prompts get one BOS (`prepend_bos`), none added when the text already starts with it (chat-formatted
+    text from `format_r1_prompt` does). With `exclude_special` (default) BOS and the tokenizer's special tokens
+    are left out of the SAE's input and the top-k: R1's BOS carries massive activations and would dominate
+    every feature. They stay in the `tokens` table, so token indices always count from the prompt's start.
     """
     from tqdm.auto import tqdm
 
@@ -362,7 +404,7 @@ def harvest(
         raise FeatureDBError(
             f"hook {hook_name!r} is not a hook point of this model (e.g. {near or list(hook_dict)[:5]})"
         )
-    config = HarvestConfig(hook_name, top_k, max_length, prepend_bos, float(min_strength))
+    config = HarvestConfig(hook_name, top_k, max_length, prepend_bos, float(min_strength), bool(exclude_special))
     n_total = len(prompts)
     start, end = shard_range(n_total, shard_index, num_shards)
     shard_dir = Path(out_dir) / shard_dirname(shard_index, num_shards)
@@ -422,10 +464,11 @@ def harvest(
     try:
         for b0 in range(start + done, end, batch_size):
             ids = [worker.tokenize(p) for p in prompts[b0 : min(b0 + batch_size, end)]]
-            acts, valid = worker.sae_acts(ids)
-            rows, cols = valid.nonzero(as_tuple=True)
-            seq_ids = rows + b0
-            worker.topk.update(acts, seq_ids, cols)
+            acts, kept = worker.sae_acts(ids)
+            rows, cols = kept.nonzero(as_tuple=True)
+            worker.topk.update(acts, rows + b0, cols)
+            seq_ids = torch.cat([torch.full((len(seq),), b0 + i) for i, seq in enumerate(ids)])
+            cols = torch.cat([torch.arange(len(seq)) for seq in ids])  # every token goes in the tokens table
             flat_ids = torch.tensor([t for seq in ids for t in seq])
             pending.append(
                 pd.DataFrame(

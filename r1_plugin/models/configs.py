@@ -7,10 +7,6 @@ from typing import Any
 from r1_plugin.errors import UnsupportedArchitectureError
 from r1_plugin.models.registry import SUPPORTED_ARCHITECTURES
 
-# R1's tokenizers declare model_max_length 16384; TransformerLens keeps rotary tables of n_ctx rows per layer,
-# so the 131072-token context of the distills would cost GBs of buffers. Pass n_ctx= to from_pretrained for more.
-DEFAULT_N_CTX_CAP = 16384
-
 
 def _get(hf_config: Any, key: str, default: Any = None) -> Any:
     """Read a field from an HF config object or a plain dict."""
@@ -51,7 +47,9 @@ def _dense_decoder_config(hf_config: Any) -> dict[str, Any]:
         "n_key_value_heads": n_kv if n_kv != n_heads else None,
         "d_mlp": _get(hf_config, "intermediate_size"),
         "n_layers": _get(hf_config, "num_hidden_layers"),
-        "n_ctx": min(max_pos, DEFAULT_N_CTX_CAP),
+        # The model's real context: TransformerLens 3.9 starts its rotary tables at min(n_ctx, 2048) rows and
+        # extends them on demand, and builds its causal mask lazily, so n_ctx costs no memory at load.
+        "n_ctx": max_pos,
         "eps": _get(hf_config, "rms_norm_eps"),
         "d_vocab": _get(hf_config, "vocab_size"),
         "act_fn": _get(hf_config, "hidden_act"),

@@ -21,6 +21,8 @@ from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 from torch import nn
 from typing_extensions import override
 
+from r1_plugin.errors import SAEMaskError
+
 ARCHITECTURE = "goodfire_batch_topk"
 
 
@@ -36,18 +38,36 @@ class BatchTopK(nn.Module):
         self.tiebreaker = torch.linspace(0, tiebreaker_epsilon, d_sae)
         self._tiebreaker_on: dict[torch.device, torch.Tensor] = {}
 
-    def forward(self, hidden_pre: torch.Tensor) -> torch.Tensor:
-        """Batch top-k of relu(hidden_pre); leading dims are the tokens."""
+    def forward(self, hidden_pre: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Batch top-k of relu(hidden_pre); leading dims are the tokens.
+
+        `attention_mask` (the leading dims' shape, nonzero = a real token) leaves padding out: only real tokens
+        count towards the `k * n_tokens` budget and compete for it, and masked tokens come out all zero.
+        """
         f = torch.relu(hidden_pre)
         if self.tiebreak:
-            # In place on a fresh tensor, as Goodfire does: computed in float32, stored in f's dtype.
+            # Out of place (ReLU saves its output for backward); computed in float32 and stored in f's dtype,
+            # the same numbers as Goodfire's in-place `f += tiebreaker`.
             tiebreaker = self._tiebreaker_on.get(f.device)
             if tiebreaker is None:
                 tiebreaker = self._tiebreaker_on.setdefault(f.device, self.tiebreaker.to(f.device))
-            f += tiebreaker.broadcast_to(f.shape)
-        n_tokens = math.prod(f.shape[:-1])
-        flat = f.flatten()
-        top = torch.topk(flat, min(self.k * n_tokens, flat.numel()), dim=-1)
+            f = (f + tiebreaker).to(f.dtype)
+        if attention_mask is None:
+            n_tokens = math.prod(f.shape[:-1])
+            candidates = f
+        else:
+            if attention_mask.shape != f.shape[:-1]:
+                raise SAEMaskError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)}; it must match the activations' "
+                    f"token dims {tuple(f.shape[:-1])} (1 for real tokens, 0 for padding)"
+                )
+            keep = attention_mask.to(device=f.device).bool()
+            n_tokens = int(keep.sum())
+            # Below every ReLU'd value, so a masked entry is never chosen while real ones remain.
+            candidates = torch.where(keep[..., None], f, torch.full_like(f, -1.0))
+        flat = candidates.flatten()
+        n_keep = min(self.k * n_tokens, n_tokens * f.shape[-1])
+        top = torch.topk(flat, n_keep, dim=-1)
         return torch.zeros_like(flat).scatter(-1, top.indices, top.values).reshape(f.shape)
 
 
@@ -77,6 +97,14 @@ class GoodfireBatchTopKSAE(TopKSAE):
     @override
     def get_activation_fn(self) -> BatchTopK:  # type: ignore[override]
         return BatchTopK(self.cfg.k, self.cfg.d_sae, self.cfg.tiebreak, self.cfg.tiebreaker_epsilon)
+
+    @override
+    def encode(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Feature activations of x [..., d_in] by batch top-k over all its tokens, or over the tokens where
+        `attention_mask` [...] is nonzero (padding and excluded tokens take no part and come out zero)."""
+        sae_in = self.process_sae_in(x)
+        hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
+        return self.hook_sae_acts_post(self.activation_fn(hidden_pre, attention_mask))
 
     @classmethod
     def from_pretrained_with_cfg_and_sparsity(  # type: ignore[override]

@@ -29,12 +29,26 @@ def heads_matrix(weight: torch.Tensor) -> torch.Tensor:
 
 
 def is_observed(hook: HookPoint) -> bool:
-    """Whether any forward/backward hook (TransformerLens's or a raw torch one, local or global) would see `hook`."""
+    """Whether any forward hook (TransformerLens's or a raw torch one, local or global) could edit `hook`'s output."""
     from torch.nn.modules import module as torch_module
 
-    local = (hook._forward_hooks, hook._forward_pre_hooks, hook._backward_hooks, hook._backward_pre_hooks)
-    global_names = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
+    local = (hook._forward_hooks, hook._forward_pre_hooks)
+    global_names = ("_global_forward_hooks", "_global_forward_pre_hooks")
     return any(local) or any(getattr(torch_module, name, None) for name in global_names)
+
+
+def run_hook(hook: HookPoint, x: torch.Tensor, watch: bool) -> tuple[torch.Tensor, bool]:
+    """`hook(x)` and whether a hook changed the values (only checked when `watch` and something is attached).
+
+    The check compares against a copy taken before the hooks run, so in-place edits count too; it never changes
+    what is computed, only whether an edit has to be remembered beyond this forward.
+    """
+    if not (watch and is_observed(hook)):
+        return hook(x), False
+    before = x.clone()
+    out = hook(x)
+    same = out.shape == before.shape and out.dtype == before.dtype and torch.equal(out, before)
+    return out, not same
 
 
 def latent_norm(cfg: DeepseekV3HookedConfig, length: int) -> RMSNorm:
@@ -79,17 +93,19 @@ class DeepseekV3Attention(nn.Module):
         self.rotary = DeepseekRotary(cfg)
 
         self.hook_kv_latent = HookPoint()  # [batch, pos, kv_lora_rank], after kv_a_norm: what the cache stores
-        self.hook_k_rope = HookPoint()  # [batch, pos, qk_rope_head_dim], shared rope key after rotation
-        self.hook_q = HookPoint()  # [batch, pos, head, qk_head_dim], before rotary
+        self.hook_k_rope = HookPoint()  # [batch, pos, qk_rope_head_dim], shared rope key before rotary
+        self.hook_q = HookPoint()  # [batch, pos, head, qk_head_dim], before rotary (nope then rope part)
         self.hook_rot_q = HookPoint()  # [batch, pos, head, qk_head_dim], after rotary
-        self.hook_k = HookPoint()  # [batch, kv_pos, head, qk_head_dim], rope part rotated; all cached positions
-        self.hook_v = HookPoint()  # [batch, kv_pos, head, v_head_dim]
+        self.hook_k = HookPoint()  # [batch, pos, head, qk_head_dim], before rotary; current positions only
+        self.hook_rot_k = HookPoint()  # [batch, pos, head, qk_head_dim], after rotary; current positions only
+        self.hook_v = HookPoint()  # [batch, pos, head, v_head_dim]; current positions only
         self.hook_attn_scores = HookPoint()  # [batch, head, pos, kv_pos], scaled and masked
         self.hook_pattern = HookPoint()  # [batch, head, pos, kv_pos]
         self.hook_z = HookPoint()  # [batch, pos, head, v_head_dim]
         self.hook_result = HookPoint()  # [batch, pos, head, d_model], fires only with cfg.use_attn_result
-        # Attend in latent space (weight absorption) when hook_k/hook_v are unobserved and it is cheaper (decode).
-        self.absorb_when_unobserved = True
+        # Attend to cached positions in latent space (weight absorption) where that is cheaper (decode). The choice
+        # depends on shapes only, never on which hooks are attached, so observing never changes the numbers.
+        self.absorb_cached = True
 
     def positions(
         self, batch: int, n_new: int, past: int, attention_mask: torch.Tensor | None, device: torch.device
@@ -98,6 +114,11 @@ class DeepseekV3Attention(nn.Module):
         if attention_mask is None:
             return torch.arange(past, past + n_new, device=device)[None].expand(batch, -1)
         return get_offset_position_ids(past, attention_mask).to(device)
+
+    def rotate_heads(self, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """[batch, pos, head, nope + rope] with its rope part rotated (cos/sin [batch, pos, rope/2])."""
+        nope, rope = t.split([self.cfg.qk_nope_head_dim, self.cfg.qk_rope_head_dim], dim=-1)
+        return torch.cat([nope, self.rotary.apply(rope, cos[:, :, None], sin[:, :, None])], dim=-1)
 
     def forward(
         self,
@@ -108,7 +129,14 @@ class DeepseekV3Attention(nn.Module):
         """x [batch, pos, d_model] (already ln1-normalised) -> attention output [batch, pos, d_model]."""
         cfg = self.cfg
         batch, n_new, _ = x.shape
-        h, nope, rope = cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim
+        h = cfg.n_heads
+        entry = past_kv_cache_entry
+        if entry is not None and not isinstance(entry, LatentKVCacheEntry):
+            raise TypeError(
+                "DeepSeek-V3 attention caches its compressed latent: build the cache with "
+                "TransformerLensKeyValueCache.init_cache(model.cfg, device, batch) after `import r1_plugin`, "
+                f"not a per-head cache ({type(entry).__name__})."
+            )
 
         if cfg.q_lora_rank is not None:
             q_latent = x @ self.W_Q_a
@@ -123,32 +151,49 @@ class DeepseekV3Attention(nn.Module):
         compressed = x @ self.W_KV_a
         if cfg.attention_bias:
             compressed = compressed + self.b_KV_a
-        kv_latent, k_rope = compressed.split([cfg.kv_lora_rank, rope], dim=-1)
+        kv_latent, k_rope = compressed.split([cfg.kv_lora_rank, cfg.qk_rope_head_dim], dim=-1)
         kv_latent = self.hook_kv_latent(self.kv_a_norm(kv_latent))
+        k_rope = self.hook_k_rope(k_rope)
 
-        if past_kv_cache_entry is not None and not isinstance(past_kv_cache_entry, LatentKVCacheEntry):
-            raise TypeError(
-                "DeepSeek-V3 attention caches its compressed latent: build the cache with "
-                "TransformerLensKeyValueCache.init_cache(model.cfg, device, batch) after `import r1_plugin`, "
-                f"not a per-head cache ({type(past_kv_cache_entry).__name__})."
-            )
-        past = 0 if past_kv_cache_entry is None else past_kv_cache_entry.length
+        past = 0 if entry is None else entry.length
         pos = self.positions(batch, n_new, past, attention_mask, x.device)
         cos, sin = self.rotary.cos_sin(pos, q.dtype)  # [batch, pos, rope/2]
-        q_nope, q_rope = q.split([nope, rope], dim=-1)
-        q = self.hook_rot_q(torch.cat([q_nope, self.rotary.apply(q_rope, cos[:, :, None], sin[:, :, None])], -1))
-        k_rope = self.hook_k_rope(self.rotary.apply(k_rope, cos, sin))
+        q = self.hook_rot_q(self.rotate_heads(q, cos, sin))
+        # What the cache stores for these positions: the latent and the rotated shared rope key.
+        new_latent = torch.cat([kv_latent, self.rotary.apply(k_rope, cos, sin)], dim=-1)
+        # Per-head K/V of the current positions only, as in TransformerLens; an edit to them is detected only
+        # where it has to outlive this forward (a cache that stores), never by changing how anything is computed.
+        watch = entry is not None and not entry.frozen
+        # Read once per forward (FP8 weights dequantise on access).
+        w_k_b, w_v_b = self.W_K_b, self.W_V_b
+        k_nope = (kv_latent @ heads_matrix(w_k_b)).view(batch, n_new, h, cfg.qk_nope_head_dim)
+        k, k_edited = run_hook(self.hook_k, torch.cat([k_nope, k_rope[:, :, None].expand(-1, -1, h, -1)], -1), watch)
+        v, v_edited = run_hook(
+            self.hook_v, (kv_latent @ heads_matrix(w_v_b)).view(batch, n_new, h, cfg.v_head_dim), watch
+        )
+        k, rot_k_edited = run_hook(self.hook_rot_k, self.rotate_heads(k, cos, sin), watch)
 
-        latent = torch.cat([kv_latent, k_rope], dim=-1)  # [batch, new, kv_lora_rank + rope]: what the cache holds
-        if past_kv_cache_entry is not None:
-            latent = past_kv_cache_entry.append(latent)
-        if self.use_absorbed(n_new, latent.shape[1]):
-            scores, z_of = self.absorbed_scores(q, latent)
+        past_latent = None if entry is None else entry.past_latent
+        if entry is not None:
+            entry.append(new_latent)
+        # Once a hook has edited this layer's K/V under a storing cache, the latent cannot represent the edit:
+        # from then on the entry also keeps exact per-head K/V (cached positions rebuilt from their latents).
+        past_kv = None if entry is None else entry.edited_kv
+        edited = k_edited or v_edited or rot_k_edited
+        keep_kv = entry is not None and not entry.frozen and (past_kv is not None or edited)
+        if past_kv is None and past and (keep_kv or not (self.absorb_cached and self.use_absorbed(n_new, past))):
+            past_kv = self.expand_latent(past_latent, w_k_b, w_v_b)  # type: ignore[arg-type]
+        if past_kv is None and past:
+            scores, z_of = self.absorbed_scores(q, past_latent, k, v, w_k_b, w_v_b)  # type: ignore[arg-type]
         else:
-            scores, z_of = self.expanded_scores(q, latent)
+            if past_kv is not None:
+                k, v = torch.cat([past_kv[0], k], dim=1), torch.cat([past_kv[1], v], dim=1)
+            if keep_kv:
+                entry.edited_kv = (k, v)  # type: ignore[union-attr]
+            scores, z_of = self.expanded_scores(q, k, v)
         scores = self.hook_attn_scores(self.apply_causal_mask(scores * cfg.softmax_scale, past, attention_mask))
         pattern = F.softmax(scores, dim=-1, dtype=torch.float32)
-        pattern = self.hook_pattern(torch.nan_to_num(pattern, nan=0.0).to(latent.dtype))
+        pattern = self.hook_pattern(torch.nan_to_num(pattern, nan=0.0).to(new_latent.dtype))
         z = self.hook_z(z_of(pattern))  # [batch, pos, head, v_head_dim]
 
         if cfg.use_attn_result:
@@ -159,53 +204,68 @@ class DeepseekV3Attention(nn.Module):
             out = out + self.b_O
         return out
 
-    def use_absorbed(self, n_q: int, n_k: int) -> bool:
-        """Whether to attend in latent space: nobody observes hook_k/hook_v and it takes fewer multiply-adds.
+    def use_absorbed(self, n_q: int, n_past: int) -> bool:
+        """Whether attending to n_past cached positions in latent space takes fewer multiply-adds (shapes only).
 
-        Expanded: K*h*r*(nope+v) to build K and V, h*q*K*(qk+v) to attend. Absorbed: q*h*r*(nope+v) to fold
-        W_K_b into the queries and W_V_b into z, h*q*K*(2r+rope) to attend over the latents. Decode (q=1 new
-        query against K cached positions) wins by ~K; prefill (q=K) loses, so it keeps the expanded maths.
+        Expanded: n_past*h*r*(nope+v) to rebuild cached K and V, h*q*n_past*(qk+v) to attend. Absorbed:
+        q*h*r*(nope+v) to fold W_K_b into the queries and W_V_b into z, h*q*n_past*(2r+rope) to attend over the
+        latents. Decode (q=1 new query against n_past cached positions) wins by ~n_past; long chunks lose.
         """
-        if not self.absorb_when_unobserved or is_observed(self.hook_k) or is_observed(self.hook_v):
-            return False
         cfg = self.cfg
         r, nope, rope, v = cfg.kv_lora_rank, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
-        expanded = n_k * r * (nope + v) + n_q * n_k * (nope + rope + v)
-        absorbed = n_q * r * (nope + v) + n_q * n_k * (2 * r + rope)
+        expanded = n_past * r * (nope + v) + n_q * n_past * (nope + rope + v)
+        absorbed = n_q * r * (nope + v) + n_q * n_past * (2 * r + rope)
         return absorbed < expanded
 
-    def expanded_scores(
-        self, q: torch.Tensor, latent: torch.Tensor
-    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-        """Per-head K and V from the latents (hook_k/hook_v fire): unscaled scores [b, h, q, K] and pattern -> z."""
+    def expand_latent(
+        self, latent: torch.Tensor, w_k_b: torch.Tensor, w_v_b: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached latents [b, K, r + rope] -> rotated per-head K [b, K, h, qk] and V [b, K, h, v] (no hooks)."""
         cfg = self.cfg
         batch, n_k, _ = latent.shape
         kv_latent, k_rope = latent.split([cfg.kv_lora_rank, cfg.qk_rope_head_dim], dim=-1)
-        k_nope = (kv_latent @ heads_matrix(self.W_K_b)).view(batch, n_k, cfg.n_heads, cfg.qk_nope_head_dim)
-        k = self.hook_k(torch.cat([k_nope, k_rope[:, :, None, :].expand(-1, -1, cfg.n_heads, -1)], dim=-1))
-        v = self.hook_v((kv_latent @ heads_matrix(self.W_V_b)).view(batch, n_k, cfg.n_heads, cfg.v_head_dim))
+        k_nope = (kv_latent @ heads_matrix(w_k_b)).view(batch, n_k, cfg.n_heads, cfg.qk_nope_head_dim)
+        k = torch.cat([k_nope, k_rope[:, :, None, :].expand(-1, -1, cfg.n_heads, -1)], dim=-1)
+        v = (kv_latent @ heads_matrix(w_v_b)).view(batch, n_k, cfg.n_heads, cfg.v_head_dim)
+        return k, v
+
+    @staticmethod
+    def expanded_scores(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """Per-head q [b, q, h, qk], k [b, K, h, qk], v [b, K, h, v]: unscaled scores [b, h, q, K], pattern -> z."""
         scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1))
         return scores, lambda pattern: torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2)
 
     def absorbed_scores(
-        self, q: torch.Tensor, latent: torch.Tensor
+        self,
+        q: torch.Tensor,
+        past_latent: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        w_k_b: torch.Tensor,
+        w_v_b: torch.Tensor,
     ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-        """Same scores and z without materialising K/V: q_nope . (c W_K_b) = (q_nope W_K_b^T) . c, and
-        pattern @ (c W_V_b) = (pattern @ c) W_V_b per head, with c the cached latent [b, K, r] (+ rope key)."""
+        """Scores and z over cached latents c [b, P, r + rope] without rebuilding their K/V, then the current
+        positions' per-head k/v: q_nope . (c W_K_b) = (q_nope W_K_b^T) . c and pattern @ (c W_V_b) =
+        (pattern @ c) W_V_b per head."""
         cfg = self.cfg
         batch, n_q, h, _ = q.shape
-        r, nope = cfg.kv_lora_rank, cfg.qk_nope_head_dim
+        r, nope, n_past = cfg.kv_lora_rank, cfg.qk_nope_head_dim, past_latent.shape[1]
         q_nope, q_rope = q.split([nope, cfg.qk_rope_head_dim], dim=-1)
         # Heads as the batch of one matmul against W_K_b^T [h, nope, r]: [h, b*q, nope] -> [h, b*q, r].
-        q_absorbed = torch.matmul(q_nope.permute(2, 0, 1, 3).reshape(h, batch * n_q, nope), self.W_K_b.transpose(1, 2))
+        q_absorbed = torch.matmul(q_nope.permute(2, 0, 1, 3).reshape(h, batch * n_q, nope), w_k_b.transpose(1, 2))
         q_latent = torch.cat([q_absorbed.view(h, batch, n_q, r).transpose(0, 1), q_rope.transpose(1, 2)], dim=-1)
-        # Heads folded into the query axis: one [b, h*q, r+rope] @ [b, r+rope, K], the latent read once per batch.
-        scores = torch.matmul(q_latent.reshape(batch, h * n_q, -1), latent.transpose(1, 2)).view(batch, h, n_q, -1)
+        # Heads folded into the query axis: one [b, h*q, r+rope] @ [b, r+rope, P], the latent read once per batch.
+        past_scores = torch.matmul(q_latent.reshape(batch, h * n_q, -1), past_latent.transpose(1, 2))
+        current_scores, current_z = self.expanded_scores(q, k, v)
+        scores = torch.cat([past_scores.view(batch, h, n_q, n_past), current_scores], dim=-1)
 
         def z_of(pattern: torch.Tensor) -> torch.Tensor:
-            z_latent = torch.matmul(pattern.reshape(batch, h * n_q, -1), latent[..., :r])  # [b, h*q, r]
-            z = torch.matmul(z_latent.view(batch, h, n_q, r).transpose(0, 1).reshape(h, batch * n_q, r), self.W_V_b)
-            return z.view(h, batch, n_q, -1).permute(1, 2, 0, 3)
+            past_pattern = pattern[..., :n_past].reshape(batch, h * n_q, n_past)
+            z_latent = torch.matmul(past_pattern, past_latent[..., :r])  # [b, h*q, r]
+            z = torch.matmul(z_latent.view(batch, h, n_q, r).transpose(0, 1).reshape(h, batch * n_q, r), w_v_b)
+            return z.view(h, batch, n_q, -1).permute(1, 2, 0, 3) + current_z(pattern[..., n_past:])
 
         return scores, z_of
 

@@ -16,6 +16,9 @@ class LatentKVCacheEntry:
 
     past_latent: torch.Tensor  # [batch, pos_so_far, kv_lora_rank + qk_rope_head_dim]
     frozen: bool = False
+    # Rotated per-head K [batch, pos_so_far, head, qk_head_dim] and V [batch, pos_so_far, head, v_head_dim], kept
+    # only once a hook has edited hook_k/hook_rot_k/hook_v under this cache (the latent cannot hold such an edit).
+    edited_kv: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def init_cache_entry(cls, cfg: Any, device: torch.device | str | None, batch_size: int = 1) -> LatentKVCacheEntry:
@@ -41,8 +44,9 @@ class LatentKVCacheEntry:
         return updated
 
     def nbytes(self) -> int:
-        """Bytes held by this entry."""
-        return self.past_latent.numel() * self.past_latent.element_size()
+        """Bytes held by this entry (the latent, plus per-head K/V if a hook edit made the entry keep them)."""
+        tensors = [self.past_latent, *(self.edited_kv or ())]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 @dataclass

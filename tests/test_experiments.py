@@ -101,21 +101,20 @@ def test_helpers_against_naive_versions() -> None:
 def test_segment_labels_on_a_hand_made_trace() -> None:
     toks = ["<bos>", "Q", "<think>", "\n", "Okay", ",", " so", ".", "\n", "\n", "Step", ".", "</think>", "\n",
             "A", "<eos>"]
-    labels = segment_labels(toks)
+    labels = segment_labels(toks, 7)
     names = [SEGMENTS[i] for i in labels]
     assert names[:4] == ["prompt"] * 4  # the newline after <think> is the template's
     assert names[4:8] == ["response_prefix"] * 4  # 'Okay, so.' ends at the '.'
     assert names[8:13] == ["thinking"] * 5  # through </think>
     assert names[13:] == ["answer"] * 3
     with pytest.raises(ExperimentError, match="think"):
-        segment_labels(["a", "b"])
+        segment_labels(["a", "b"], None)
 
 
 # --- prefix gating ------------------------------------------------------------------------------------------
 def test_prefix_gating_against_plain_generations(tiny: tuple[Any, Any]) -> None:
     from r1_plugin.chat import r1_chat_tokens
     from r1_plugin.experiments.prefix_gating import default_conditions
-    from r1_plugin.response_prefix import find_response_prefix_end
     from r1_plugin.steering import FromPositions, Until, steer
 
     model, sae = tiny
@@ -133,8 +132,7 @@ def test_prefix_gating_against_plain_generations(tiny: tuple[Any, Any]) -> None:
         assert rows.loc["unsteered", "text"] == model.tokenizer.decode(base[n:].tolist())
         assert rows.loc["unsteered", "expression"] == pytest.approx(_expression(model, sae, base, n), abs=1e-5)
         strs = model.to_str_tokens(base)
-        prefix_end = find_response_prefix_end(strs, complete=True)
-        assert strs[prefix_end] == "."
+        prefix_end = next(i for i in range(strs.index("<think>") + 2, len(strs)) if strs[i] == ".")
         assert rows.loc["first_response_token", "open_at"] == n
         assert rows.loc["response_prefix_only", "open_at"] == n
         assert rows.loc["response_prefix_only", "close_at"] == prefix_end + 1

@@ -103,10 +103,11 @@ def test_segments_cli(tiny_assets: None, tmp_path: Path) -> None:
 def test_sinks_cli_and_errors(tiny_assets: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "sinks"
     assert main(["experiment", "sinks", *TINY, "--prompt", "What is 7 + 8?", "--max-new-tokens", "40",
-                 "--epsilon", "0.2", "--n-boot", "50", "--out", str(out), "--no-wandb"]) == 0
+                 "--epsilon", "0.2", "--prefix-max-tokens", "32", "--n-boot", "50", "--out", str(out),
+                 "--no-wandb"]) == 0
     payload = _check_outputs(out, "sinks")
     assert [r["role"] for r in payload["table"]] == ["bos", "prefix_end", "thinking_start"]
-    assert payload["config"]["epsilon"] == 0.2
+    assert payload["config"]["epsilon"] == 0.2 and payload["config"]["prefix_max_tokens"] == 32
     capsys.readouterr()
     assert main(["experiment", "sinks", *TINY, "--out", str(out), "--no-wandb"]) == 2
     assert "give at least one --prompt" in capsys.readouterr().err

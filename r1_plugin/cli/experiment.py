@@ -57,6 +57,24 @@ def _add_common(parser: argparse.ArgumentParser, generate_default: int) -> None:
     group.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
 
 
+def _add_prefix(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("response prefix (r1_plugin.response_prefix.ResponsePrefixSpec)")
+    group.add_argument("--prefix-end", choices=("sentence", "newline"), default="sentence",
+                       help="the prefix ends at the first sentence end or the first newline (default sentence)")
+    group.add_argument("--prefix-max-tokens", type=int, default=64,
+                       help="the prefix ends after at most this many tokens after <think> (default 64)")
+
+
+def _spec(args: argparse.Namespace) -> Any:
+    """The ResponsePrefixSpec of --prefix-end / --prefix-max-tokens."""
+    from r1_plugin.response_prefix import ResponsePrefixSpec
+
+    try:
+        return ResponsePrefixSpec(end=args.prefix_end, max_tokens=args.prefix_max_tokens)
+    except ValueError as exc:
+        raise ExperimentCLIError(str(exc)) from exc
+
+
 def _add_finished(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-generate", action="store_true",
                         help="the prompts are finished R1 traces (chat text with <think>): analyse them as they are")
@@ -113,8 +131,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                 how.add_argument("--strengths", type=_strengths, default=[0.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
                                  help="comma-separated strengths (default 0,2,4,8,16,32,64)")
                 how.add_argument("--gate", default="prefix",
-                                 help="prefix[:sentence|newline][:N], thinking, generated, always, pos:N, text:..., "
-                                      "until:... (default: prefix)")
+                                 help="prefix[:sentence|newline][:N], thinking[:...], in-prefix[:...], generated, "
+                                      "always, pos:N, text:..., regex:..., until:... (default: prefix)")
                 how.add_argument("--ngram", type=int, default=3, help="n of the repeated-n-gram rate (default 3)")
                 how.add_argument("--reversion-drop", type=float, default=0.5,
                                  help="reverted when the effect falls below (1 - this) x its peak (default 0.5)")
@@ -141,6 +159,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                             help="massive: |value| above this")
             th.add_argument("--min-ratio", type=float, default=detect.DEFAULT_MIN_RATIO,
                             help="massive: at least this many times the layer median")
+        if name != "oversteer":  # oversteer's --gate spelling carries its own prefix options
+            _add_prefix(p)
         add_tracking_args(p)
     return parser
 
@@ -208,15 +228,17 @@ def run_experiment(args: argparse.Namespace, model: Any, sae: Any, prompts: list
     name = args.experiment
     if name == "prefix-gating":
         return experiments.prefix_gating(model, prompts, strength=args.strength, max_new_tokens=args.max_new_tokens,
-                                         **_steering(args, sae), **stats)
+                                         spec=_spec(args), **_steering(args, sae), **stats)
     if name == "oversteer":
         return experiments.oversteer(model, prompts, strengths=args.strengths, gate=args.gate, ngram=args.ngram,
                                      reversion_drop=args.reversion_drop, batch_size=args.batch_size,
                                      max_new_tokens=args.max_new_tokens, **_steering(args, sae), **stats)
     if name == "segments":
         return experiments.segments(model, prompts, sae=sae, features=args.features, top_k=args.top_k,
-                                    max_new_tokens=args.max_new_tokens, generate=not args.no_generate)
+                                    max_new_tokens=args.max_new_tokens, generate=not args.no_generate,
+                                    spec=_spec(args))
     return experiments.sinks(model, prompts, max_new_tokens=args.max_new_tokens, generate=not args.no_generate,
+                             spec=_spec(args),
                              epsilon=args.epsilon, min_sink_rate=args.min_sink_rate, min_queries=args.min_queries,
                              min_value=args.min_value, min_ratio=args.min_ratio, **stats)
 

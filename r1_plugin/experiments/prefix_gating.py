@@ -40,6 +40,7 @@ from r1_plugin.experiments.base import (
     summarize,
     target_ids,
 )
+from r1_plugin.response_prefix import ResponsePrefixSpec
 
 NAME = "prefix_gating"
 CONDITIONS = ("first_response_token", "response_prefix_only", "after_response_prefix", "thinking_only")
@@ -47,15 +48,17 @@ METRICS = ("expression_effect", "target_rate_effect", "target_logprob_effect", "
            "edit_distance", "n_steered")
 
 
-def default_conditions() -> dict[str, Any]:
-    """The four gates: GeneratedOnly; GeneratedOnly & Until(AfterResponsePrefix); AfterResponsePrefix; Thinking."""
+def default_conditions(spec: ResponsePrefixSpec | None = None) -> dict[str, Any]:
+    """The four gates: GeneratedOnly; GeneratedOnly & Until(AfterResponsePrefix); AfterResponsePrefix; Thinking
+    (each response-prefix end as `spec` says; default `ResponsePrefixSpec()`)."""
     from r1_plugin.steering import AfterResponsePrefix, GeneratedOnly, Thinking, Until
 
+    spec = spec or ResponsePrefixSpec()
     return {
         "first_response_token": GeneratedOnly(),
-        "response_prefix_only": GeneratedOnly() & Until(AfterResponsePrefix()),
-        "after_response_prefix": AfterResponsePrefix(),
-        "thinking_only": Thinking(),
+        "response_prefix_only": GeneratedOnly() & Until(AfterResponsePrefix(spec=spec)),
+        "after_response_prefix": AfterResponsePrefix(spec=spec),
+        "thinking_only": Thinking(end=spec.end, max_tokens=spec.max_tokens),
     }
 
 
@@ -110,6 +113,7 @@ def prefix_gating(
     normalize: bool = False,
     relative: bool = False,
     conditions: Mapping[str, Any] | None = None,
+    spec: ResponsePrefixSpec | None = None,
     target_text: str | None = None,
     target_tokens: str | Sequence[int] | None = None,
     max_new_tokens: int = 64,
@@ -123,17 +127,18 @@ def prefix_gating(
 
     prompts: user messages (put in R1's chat format when `chat`), R1 chat text, or `[1, seq]` ids.
     Steering: an `sae` + `feature`(s) or a `direction` at `hook_name`, as `steer` takes them.
+    spec: where the response prefix ends for the default conditions (`ResponsePrefixSpec`).
     """
     from r1_plugin.steering import as_gate, steer
 
-    spec = SteeringSpec(sae=sae, feature=feature, direction=direction, hook_name=hook_name, mode=mode,
-                        normalize=normalize, relative=relative)
-    gates = {name: as_gate(g) for name, g in (conditions or default_conditions()).items()}
+    steering = SteeringSpec(sae=sae, feature=feature, direction=direction, hook_name=hook_name, mode=mode,
+                            normalize=normalize, relative=relative)
+    gates = {name: as_gate(g) for name, g in (conditions or default_conditions(spec)).items()}
     if not gates:
         raise ExperimentError("no conditions given")
     if max_new_tokens < 1:
         raise ExperimentError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    readout = FeatureReadout(model, spec)
+    readout = FeatureReadout(model, steering)
     ids = target_ids(model, target_tokens)
     eos = eos_id(model)
     rows: list[dict[str, Any]] = []
@@ -150,7 +155,7 @@ def prefix_gating(
                      "first_diff": math.nan, "edit_distance": 0})
         for name, gate in gates.items():
             with steer(model, gate=gate, strength=strength, warn_never_opened=False,
-                       **spec.steer_kwargs()) as result:
+                       **steering.steer_kwargs()) as result:
                 seq, lp = _generate(model, tokens, max_new_tokens)
             seq = _trim(seq, n_prompt, eos)
             rec = result.last
@@ -169,7 +174,7 @@ def prefix_gating(
             table[f"{metric}_effect"] = table[metric] - table["prompt_index"].map(base_of)
     steered = table[table["condition"] != "unsteered"].astype({"diverged": float})
     summary = summarize(steered, "condition", [m for m in METRICS if m in steered], n_boot, seed)
-    config = dict(experiment=NAME, steering=spec.describe(), hook_name=readout.hook_name, strength=strength,
+    config = dict(experiment=NAME, steering=steering.describe(), hook_name=readout.hook_name, strength=strength,
                   conditions={k: repr(v) for k, v in gates.items()}, target_text=target_text,
                   target_tokens=ids, max_new_tokens=max_new_tokens, n_prompts=int(table["prompt_index"].nunique()),
                   n_boot=n_boot, seed=seed)

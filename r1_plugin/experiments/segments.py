@@ -5,7 +5,7 @@ Each trace (a prompt continued greedily by the model, or a finished R1 text) is 
 
 - prompt: from the start through `<think>` and the whitespace-only tokens right after it;
 - response_prefix: from there through the token that ends the prefix
-  (`r1_plugin.response_prefix.find_response_prefix_end`, `complete=True`);
+  (`r1_plugin.response_prefix.response_prefix_end`, `complete=True`);
 - thinking: after the prefix through the `</think>` token;
 - answer: after `</think>` to the end (EOS included).
 
@@ -35,28 +35,35 @@ from r1_plugin.experiments.base import (
     prompt_list,
     prompt_tokens,
 )
-from r1_plugin.response_prefix import ResponsePrefixSpec, find_response_prefix_end, find_think_start
+from r1_plugin.response_prefix import (
+    THINK_CLOSE,
+    THINK_TOKEN,
+    ResponsePrefixSpec,
+    find_think_start,
+    response_prefix_end,
+)
 from r1_plugin.saes.placement import encode_on_sae
 
 NAME = "segments"
 SEGMENTS = ("prompt", "response_prefix", "thinking", "answer")
-THINK_CLOSE = "</think>"
 
 
 def segment_labels(
-    str_tokens: Sequence[str], spec: ResponsePrefixSpec | None = None, think_close: str = THINK_CLOSE
+    str_tokens: Sequence[str], prefix_end: int | None, think_token: str = THINK_TOKEN, think_close: str = THINK_CLOSE
 ) -> np.ndarray:
-    """Per token, the index into SEGMENTS of its segment (see the module docstring); needs a `<think>` token."""
-    spec = spec or ResponsePrefixSpec()
+    """Per token, the index into SEGMENTS of its segment (see the module docstring), given the position of the
+    token that ends the response prefix (`response_prefix_end(..., complete=True)`; None: the prefix runs to the
+    end). Needs a `<think>` token."""
     n = len(str_tokens)
-    think = find_think_start(str_tokens, spec.think_token)
+    think = find_think_start(str_tokens, think_token)
     if think is None:
-        raise ExperimentError(f"no {spec.think_token!r} token in the trace: segments need R1 chat text")
+        raise ExperimentError(f"no {think_token!r} token in the trace: segments need R1 chat text")
     start = think + 1
     while start < n and not str_tokens[start].strip():
         start += 1  # the template's newline(s) after <think> belong to the prompt
-    end = find_response_prefix_end(str_tokens, spec, complete=True)
-    end = n - 1 if end is None else end
+    end = n - 1 if prefix_end is None else prefix_end
+    if not think < end < n:
+        raise ExperimentError(f"the response prefix end {prefix_end} is not after {think_token!r} at {think}")
     close = next((p for p in range(end + 1, n) if str_tokens[p] == think_close), n - 1)
     labels = np.full(n, 3, dtype=np.int64)
     labels[: close + 1] = 2
@@ -127,7 +134,8 @@ def segments(
             hits = (seq[0, tokens.shape[1]:] == eos).nonzero()
             if len(hits):
                 seq = seq[:, : tokens.shape[1] + int(hits[0]) + 1]
-        labels = torch.from_numpy(segment_labels(model.to_str_tokens(seq[0]), spec))
+        end = response_prefix_end(model, seq[0], spec, complete=True)
+        labels = torch.from_numpy(segment_labels(model.to_str_tokens(seq[0]), end, spec.think_token))
         with torch.no_grad():
             _, cache = model.run_with_cache(seq, names_filter=[hook])
             feats = encode_on_sae(sae, cache[hook][0])[:, index.to(cache[hook].device)].double().cpu()

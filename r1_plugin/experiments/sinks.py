@@ -5,7 +5,7 @@ Each prompt is continued greedily by the model (or a finished trace is used as i
 `r1_plugin.sinks.scan_sinks`. Three positions per trace are compared:
 
 - bos: position 0 when it holds the tokenizer's BOS;
-- prefix_end: the token that ends the response prefix (`find_response_prefix_end`, `complete=True`);
+- prefix_end: the token that ends the response prefix (`response_prefix_end`, `complete=True`);
 - thinking_start: the matched control, the first token of the thinking after the prefix (prefix_end + 1).
 
 At each: sink_rate (share of (layer, head) pairs whose alpha, the mean attention the key receives from the
@@ -39,7 +39,7 @@ from r1_plugin.experiments.base import (
     prompt_tokens,
     summarize,
 )
-from r1_plugin.response_prefix import ResponsePrefixSpec, find_response_prefix_end, find_think_start
+from r1_plugin.response_prefix import ResponsePrefixSpec, find_think_start, response_prefix_end
 
 NAME = "sinks"
 ROLES = ("bos", "prefix_end", "thinking_start")
@@ -53,7 +53,7 @@ def role_positions(model: Any, seq: torch.Tensor, spec: ResponsePrefixSpec) -> d
     if find_think_start(str_tokens, spec.think_token) is None:
         raise ExperimentError(f"no {spec.think_token!r} token in the trace: the sinks experiment needs R1 chat text")
     bos_id = getattr(model.tokenizer, "bos_token_id", None)
-    end = find_response_prefix_end(str_tokens, spec, complete=True)
+    end = response_prefix_end(model, seq, spec, complete=True)
     return {
         "bos": 0 if bos_id is not None and int(seq[0]) == bos_id else None,
         "prefix_end": end,

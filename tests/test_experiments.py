@@ -356,3 +356,31 @@ def test_result_plot_markdown_files_and_wandb(tiny: tuple[Any, Any], traces: lis
         prefix_gating(model, PROMPTS, strength=1.0)
     with pytest.raises(ExperimentError, match="no prompts"):
         segments(model, [], sae=sae)
+
+
+def test_prefix_gating_with_a_direction_reads_the_projection(tiny: tuple[Any, Any]) -> None:
+    """A plain direction (the feature's decoder row) steers like the SAE feature; expression is the projection
+    on the unit direction, recomputed from the cached residual."""
+    from r1_plugin.chat import r1_chat_tokens
+    from r1_plugin.steering import AfterResponsePrefix
+
+    model, sae = tiny
+    direction = sae.W_dec[FEATURE].detach().clone()
+    gates = {"after_response_prefix": AfterResponsePrefix()}
+    by_dir = prefix_gating(model, PROMPTS[:1], direction=direction, hook_name="blocks.2.hook_resid_post",
+                           strength=STRENGTH, conditions=gates, max_new_tokens=MAX_NEW, n_boot=50)
+    by_sae = prefix_gating(model, PROMPTS[:1], sae=sae, feature=FEATURE, strength=STRENGTH, conditions=gates,
+                           max_new_tokens=MAX_NEW, n_boot=50)
+    assert list(by_dir.table["text"]) == list(by_sae.table["text"])
+    tokens = r1_chat_tokens(model, PROMPTS[0])
+    n = tokens.shape[1]
+    unit = direction / direction.norm()
+    for rec in by_dir.table.itertuples():
+        ids = model.tokenizer(rec.text, add_special_tokens=False)["input_ids"]
+        seq = torch.cat([tokens[0], torch.tensor(ids)]).unsqueeze(0)
+        with torch.no_grad():
+            _, cache = model.run_with_cache(seq, names_filter="blocks.2.hook_resid_post")
+        proj = cache["blocks.2.hook_resid_post"][0, n:] @ unit
+        assert rec.expression == pytest.approx(float(proj.mean()), abs=1e-4)
+    with pytest.raises(ExperimentError, match="hook_name"):
+        prefix_gating(model, PROMPTS[:1], direction=direction, strength=1.0)

@@ -87,6 +87,25 @@ def test_oversteer_cli(tiny_assets: None, tmp_path: Path) -> None:
     assert payload["config"]["primary_metric"] == "expression"
 
 
+def test_oversteer_cli_with_a_direction_file(tiny_assets: None, tmp_path: Path) -> None:
+    import torch
+    from sae_lens import SAE
+
+    from r1_plugin.demo import assets
+
+    assets.ensure_sae_registered()
+    sae = SAE.from_pretrained("tiny-r1-sae", "layer_2")
+    path = tmp_path / "dir.pt"
+    torch.save({"direction": sae.W_dec[398].detach().clone(), "hook_name": "blocks.2.hook_resid_post"}, path)
+    out = tmp_path / "os-dir"
+    assert main(["experiment", "oversteer", *TINY, "--direction", str(path), "--strengths", "0,56", "--gate",
+                 "thinking", "--prompt", "What is 7 + 8?", "--max-new-tokens", "30", "--n-boot", "20",
+                 "--out", str(out), "--no-wandb"]) == 0
+    payload = _check_outputs(out, "oversteer")
+    assert payload["config"]["steering"] == "direction at blocks.2.hook_resid_post"
+    assert payload["config"]["gate"].startswith("(AfterResponsePrefix")
+
+
 def test_segments_cli(tiny_assets: None, tmp_path: Path) -> None:
     out = tmp_path / "seg"
     prompts = tmp_path / "prompts.txt"

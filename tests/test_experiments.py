@@ -384,3 +384,22 @@ def test_prefix_gating_with_a_direction_reads_the_projection(tiny: tuple[Any, An
         assert rec.expression == pytest.approx(float(proj.mean()), abs=1e-4)
     with pytest.raises(ExperimentError, match="hook_name"):
         prefix_gating(model, PROMPTS[:1], direction=direction, strength=1.0)
+
+
+def test_reversion_region_and_its_shading() -> None:
+    """The plot shades from the first strength (per sign) where at least half the prompts reverted."""
+    import pandas as pd
+
+    from r1_plugin.experiments.base import ExperimentResult
+    from r1_plugin.experiments.oversteer import _draw, reversion_region
+
+    rows = [(s, "reverted", r) for s, r in ((-8, 0.5), (-2, 0.0), (2, 0.0), (4, 0.0), (8, 1.0), (16, 0.5))]
+    rows += [(s, "expression_effect", e) for s, e in ((-8, -1.0), (-2, -2.0), (2, 1.0), (4, 3.0), (8, 0.5),
+                                                      (16, 0.2))]
+    summary = pd.DataFrame([{"strength": float(s), "metric": m, "mean": v, "ci_low": v, "ci_high": v, "n": 2}
+                            for s, m, v in rows])
+    assert reversion_region(summary) == [(8.0, 16.0), (-8.0, -8.0)]
+    result = ExperimentResult(name="oversteer", table=pd.DataFrame(), summary=summary,
+                              config={"steering": "x", "gate": "g"}, draw=_draw)
+    fig = result.plot()
+    assert len(fig.axes[0].patches) == 2  # one shaded span per sign

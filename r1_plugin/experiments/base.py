@@ -196,9 +196,7 @@ class FeatureReadout:
         self.model = model
         self.sae = spec.sae
         self.feature = spec.feature
-        hook = spec.hook_name or (sae_hook_name(spec.sae) if spec.sae is not None else None)
-        if self.sae is not None:
-            hook = sae_hook_name(self.sae)
+        hook = sae_hook_name(spec.sae) if spec.sae is not None else spec.hook_name
         assert hook is not None
         self.hook_name = resolve_hook_name(model, hook)
         self.unit: torch.Tensor | None = None

@@ -1,13 +1,16 @@
-"""`r1-plugin features search|show|download|merge`: Goodfire's R1 feature databases (or harvested ones).
+"""`r1-plugin features search|show|download|merge|map|harvest`: Goodfire's R1 feature databases (or harvested ones).
 
     r1-plugin features search "backtracking" --db-dir ~/r1-features/logic
     r1-plugin features show 15204 --labels autointerp.db --activations logic-1.ddb [--html out.html]
+    r1-plugin features show 15204 --goodfire logic --sample 1      (read over HTTPS, nothing downloaded)
     r1-plugin features download logic --sample 1 --dest ~/r1-features
     r1-plugin features harvest --model <name> --sae-release <r> --sae-id <id> --prompts p.txt --out harvest_out/
     r1-plugin features merge harvest_out/ -o my-sae.ddb
+    r1-plugin features map goodfire-deepseek-r1-logic layer_37 -o map/ --db-dir ~/r1-features/logic
 
 `--db-dir` (or $R1_FEATURES_DB_DIR) is a folder with `autointerp.db` (or `.csv`) and one `*.ddb`, as
-`features download` lays them out; `--labels` / `--activations` name the files directly.
+`features download` lays them out; `--labels` / `--activations` name the files directly, and may be
+https:// or s3:// URLs; `--goodfire SAE --sample S` reads Goodfire's published files in place.
 """
 
 from __future__ import annotations
@@ -26,14 +29,34 @@ LABEL_NAMES = ("autointerp.db", "autointerp.duckdb", "autointerp.sqlite", "autoi
 _WANDB_FLAGS = ("wandb_project", "wandb_mode", "wandb_dir", "wandb_name", "wandb_tags")
 
 
+def _location(value: str) -> str | Path:
+    """A URL (https://, http://, s3://) stays a string; anything else is a local path."""
+    return value if value.lower().startswith(("http://", "https://", "s3://")) else Path(value)
+
+
 def _add_db_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--labels", type=Path, help="labels file: autointerp.db (SQLite or DuckDB) or autointerp.csv"
+        "--labels",
+        type=_location,
+        help="labels file or URL: autointerp.db (SQLite or DuckDB) or autointerp.csv",
     )
-    parser.add_argument("--activations", type=Path, help="activations DuckDB file (<sae>[-1|-10|-0-1].ddb)")
+    parser.add_argument(
+        "--activations",
+        type=_location,
+        help="activations DuckDB file or https:// / s3:// URL (<sae>[-1].ddb)",
+    )
     parser.add_argument(
         "--db-dir", type=Path, help=f"folder holding autointerp.db and one .ddb (default: ${DB_DIR_ENV})"
     )
+    parser.add_argument(
+        "--goodfire", choices=("math", "logic"), help="read Goodfire's published database over HTTPS in place"
+    )
+    parser.add_argument(
+        "--sample",
+        choices=("0.1", "1", "10", "full"),
+        help="with --goodfire: percent of tokens (default full)",
+    )
+    parser.add_argument("--base-url", help="with --goodfire: the bucket URL (default: $R1_FEATURES_BASE_URL)")
 
 
 def _add_tracking(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +69,7 @@ def _add_tracking(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `features` with its actions: search, show, download, merge, harvest."""
+    """Register `features` with its actions: search, show, download, merge, map, harvest."""
     parser = subparsers.add_parser("features", help="search feature labels and show max-activating examples")
     actions = parser.add_subparsers(dest="features_command", metavar="ACTION")
     actions.required = True
@@ -86,6 +109,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     merge.add_argument("--labels", type=Path, help="copy labels from this autointerp file")
     merge.add_argument("--overwrite", action="store_true")
+    _add_map_parser(actions)
 
     from r1_plugin.cli._harvest import add_harvest_parser  # `features harvest`: loads a model (shared flags)
 
@@ -93,9 +117,43 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def _add_map_parser(actions: Any) -> None:
+    """`features map RELEASE SAE_ID -o OUT`: a UMAP of the SAE's decoder as a PNG and an offline HTML browser."""
+    fmap = actions.add_parser(
+        "map", help="2-D map of an SAE's features (UMAP of decoder directions): PNG + interactive HTML"
+    )
+    fmap.add_argument("release", help="SAELens release, e.g. goodfire-deepseek-r1-logic")
+    fmap.add_argument("sae_id", help="SAE id within the release, e.g. layer_37")
+    fmap.add_argument("-o", "--out", type=Path, required=True, help="output folder (the cache goes inside)")
+    fmap.add_argument("--name", default="feature_map", help="file names: NAME.png, NAME.html (default %(default)s)")
+    _add_db_args(fmap)
+    fmap.add_argument(
+        "--stat", action="append", default=[], metavar="NAME=PATH[:COLUMN]",
+        help="a per-feature statistic to colour by: .npy/.pt [d_sae], or .csv with feature_id and COLUMN "
+        "(numbers: a colour scale, e.g. firing rate; text: categories, e.g. a segment); repeatable",
+    )  # fmt: skip
+    fmap.add_argument("--color-by", help="the PNG's colouring (default: the first statistic, else a label score)")
+    fmap.add_argument("--top-n", type=int, default=5, help="top examples per feature in the HTML (default 5; 0: none)")
+    fmap.add_argument("--context", type=int, default=8, help="tokens either side of each example (default 8)")
+    fmap.add_argument("--seed", type=int, default=0)
+    fmap.add_argument("--n-neighbors", type=int, default=15)
+    fmap.add_argument("--min-dist", type=float, default=0.1)
+    fmap.add_argument(
+        "--pca-dims", default="auto",
+        help="k-NN in this many projected dims (0: every dim, exact; default auto: every dim for small SAEs, else 64)",
+    )  # fmt: skip
+    fmap.add_argument("--knn", choices=("auto", "exact", "nndescent"), default="auto")
+    fmap.add_argument("--n-epochs", type=int, default=None, help="UMAP epochs (default: UMAP's)")
+    fmap.add_argument("--device", default="cpu", help="where to load the SAE (default cpu)")
+    fmap.add_argument("--title", help="title of the map (default: the release and id)")
+    fmap.add_argument("--no-png", action="store_true")
+    fmap.add_argument("--no-html", action="store_true")
+    fmap.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def resolve_paths(
-    labels: Path | None, activations: Path | None, db_dir: Path | None
-) -> tuple[Path | None, Path | None]:
+    labels: Path | str | None, activations: Path | str | None, db_dir: Path | None
+) -> tuple[Path | str | None, Path | str | None]:
     """The labels and activations files from explicit paths, else from --db-dir / $R1_FEATURES_DB_DIR."""
     if db_dir is None and labels is None and activations is None and os.environ.get(DB_DIR_ENV):
         db_dir = Path(os.environ[DB_DIR_ENV])
@@ -132,11 +190,22 @@ def _tracker(args: argparse.Namespace, config: dict[str, Any]) -> Any | None:
     return tracker_from_args(args, "features", config)
 
 
-def _search(args: argparse.Namespace) -> int:
-    from r1_plugin.features import FeatureDB
+def _open_db(args: argparse.Namespace) -> Any:
+    """The FeatureDB the flags name: --goodfire, else explicit files/URLs or --db-dir."""
+    from r1_plugin.features.db import FeatureDB
 
+    if args.goodfire:
+        if args.labels or args.activations or args.db_dir:
+            raise R1PluginError("--goodfire names the files itself: drop --labels / --activations / --db-dir")
+        return FeatureDB.goodfire(args.goodfire, args.sample or "full", base_url=args.base_url)
+    if args.base_url or args.sample:
+        raise R1PluginError("--sample and --base-url go with --goodfire")
     labels, activations = resolve_paths(args.labels, args.activations, args.db_dir)
-    with FeatureDB(labels=labels, activations=activations) as db:
+    return FeatureDB(labels=labels, activations=activations)
+
+
+def _search(args: argparse.Namespace) -> int:
+    with _open_db(args) as db:
         hits = db.search(args.text, limit=args.limit)
     rows = [
         {
@@ -170,19 +239,21 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from r1_plugin.features import FeatureDB
     from r1_plugin.features.db import UnknownFeatureError
     from r1_plugin.features.render import render_html, render_terminal
 
-    labels, activations = resolve_paths(args.labels, args.activations, args.db_dir)
-    with FeatureDB(labels=labels, activations=activations) as db:
+    with _open_db(args) as db:
         label = None
         if db.n_labels:
             try:
                 label = db.label(args.feature_id)
             except UnknownFeatureError:
                 label = "(no label)"
-        examples = db.top_examples(args.feature_id, k=args.k, context=args.context) if activations else []
+        examples = (
+            db.top_examples(args.feature_id, k=args.k, context=args.context)
+            if db.activations_path is not None
+            else []
+        )
     color = not args.no_color and sys.stdout.isatty()
     print(render_terminal(examples, args.feature_id, label, color=color))
     if args.html:
@@ -232,10 +303,52 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pca_dims(text: str) -> int | str | None:
+    """--pca-dims: 'auto', 0 (every dimension) or a number of dimensions."""
+    if text == "auto":
+        return "auto"
+    if not text.isdigit():
+        raise R1PluginError(f"--pca-dims must be 'auto', 0 or a positive number, got {text!r}")
+    return int(text) or None
+
+
+def _map(args: argparse.Namespace) -> int:
+    from r1_plugin.features import FeatureDB
+    from r1_plugin.features.feature_map import MapParams, feature_map, load_sae, read_stat_file
+
+    params = MapParams(
+        seed=args.seed, n_neighbors=args.n_neighbors, min_dist=args.min_dist,
+        pca_dims=_pca_dims(args.pca_dims), knn=args.knn, n_epochs=args.n_epochs,
+    )  # fmt: skip
+    stats = dict(read_stat_file(spec) for spec in args.stat)
+    db = None
+    if args.labels is not None or args.activations is not None or args.db_dir is not None:
+        labels, activations = resolve_paths(args.labels, args.activations, args.db_dir)
+        db = FeatureDB(labels=labels, activations=activations)
+    sae = load_sae(args.release, args.sae_id, device=args.device)
+    try:
+        result = feature_map(
+            sae, args.out, db=db, stats=stats, color_by=args.color_by, top_n=args.top_n, context=args.context,
+            params=params, name=args.name, png=not args.no_png, html=not args.no_html,
+            title=args.title or f"{args.release} / {args.sae_id}", progress=not args.no_progress,
+        )  # fmt: skip
+    finally:
+        if db is not None:
+            db.close()
+    emb = result.map.embedding
+    if emb is not None:
+        state = "cache hit" if emb.cache_hit else "cache miss"
+        print(f"embedding: {state} ({emb.cache_path}), {emb.seconds:.1f}s")
+    for path in (result.png, result.html):
+        if path is not None:
+            print(path)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Dispatch to the chosen action."""
     from r1_plugin.cli._harvest import run_harvest
 
-    action = {"search": _search, "show": _show, "download": _download, "merge": _merge,
+    action = {"search": _search, "show": _show, "download": _download, "merge": _merge, "map": _map,
               "harvest": run_harvest}[args.features_command]
     return action(args)

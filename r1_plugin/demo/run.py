@@ -363,6 +363,9 @@ def render_report(result: DemoResult, cfg: DemoConfig) -> str:
             f"{w['position']:8d} | {str(w['token'])!r} | {w['sink_rate']:.3f} | {w.get('role', '')}"
             for w in result.sinks["window"]
         ]
+    if "feature_map_html" in result.files:
+        lines += ["", "## Feature map", "", f"UMAP of the SAE's decoder directions: {result.files['feature_map_png']}; "
+                  f"open {result.files['feature_map_html']} in a browser (offline; search labels, click a point)."]
     if result.experiments:
         lines += ["", result.experiments]
     lines += ["", "## Files", ""]
@@ -506,6 +509,11 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> DemoResult:
             if window:
                 tracker.log_table("sinks_prefix_end", window)
             tracker.log_table("sinks", check.to_dataframe())
+        from r1_plugin.demo.feature_map import write_demo_map
+
+        files.update(write_demo_map(sae, *_feature_db_paths(cfg), out, f"{cfg.sae_release} / {cfg.sae_id}",
+                                    seed=cfg.seed, feature_id=fid, log=log))
+        tracker.log_figure("feature_map", files["feature_map_png"])
         experiments_md = ""
         if cfg.experiments and cfg.prompts:
             from r1_plugin.demo.experiments import run_experiments

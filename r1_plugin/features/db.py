@@ -9,13 +9,16 @@ file `<sae>[-10|-1|-0-1].ddb` (DuckDB) with two tables:
 
 `FeatureDB` opens both read-only (the labels may also live inside the activations file, as in databases built
 by `r1_plugin.features.harvest.merge_shards`). Every query is parameterised: user text only ever travels as a
-bound parameter, never as SQL.
+bound parameter, never as SQL. Either file may be an http(s):// or s3:// URL (see `r1_plugin.features.remote`):
+the activations file is then read in place, a few blocks per query, and `FeatureDB.goodfire` opens Goodfire's.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +26,8 @@ from typing import Any, Literal
 import duckdb
 
 from r1_plugin.errors import R1PluginError
+from r1_plugin.features import remote
+from r1_plugin.features.remote import RemoteReads, is_remote, sql_literal
 
 LABELS_SCHEMA: dict[str, tuple[str, ...]] = {
     "autointerp": ("feature_id", "label", "quality", "interestingness", "model_name", "prompt_version"),
@@ -118,6 +123,40 @@ def detect_format(path: str | Path) -> LabelFormat:
     )
 
 
+@dataclass(frozen=True)
+class ScanCheck:
+    """What one `top_activations` query read: rows of `activations` after zone maps, and network traffic."""
+
+    feature_id: int
+    rows_scanned: int  # rows the filtered scan read (whole row groups: 122,880 rows each)
+    rows_total: int  # rows in the activations table
+    requests: int  # block reads over the network (0 for a local file)
+    bytes: int
+    seconds: float
+
+    @property
+    def fraction_scanned(self) -> float:
+        """rows_scanned / rows_total: ~1 means the file is not sorted by feature_id and every query reads it all."""
+        return self.rows_scanned / self.rows_total if self.rows_total else 0.0
+
+
+def _profile_nodes(tree: Any) -> list[dict[str, Any]]:
+    """Every operator (a dict with `extra_info`) of a DuckDB JSON query profile, whatever its nesting."""
+    if isinstance(tree, list):
+        return [node for item in tree for node in _profile_nodes(item)]
+    if not isinstance(tree, dict):
+        return []
+    own = [tree] if "extra_info" in tree else []
+    return own + [node for value in tree.values() for node in _profile_nodes(value)]
+
+
+def _location(value: str | Path | None) -> Path | str | None:
+    """A URL stays a str; anything else is a local Path (with ~ expanded)."""
+    if value is None or is_remote(value):
+        return value
+    return Path(value).expanduser()
+
+
 def _schema_hint(tables: dict[str, tuple[str, ...]]) -> str:
     return "; ".join(f"{t}({', '.join(cols)})" for t, cols in tables.items())
 
@@ -138,22 +177,68 @@ class FeatureDB:
     `labels`: Goodfire's `autointerp.db` (SQLite or DuckDB, detected from the header) or `autointerp.csv`;
     None reads the `autointerp` table of the activations file, if it has one. `activations`: a DuckDB file with
     `tokens` and `activations` (Goodfire's `<sae>.ddb` or a harvested one); None gives a labels-only DB.
+
+    Either may be an `https://`, `http://` or `s3://` URL (a str; a Path is always local). A remote activations
+    file is attached read-only and queried in place; a remote labels file is fetched once into `cache_dir`
+    (default: $R1_FEATURES_CACHE, else <HF_HOME>/r1_plugin/features). `s3` holds options of DuckDB's S3 secret
+    for s3:// URLs (region, endpoint, url_style, use_ssl, key_id, secret, session_token).
     """
 
-    def __init__(self, labels: str | Path | None = None, activations: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        labels: str | Path | None = None,
+        activations: str | Path | None = None,
+        *,
+        s3: Mapping[str, str | bool] | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
         if labels is None and activations is None:
             raise FeatureDBError("FeatureDB needs a labels file, an activations file, or both")
-        self.labels_path = Path(labels).expanduser() if labels is not None else None
-        self.activations_path = Path(activations).expanduser() if activations is not None else None
-        self._con = duckdb.connect(":memory:")
+        self.labels_path: Path | str | None = _location(labels)
+        self.activations_path: Path | str | None = _location(activations)
+        locations = [loc for loc in (self.labels_path, self.activations_path) if is_remote(loc)]
+        if s3 is not None and not any(str(loc).lower().startswith("s3://") for loc in locations):
+            raise FeatureDBError("`s3` options apply to s3:// locations only; none was given")
+        # No extension is ever downloaded: httpfs, when needed, is loaded from its PyPI wheel.
+        self._con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False})
+        self._reads_mark = 0
         try:
+            if locations:
+                remote.load_httpfs(self._con)
+                if any(str(loc).lower().startswith("s3://") for loc in locations):
+                    remote.create_s3_secret(self._con, s3)
+            self._labels_file = self._resolve_labels(cache_dir)
             self._has_activations = False
             if self.activations_path is not None:
                 self._attach_activations(self.activations_path)
             self._has_labels = self._load_labels()
+            self._reads_mark = remote.remote_reads(self._con)[1] if locations else 0
         except BaseException:
             self._con.close()
             raise
+
+    @classmethod
+    def goodfire(
+        cls,
+        sae: str,
+        sample: str = "full",
+        *,
+        labels: bool = True,
+        base_url: str | None = None,
+        s3: Mapping[str, str | bool] | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> FeatureDB:
+        """Goodfire's published database of the `sae` ('logic' or 'math') SAE, read over HTTPS in place.
+
+        `sample`: 'full', '10', '1' or '0.1' (percent of tokens). Nothing is downloaded but the labels file
+        (`autointerp.db`, a few MB, once into the cache). `base_url`: the bucket (default $R1_FEATURES_BASE_URL,
+        else Goodfire's S3 bucket over HTTPS; `s3://goodfire-r1-features` reads it through the S3 API).
+        """
+        from r1_plugin.features.download import activations_filename, file_url
+
+        activations = file_url(sae, activations_filename(sae, sample), base_url)
+        label_url = file_url(sae, "autointerp.db", base_url) if labels else None
+        return cls(labels=label_url, activations=activations, s3=s3, cache_dir=cache_dir)
 
     # ------------------------------------------------------------------ opening
     def _columns(self, database: str, table: str) -> list[str]:
@@ -168,7 +253,7 @@ class FeatureDB:
         self,
         database: str,
         table: str,
-        path: Path,
+        path: Path | str | None,
         schema: dict[str, tuple[str, ...]],
         kind: str | None = None,
     ) -> None:
@@ -186,22 +271,41 @@ class FeatureDB:
                 f"expected {_schema_hint({kind: schema[kind]})}"
             )
 
-    def _attach_activations(self, path: Path) -> None:
+    def _resolve_labels(self, cache_dir: str | Path | None) -> Path | None:
+        """The local labels file: the given path, or a remote one fetched into the cache (None: inside acts)."""
+        location = self.labels_path
+        if not is_remote(location):
+            return location  # type: ignore[return-value]
+        if location == self.activations_path:
+            return None  # the labels table of the remote activations file itself: never fetch the whole file
+        return remote.fetch_once(self._con, str(location), cache_dir)
+
+    def _attach_activations(self, path: Path | str) -> None:
+        if isinstance(path, str):  # a URL: DuckDB checks the header itself
+            try:
+                self._con.execute(f"ATTACH {sql_literal(path)} AS acts (READ_ONLY, TYPE duckdb)")
+            except duckdb.Error as exc:
+                raise remote.open_error(self._con, path, exc) from exc
+        else:
+            self._attach_local(path)
+        for table in ACTIVATIONS_SCHEMA:
+            self._check_table("acts", table, path, ACTIVATIONS_SCHEMA)
+        self._token_has_id = "token" in self._columns("acts", "tokens")
+        self._has_activations = True
+
+    def _attach_local(self, path: Path) -> None:
         if not path.is_file():
             raise FeatureDBError(
                 f"activations file not found: {path} (a DuckDB .ddb with tokens and activations)"
             )
         if detect_format(path) != "duckdb":
             raise FeatureDBError(f"activations file {path} is not a DuckDB database (expected a .ddb file)")
-        self._con.execute("ATTACH ? AS acts (READ_ONLY)", [str(path)])
-        for table in ACTIVATIONS_SCHEMA:
-            self._check_table("acts", table, path, ACTIVATIONS_SCHEMA)
-        self._token_has_id = "token" in self._columns("acts", "tokens")
-        self._has_activations = True
+        # ATTACH takes no bound parameters in every supported DuckDB: the path goes in as a quoted literal.
+        self._con.execute(f"ATTACH {sql_literal(str(path))} AS acts (READ_ONLY)")
 
     def _load_labels(self) -> bool:
         """Build the in-memory `feature_labels` table: one row per feature, the best label (see `label`)."""
-        path = self.labels_path
+        path = self._labels_file
         if path is None:  # labels inside the activations file, if any
             if not self._columns("acts", "autointerp"):
                 return False
@@ -213,8 +317,9 @@ class FeatureDB:
         else:
             fmt = detect_format(path)
             if fmt == "duckdb":
-                if path.resolve() != (self.activations_path.resolve() if self.activations_path else None):
-                    self._con.execute("ATTACH ? AS labels_db (READ_ONLY)", [str(path)])
+                acts = self.activations_path
+                if not isinstance(acts, Path) or path.resolve() != acts.resolve():
+                    self._con.execute(f"ATTACH {sql_literal(str(path))} AS labels_db (READ_ONLY)")
                     source = "labels_db.autointerp"
                 else:
                     source = "acts.autointerp"
@@ -431,6 +536,63 @@ class FeatureDB:
         if html:
             return render_html(examples, feature_id=feature_id, label=label)
         return render_terminal(examples, feature_id=feature_id, label=label, color=color)
+
+    # ------------------------------------------------------------------ remote
+    @property
+    def is_remote(self) -> bool:
+        """Whether the labels or the activations are read over the network."""
+        return is_remote(self.labels_path) or is_remote(self.activations_path)
+
+    def remote_reads(self, reset: bool = False) -> RemoteReads:
+        """What the queries since opening (or the last reset) read over the network: requests and bytes.
+
+        Counts DuckDB's own block reads of the remote files (its FileSystem log), so it excludes the opening
+        (header and catalog) and includes nothing served from DuckDB's in-memory cache of remote blocks.
+        """
+        if not self.is_remote:
+            return RemoteReads(0, 0)
+        reads, mark = remote.remote_reads(self._con, self._reads_mark)
+        if reset:
+            self._reads_mark = mark
+        return reads
+
+    def scan_check(self, feature_id: int, k: int = 10) -> ScanCheck:
+        """How well the activations file's layout serves `top_activations(feature_id, k)`: run it once, profiled.
+
+        Reports the rows the filtered scan of `activations` read after DuckDB's zone maps skipped row groups
+        (a file sorted by feature_id reads one or two row groups of 122,880 rows; an unsorted one reads them
+        all), and, for a remote file, the requests and bytes the query fetched. Run it on a feature not queried
+        before: blocks already fetched are served from DuckDB's in-memory cache.
+        """
+        self._require_activations()
+        before = self.remote_reads()
+        self._con.execute("SET enable_profiling = 'no_output'")
+        self._con.execute("SET profiling_mode = 'detailed'")
+        try:
+            start = time.perf_counter()
+            self.top_activations(feature_id, k)
+            seconds = time.perf_counter() - start
+            profile = json.loads(self._con.get_profiling_information())
+        finally:
+            self._con.execute("RESET enable_profiling")
+            self._con.execute("RESET profiling_mode")
+        after = self.remote_reads()
+        scanned = [  # the scan filtered on feature_id (DuckDB 1.5 names the count operator_rows_scanned)
+            int(node.get("operator_rows_scanned", node.get("rows_scanned")) or 0)
+            for node in _profile_nodes(profile)
+            if "feature_id" in str((node.get("extra_info") or {}).get("Filters", ""))
+        ]
+        total = self._con.execute(
+            "SELECT estimated_size FROM duckdb_tables() WHERE database_name = 'acts' AND table_name = 'activations'"
+        ).fetchone()
+        return ScanCheck(
+            feature_id=int(feature_id),
+            rows_scanned=max(scanned, default=0),
+            rows_total=int(total[0]) if total else 0,
+            requests=after.requests - before.requests,
+            bytes=after.bytes - before.bytes,
+            seconds=seconds,
+        )
 
     # ------------------------------------------------------------------ misc
     def feature_ids(self) -> list[int]:

@@ -132,3 +132,19 @@ def test_sinks_cli_and_errors(tiny_assets: None, tmp_path: Path, capsys: pytest.
     assert "give at least one --prompt" in capsys.readouterr().err
     assert main(["experiment", "prefix-gating", *TINY, "--prompt", "x", "--out", str(out), "--no-wandb"]) == 2
     assert "exactly one" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_model_flags_mean_the_python_keywords(name: str) -> None:
+    """--dtype/--device/--n-devices/--first-n-layers/--keep-fp8 become exactly those from_pretrained keywords."""
+    from r1_plugin.cli._model_args import model_kwargs_from_args
+
+    flags = ["--dtype", "bfloat16", "--device", "cuda", "--n-devices", "2", "--first-n-layers", "38",
+             "--keep-fp8"]
+    sae = ["--sae-release", "r", "--sae-id", "i"] if name == "segments" else []
+    args = build_parser().parse_args(["experiment", name, "--model", "deepseek-ai/DeepSeek-R1", "--out", "o",
+                                      *sae, *flags])
+    assert model_kwargs_from_args(args) == dict(dtype="bfloat16", device="cuda", n_devices=2, first_n_layers=38,
+                                                keep_fp8=True)
+    bare = build_parser().parse_args(["experiment", name, "--model", "m", "--out", "o", *sae])
+    assert model_kwargs_from_args(bare) == {}

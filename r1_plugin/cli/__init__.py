@@ -10,7 +10,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS: tuple[str, ...] = ("models", "steer", "sinks", "features", "saes")
+SUBCOMMANDS: tuple[str, ...] = ("models", "steer", "sinks", "features", "saes", "experiment")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -75,6 +75,7 @@ class DemoConfig:
     features_labels: Path | None = None  # autointerp.db / .csv; default: the embedded DB for the embedded SAE
     features_activations: Path | None = None  # <sae>.ddb; default: the embedded DB for the embedded SAE
     sweep: bool = True
+    experiments: bool = True  # short runs of the four findings experiments (r1_plugin/demo/experiments.py)
     wandb_mode: str | None = "offline"
     wandb_dir: Path | None = None  # default: $WANDB_DIR, else <out>
     seed: int = 0
@@ -103,6 +104,7 @@ class DemoResult:
     wandb_run_dir: Path | None
     seconds: float
     report: str
+    experiments: str = ""  # the findings experiments' report section (markdown)
 
 
 @contextlib.contextmanager
@@ -364,6 +366,8 @@ def render_report(result: DemoResult, cfg: DemoConfig) -> str:
     if "feature_map_html" in result.files:
         lines += ["", "## Feature map", "", f"UMAP of the SAE's decoder directions: {result.files['feature_map_png']}; "
                   f"open {result.files['feature_map_html']} in a browser (offline; search labels, click a point)."]
+    if result.experiments:
+        lines += ["", result.experiments]
     lines += ["", "## Files", ""]
     lines += [f"- {name}: {path}" for name, path in result.files.items()]
     if result.wandb_run_dir is not None:
@@ -510,6 +514,13 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> DemoResult:
         files.update(write_demo_map(sae, *_feature_db_paths(cfg), out, f"{cfg.sae_release} / {cfg.sae_id}",
                                     seed=cfg.seed, feature_id=fid, log=log))
         tracker.log_figure("feature_map", files["feature_map_png"])
+        experiments_md = ""
+        if cfg.experiments and cfg.prompts:
+            from r1_plugin.demo.experiments import run_experiments
+
+            found = run_experiments(model, sae, fid, strength, cfg.prompts, out, tracker, log)
+            files.update(found.files)
+            experiments_md = found.report_section()
         tracker.log_summary({
             "feature_id": fid,
             "feature_label": label,
@@ -520,7 +531,7 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> DemoResult:
         })
         run_dir = tracker.run_dir
         result = DemoResult(fid, label, strength, hook_name, rows, sweep, sinks, files, run_dir,
-                            time.time() - started, "")
+                            time.time() - started, "", experiments=experiments_md)
         result.report = render_report(result, cfg)
         (out / "report.md").write_text(result.report + "\n", encoding="utf-8")
         files["report"] = out / "report.md"
@@ -555,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features-labels", type=Path, default=None, help="autointerp.db/.csv of the SAE")
     p.add_argument("--features-activations", type=Path, default=None, help="<sae>.ddb activations file")
     p.add_argument("--no-sweep", action="store_true", help="skip the strength sweep")
+    p.add_argument("--no-experiments", action="store_true", help="skip the four findings experiments")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
     p.add_argument("--wandb-mode", choices=("offline", "online", "disabled"), default="offline")
     p.add_argument("--wandb-dir", type=Path, default=None, help="W&B folder (default: $WANDB_DIR, else --out)")
@@ -580,6 +592,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         features_labels=args.features_labels,
         features_activations=args.features_activations,
         sweep=not args.no_sweep,
+        experiments=not args.no_experiments,
         wandb_mode=args.wandb_mode,
         wandb_dir=args.wandb_dir,
         seed=args.seed,

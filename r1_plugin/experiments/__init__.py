@@ -1,0 +1,18 @@
+"""Goodfire's R1 findings as experiments that run on any model and SAE, one module per claim.
+
+    from r1_plugin.experiments import prefix_gating, oversteer, segments, sinks
+    result = prefix_gating(model, ["What is 7 + 8?"], sae=sae, feature=12, strength=8.0)
+    result.table; result.summary; result.plot(); result.to_markdown(); result.log(tracker); result.save("out")
+
+See docs/findings.md for the metrics and what each result would mean.
+"""
+
+from __future__ import annotations
+
+from r1_plugin.experiments.base import ExperimentError, ExperimentResult, bootstrap_ci
+from r1_plugin.experiments.oversteer import oversteer
+from r1_plugin.experiments.prefix_gating import prefix_gating
+from r1_plugin.experiments.segments import segments
+from r1_plugin.experiments.sinks import sinks
+
+__all__ = ["ExperimentError", "ExperimentResult", "bootstrap_ci", "oversteer", "prefix_gating", "segments", "sinks"]

@@ -15,7 +15,7 @@ from r1_plugin import _patches
 
 if TYPE_CHECKING:  # what the lazy exports are, for type checkers and IDEs
     from r1_plugin.chat import format_r1_prompt, r1_chat_tokens
-    from r1_plugin.doctor import doctor
+    from r1_plugin.diagnostics import doctor
     from r1_plugin.models.registry import ModelSpec
 
 __version__ = "0.1.0"
@@ -26,7 +26,7 @@ _EXPORTS: dict[str, str] = {
     "format_r1_prompt": "r1_plugin.chat",
     "r1_chat_tokens": "r1_plugin.chat",
     "ModelSpec": "r1_plugin.models.registry",
-    "doctor": "r1_plugin.doctor",
+    "doctor": "r1_plugin.diagnostics",
 }
 
 __all__ = ["register", "list_models", "__version__", *_EXPORTS]

@@ -154,15 +154,30 @@ def _fully_imported(name: str) -> bool:
 
 class _PostImportHook(importlib.abc.MetaPathFinder):
     """Finds nothing itself: for a pending target it asks the other finders for the spec and makes the loader apply
-    the target's patches right after the module has executed (so `import transformer_lens` returns it patched)."""
+    the target's patches right after the module has executed (so `import transformer_lens` returns it patched).
+
+    A patch imports r1_plugin modules, and an r1_plugin module may be what imports the target in the first place
+    (`r1_plugin.models.deepseek_v3.config` imports TransformerLens and is imported by the `tl_deepseek` patch). So
+    the loaders of r1_plugin's own modules are wrapped too: while any of them is still executing in this thread the
+    target's patches wait, and they are applied when the outermost one has finished.
+    """
 
     def __init__(self) -> None:
         self.pending: set[str] = set()
+        self._local = threading.local()
+
+    def _state(self) -> Any:
+        if not hasattr(self._local, "depth"):
+            self._local.depth = 0
+            self._local.deferred = []
+        return self._local
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in self.pending:
+        watched = fullname in self.pending
+        ours = fullname.startswith("r1_plugin.")
+        if not (watched or ours):
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -176,20 +191,42 @@ class _PostImportHook(importlib.abc.MetaPathFinder):
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
         original_exec = loader.exec_module
-        hook = self
 
         def exec_module(module: ModuleType) -> None:
+            vars(loader).pop("exec_module", None)  # back to the loader's own method for any later use
+            state = self._state()
+            state.depth += ours
             try:
                 original_exec(module)
-            finally:
-                vars(loader).pop("exec_module", None)  # back to the loader's own method
-            hook.pending.discard(fullname)
-            if not hook.pending:
-                hook.remove()
-            apply_target(fullname)
+            except BaseException:
+                self._finish(fullname, watched, ours, failed=True)
+                raise
+            self._finish(fullname, watched, ours, failed=False)
 
         loader.exec_module = exec_module  # an attribute of this one loader instance, removed after use
         return spec
+
+    def _finish(self, fullname: str, watched: bool, ours: bool, failed: bool) -> None:
+        """After a wrapped module executed: queue a target's patches; apply the queue once no r1_plugin module is
+        executing any more in this thread."""
+        state = self._state()
+        state.depth -= ours
+        if watched:
+            self.pending.discard(fullname)
+            state.deferred.append(fullname)
+            if not self.pending:
+                self.remove()
+        if state.depth or not state.deferred:
+            return
+        targets, state.deferred = state.deferred, []
+        for target in targets:
+            if failed:  # the import is failing anyway: record what the patches do, raise the original error
+                try:
+                    apply_target(target)
+                except Exception:
+                    pass
+            else:
+                apply_target(target)
 
     def remove(self) -> None:
         """Take the hook off sys.meta_path (nothing left to wait for)."""

@@ -10,11 +10,13 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS: tuple[str, ...] = ("models", "steer", "sinks", "features", "saes")
+SUBCOMMANDS: tuple[str, ...] = ("models", "steer", "sinks", "features", "saes", "doctor")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every available subcommand."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser. With `command`, only that subcommand's full parser is built (the others are bare
+    names), so a command that needs no model imports no model code: `add_parser` may import what its options
+    need (e.g. the sinks defaults import torch)."""
     parser = argparse.ArgumentParser(prog="r1-plugin", description="DeepSeek-R1 interpretability tools.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -25,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name == f"{__name__}.{name}":
                 continue
             raise
+        if command is not None and name != command:
+            sub.add_parser(name)  # only its name: argv chose another command
+            continue
         sub_parser = module.add_parser(sub)
         sub_parser.set_defaults(_run=module.run)
     return parser
@@ -32,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `r1-plugin`; returns the process exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    parser = build_parser(command if command in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
     from r1_plugin.errors import R1PluginError
 

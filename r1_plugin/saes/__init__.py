@@ -1,22 +1,38 @@
-"""SAEs for R1 through SAELens: Goodfire's R1 releases (registry, loader, batch top-k class, cache) and a catalog.
+"""SAEs for R1 through SAELens: Goodfire's R1 SAEs (registry, loader, batch top-k class, cache) and a catalog.
 
-`import r1_plugin` registers everything with SAELens; then `SAE.from_pretrained("goodfire-deepseek-r1-math",
-"layer_37")` works. `list_r1_saes()` lists the R1 SAEs (Goodfire's and the distills' already in SAELens).
+`import r1_plugin` registers everything with SAELens when SAELens is imported; then
+`SAE.from_pretrained("goodfire-deepseek-r1-math", "layer_37")` works. `list_r1_saes()` lists the R1 SAEs (Goodfire's
+and the distills' already in SAELens). The names below load on first use (`r1-plugin saes list` imports no torch).
 """
 
 from __future__ import annotations
 
-from r1_plugin.saes.batch_topk import GoodfireBatchTopKSAE, GoodfireBatchTopKSAEConfig, to_batch_topk
-from r1_plugin.saes.catalog import R1SAEInfo, list_r1_saes
-from r1_plugin.saes.goodfire import SAEConfigError, SAEFileError, UnsafeSAEFileError
+import importlib
+from typing import Any
 
-__all__ = [
-    "GoodfireBatchTopKSAE",
-    "GoodfireBatchTopKSAEConfig",
-    "to_batch_topk",
-    "R1SAEInfo",
-    "list_r1_saes",
-    "SAEConfigError",
-    "SAEFileError",
-    "UnsafeSAEFileError",
-]
+_EXPORTS: dict[str, str] = {
+    "GoodfireBatchTopKSAE": "r1_plugin.saes.batch_topk",
+    "GoodfireBatchTopKSAEConfig": "r1_plugin.saes.batch_topk",
+    "to_batch_topk": "r1_plugin.saes.batch_topk",
+    "R1SAEInfo": "r1_plugin.saes.catalog",
+    "list_r1_saes": "r1_plugin.saes.catalog",
+    "SAEConfigError": "r1_plugin.saes.goodfire",
+    "SAEFileError": "r1_plugin.saes.goodfire",
+    "UnsafeSAEFileError": "r1_plugin.saes.goodfire",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a lazy export on first use and cache it in the package."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 from r1_plugin import _patches
 
 if TYPE_CHECKING:  # what the lazy exports are, for type checkers and IDEs
-    from r1_plugin.chat import format_r1_prompt, r1_chat_tokens
-    from r1_plugin.diagnostics import doctor
-    from r1_plugin.models.registry import ModelSpec
+    from r1_plugin.chat import format_r1_prompt as format_r1_prompt
+    from r1_plugin.chat import r1_chat_tokens as r1_chat_tokens
+    from r1_plugin.diagnostics import doctor as doctor
+    from r1_plugin.models.registry import ModelSpec as ModelSpec
 
 __version__ = "0.1.0"
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from r1_plugin.hook_names import hook_layer
 from r1_plugin.tracking import resolve_mode, wait_for_run_file
 
 if TYPE_CHECKING:
@@ -41,17 +42,10 @@ _D_MODEL_HOOK = re.compile(
     r"^(hook_embed|blocks\.\d+\.(hook_resid_(pre|mid|post)|hook_attn_out|hook_mlp_out|ln\d\.hook_normalized)"
     r"|ln_final\.hook_normalized)$"
 )
-_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
 
 
 class SAETrainingError(ValueError):
     """A training recipe that cannot work as asked (unknown architecture, d_in not inferable, bad sizes)."""
-
-
-def hook_layer(hook_name: str) -> int | None:
-    """The block index a TransformerLens hook name lives in ("blocks.37.hook_resid_post" -> 37), else None."""
-    match = _BLOCK_HOOK.match(hook_name)
-    return int(match.group(1)) if match else None
 
 
 def layers_needed(hook_name: str) -> int | None:

@@ -26,6 +26,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Any
 
 # Applied in this order within a target; adding a patch module is one name here.
 PATCH_MODULES: tuple[str, ...] = ("tl_models", "tl_deepseek", "sae_lens")

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from r1_plugin.chat import render_r1_template
 from r1_plugin.chat import BOS_TEXT as BOS
 from r1_plugin.chat import EOS_TEXT as EOS
+from r1_plugin.chat import render_r1_template
 
 QUESTION_KINDS: tuple[str, ...] = ("add", "sub", "mul", "compare", "chain")
 

@@ -17,7 +17,7 @@ from typing import Any
 _EXPORTS: dict[str, str] = {
     "ACTIVATIONS_SCHEMA": "r1_plugin.features.db",
     "LABELS_SCHEMA": "r1_plugin.features.db",
-    "Example": "r1_plugin.features.db",
+    "Example": "r1_plugin.features.records",
     "FeatureDB": "r1_plugin.features.db",
     "FeatureDBError": "r1_plugin.features.db",
     "FeatureLabel": "r1_plugin.features.db",

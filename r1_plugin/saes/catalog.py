@@ -68,6 +68,10 @@ _DESCRIBE: dict[str, Callable[[str, str, dict[str, Any]], dict[str, Any]]] = {
 }
 
 
+# Describers that call SAELens's own code (skipped by `list_r1_saes(light=True)`).
+_ASKS_SAE_LENS: frozenset[str] = frozenset({"deepseek_r1"})
+
+
 def _generic(sae_id: str, overrides: dict[str, Any]) -> dict[str, Any]:
     hook = overrides.get("hook_name")
     if hook is None and re.match(r"^blocks\.\d+\.hook_\w+$", sae_id):
@@ -136,7 +140,7 @@ def list_r1_saes(model: str | None = None, light: bool = False) -> list[R1SAEInf
         for sae_id, path in lookup.saes_map.items():
             fields_ = _generic(sae_id, overrides)
             describe = _DESCRIBE.get(lookup.conversion_func or "")
-            if describe is not None and not mine and not light:
+            if describe is not None and not mine and not (light and lookup.conversion_func in _ASKS_SAE_LENS):
                 fields_.update({k: v for k, v in describe(sae_id, path, overrides).items() if v is not None})
             infos.append(R1SAEInfo(
                 release=release, sae_id=sae_id, model=lookup.model, repo_id=lookup.repo_id, path=path,

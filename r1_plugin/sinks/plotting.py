@@ -5,12 +5,23 @@ from __future__ import annotations
 import html
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from r1_plugin.sinks.detect import SinkReport
+
+class SinkReport(Protocol):
+    """What the plots read from a `r1_plugin.sinks.detect.SinkReport` (a Protocol, so that this module does not
+    import detect, whose report methods draw through this module)."""
+
+    layers: list[int]
+    epsilon: float
+    min_sink_rate: float
+    min_queries: int
+    seq_len: int
+
+    def row(self, batch_index: int = 0) -> Any:
+        """The unbatched report of one batch row."""
 
 _TITLES = {
     "sink_rate": "fraction of heads with alpha > {eps}",

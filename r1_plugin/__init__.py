@@ -8,10 +8,10 @@ The names below load on first use (`_EXPORTS`); `r1_plugin.doctor()` prints what
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from r1_plugin import _patches
+from r1_plugin._lazy import lazy_exports
 
 if TYPE_CHECKING:  # what the lazy exports are, for type checkers and IDEs
     from r1_plugin.chat import format_r1_prompt as format_r1_prompt
@@ -33,18 +33,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["register", "list_models", "__version__", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a lazy export on first use and cache it in the module."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'r1_plugin' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 def register() -> None:

@@ -7,8 +7,7 @@ and the distills' already in SAELens). The names below load on first use (`r1-pl
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from r1_plugin._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "GoodfireBatchTopKSAE": "r1_plugin.saes.batch_topk",
@@ -24,15 +23,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    """Import a lazy export on first use and cache it in the package."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

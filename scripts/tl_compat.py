@@ -29,18 +29,31 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = Path(__file__).resolve().parent / "tl_compat_plugin"
 
-# The subset CI runs: model loading, the supported-model registry, configs, generation and the KV cache.
+# The subset CI runs (docs/compat.md): the tests of what r1_plugin patches (names, loading, configs, blocks,
+# weight processing, generation and the KV cache). The whole unit suite takes ~35+ min per run on 2 cores.
 SUBSETS: dict[str, list[str]] = {
     "all": ["tests/unit"],
     "ci": [
+        # names, aliases and the local-folder rule
         "tests/unit/test_supported_models.py",
         "tests/unit/test_loading_from_pretrained_utilities.py",
+        "tests/unit/utilities/test_aliases.py",
+        "tests/unit/utilities/test_hf_utils.py",
+        # configs and the blocks HookedTransformer builds from them
         "tests/unit/test_hooked_transformer_config.py",
-        "tests/unit/test_key_value_cache_entry.py",
-        "tests/unit/test_generate_no_tokenizer.py",
-        "tests/unit/model_registry",
-        "tests/unit/pretrained_weight_conversions",
+        "tests/unit/test_train_config_isolation.py",
         "tests/unit/components",
+        "tests/unit/factories",
+        # weight loading and processing (load_and_process_state_dict is patched)
+        "tests/unit/pretrained_weight_conversions",
+        "tests/unit/test_weight_processing.py",
+        "tests/unit/test_moe_fold_guard.py",
+        # generation and the KV cache (init_cache and get_pos_offset are patched)
+        "tests/unit/test_generate_no_tokenizer.py",
+        "tests/unit/test_key_value_cache_entry.py",
+        "tests/unit/test_use_attn_result.py",
+        "tests/unit/utilities/test_cache.py",
+        "tests/unit/utilities/test_get_input_with_manually_prepended_bos.py",
     ],
 }
 

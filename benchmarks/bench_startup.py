@@ -49,7 +49,9 @@ def one_run(checkout: Path) -> tuple[float, list[str]]:
     """Wall time of one fresh `features search`, and the heavy modules it imported."""
     env = dict(os.environ, PYTHONPATH=str(checkout))
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", CODE], env=env, capture_output=True, text=True, check=True)
+    # cwd: a folder without r1_plugin (`python -c` puts the working directory first on sys.path)
+    proc = subprocess.run([sys.executable, "-c", CODE], env=env, capture_output=True, text=True, check=True,
+                          cwd=tempfile.gettempdir())
     return time.perf_counter() - start, json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -30,7 +30,7 @@ _EXPORTS: dict[str, str] = {
     "doctor": "r1_plugin.diagnostics",
 }
 
-__all__ = ["register", "list_models", "__version__", *_EXPORTS]
+__all__ = ["register", "list_models", "__version__", "format_r1_prompt", "r1_chat_tokens", "ModelSpec", "doctor"]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

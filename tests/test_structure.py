@@ -116,3 +116,15 @@ def test_cycle_finder_finds_a_cycle() -> None:
 def test_no_import_cycles() -> None:
     """No two r1_plugin modules import each other, directly or through others (lazy and type-checking imports included)."""
     assert _cycles(import_graph()) == []
+
+
+def test_lazy_exports_match_all_and_resolve() -> None:
+    """Each lazily exporting package lists the same names in `__all__` and `_EXPORTS`, and every one resolves."""
+    import importlib
+
+    for package in ("r1_plugin", "r1_plugin.features", "r1_plugin.saes"):
+        module = importlib.import_module(package)
+        exported = set(module._EXPORTS)
+        assert exported <= set(module.__all__), package
+        for name in module.__all__:
+            assert getattr(module, name) is not None, f"{package}.{name}"

@@ -11,9 +11,22 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from r1_plugin._lazy import lazy_exports
+
+if TYPE_CHECKING:  # what the lazy exports are, for type checkers and the API docs
+    from r1_plugin.features.db import (
+        ACTIVATIONS_SCHEMA,
+        LABELS_SCHEMA,
+        FeatureDB,
+        FeatureDBError,
+        FeatureLabel,
+        detect_format,
+    )
+    from r1_plugin.features.harvest import HarvestConfig, HarvestResult, harvest, merge_shards
+    from r1_plugin.features.records import Example
+    from r1_plugin.features.render import render_html, render_terminal
 
 _EXPORTS: dict[str, str] = {
     "ACTIVATIONS_SCHEMA": "r1_plugin.features.db",
@@ -31,7 +44,21 @@ _EXPORTS: dict[str, str] = {
     "render_terminal": "r1_plugin.features.render",
 }
 
-__all__ = list(_EXPORTS)
+__all__ = [
+    "ACTIVATIONS_SCHEMA",
+    "LABELS_SCHEMA",
+    "Example",
+    "FeatureDB",
+    "FeatureDBError",
+    "FeatureLabel",
+    "HarvestConfig",
+    "HarvestResult",
+    "detect_format",
+    "harvest",
+    "merge_shards",
+    "render_html",
+    "render_terminal",
+]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

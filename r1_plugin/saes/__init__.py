@@ -7,7 +7,14 @@ and the distills' already in SAELens). The names below load on first use (`r1-pl
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from r1_plugin._lazy import lazy_exports
+
+if TYPE_CHECKING:  # what the lazy exports are, for type checkers and the API docs
+    from r1_plugin.saes.batch_topk import GoodfireBatchTopKSAE, GoodfireBatchTopKSAEConfig, to_batch_topk
+    from r1_plugin.saes.catalog import R1SAEInfo, list_r1_saes
+    from r1_plugin.saes.goodfire import SAEConfigError, SAEFileError, UnsafeSAEFileError
 
 _EXPORTS: dict[str, str] = {
     "GoodfireBatchTopKSAE": "r1_plugin.saes.batch_topk",
@@ -20,7 +27,16 @@ _EXPORTS: dict[str, str] = {
     "UnsafeSAEFileError": "r1_plugin.saes.goodfire",
 }
 
-__all__ = list(_EXPORTS)
+__all__ = [
+    "GoodfireBatchTopKSAE",
+    "GoodfireBatchTopKSAEConfig",
+    "to_batch_topk",
+    "R1SAEInfo",
+    "list_r1_saes",
+    "SAEConfigError",
+    "SAEFileError",
+    "UnsafeSAEFileError",
+]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

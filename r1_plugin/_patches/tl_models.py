@@ -148,10 +148,12 @@ def _patch_convert_hf_model_config() -> None:
             try:
                 return original(model_name, *args, **kwargs)
             except NotImplementedError as exc:
-                if local.local_folder(model_name) is None:
+                folder = local.local_folder(model_name)
+                if folder is None:
                     raise
                 raise UnsupportedArchitectureError(
-                    f"{model_name}: its config.json names an architecture TransformerLens cannot load as a "
+                    f"{model_name}: its config.json says architecture {local.folder_architecture(folder)!r}, which "
+                    "neither TransformerLens nor r1_plugin (DeepseekV3ForCausalLM, the R1 distills) can load as a "
                     f"HookedTransformer ({exc})."
                 ) from exc
         hf_config = load_hf_config(official, *args, **kwargs)

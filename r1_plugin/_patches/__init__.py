@@ -212,7 +212,7 @@ class _PostImportHook(importlib.abc.MetaPathFinder):
         executing any more in this thread."""
         state = self._state()
         state.depth -= ours
-        if watched:
+        if watched and not failed:  # a target whose import failed stays pending: a retry is hooked again
             self.pending.discard(fullname)
             state.deferred.append(fullname)
             if not self.pending:

@@ -86,8 +86,12 @@ def run_suite(root: Path, paths: list[str], with_plugin: bool, out: Path, extra:
     if with_plugin:
         cmd[3:3] = ["-p", "r1_compat_import"]
         env["R1_COMPAT_REPORT"] = str(out.with_suffix(".patches.json"))
+    log = out.with_suffix(".log")
+    print(f"running TransformerLens's tests {'with' if with_plugin else 'without'} r1_plugin (progress: {log})",
+          flush=True)
     start = time.monotonic()
-    subprocess.run(cmd, cwd=root, env=env, check=False, stdout=subprocess.DEVNULL)
+    with log.open("w") as fh:
+        subprocess.run(cmd, cwd=root, env=env, check=False, stdout=fh, stderr=subprocess.STDOUT)
     return time.monotonic() - start
 
 

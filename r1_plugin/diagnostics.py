@@ -76,7 +76,10 @@ def report(apply: bool = False) -> dict[str, Any]:
     from r1_plugin import _patches
 
     if apply:
-        _patches.apply_all()
+        try:
+            _patches.apply_all()
+        except Exception:  # noqa: S110  (a failed patch is reported below, in "patches")
+            pass
         import torch  # noqa: F401  (so the devices come from torch)
     return {
         "python": sys.version.split()[0],

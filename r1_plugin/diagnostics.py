@@ -78,7 +78,7 @@ def report(apply: bool = False) -> dict[str, Any]:
     if apply:
         try:
             _patches.apply_all()
-        except Exception:  # noqa: S110  (a failed patch is reported below, in "patches")
+        except Exception:  # a failed patch is reported below, in "patches"
             pass
         import torch  # noqa: F401  (so the devices come from torch)
     return {

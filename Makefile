@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test docs lint bench clean chromium
+.PHONY: demo test docs lint bench compat compat-ci clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,15 @@ chromium:
 
 test: $(STAMP) chromium
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# TransformerLens's own unit tests with and without `import r1_plugin`: prints every per-test difference and
+# exits non-zero on one (docs/compat.md). `make compat` runs the whole unit suite (over an hour on 2 cores);
+# `make compat-ci` the fixed subset CI runs. Pass pytest options with COMPAT_ARGS="-- -k cache".
+compat: $(STAMP)
+	nice $(PY) scripts/tl_compat.py $(COMPAT_ARGS)
+
+compat-ci: $(STAMP)
+	$(PY) scripts/tl_compat.py --subset ci $(COMPAT_ARGS)
 
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict

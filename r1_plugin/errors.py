@@ -78,3 +78,7 @@ def is_missing_file_error(exc: BaseException) -> bool:
         or "HF_HUB_OFFLINE" in text
         or "outgoing traffic has been disabled" in text
     )
+
+
+class PatchTargetError(R1PluginError, RuntimeError):
+    """A TransformerLens/SAELens attribute one of r1_plugin's patches replaces does not exist in this version."""

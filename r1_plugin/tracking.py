@@ -273,32 +273,25 @@ class Tracker:
         """Draw a 2-D array (e.g. sink rate per layer x head) as a heatmap and log it as an image."""
         if self.run is None:
             return
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
         import numpy as np
+        from matplotlib.figure import Figure  # the object API: no pyplot state, the user's backend untouched
 
         arr = np.asarray(_plain(values), dtype=float)
         if arr.ndim != 2:
             raise TrackingError(f"log_heatmap wants a 2-D array, got shape {arr.shape}")
-        fig, ax = plt.subplots(
-            figsize=(max(4.0, 0.35 * arr.shape[1] + 2), max(3.0, 0.3 * arr.shape[0] + 1.5))
-        )
-        try:
-            im = ax.imshow(arr, aspect="auto", cmap="viridis")
-            fig.colorbar(im, ax=ax)
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(ylabel)
-            if title:
-                ax.set_title(title)
-            if xticklabels is not None:
-                ax.set_xticks(range(len(xticklabels)), list(xticklabels), rotation=90)
-            if yticklabels is not None:
-                ax.set_yticks(range(len(yticklabels)), list(yticklabels))
-            self.log_figure(key, fig, caption=title)
-        finally:
-            plt.close(fig)
+        fig = Figure(figsize=(max(4.0, 0.35 * arr.shape[1] + 2), max(3.0, 0.3 * arr.shape[0] + 1.5)))
+        ax = fig.subplots()
+        im = ax.imshow(arr, aspect="auto", cmap="viridis")
+        fig.colorbar(im, ax=ax)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if title:
+            ax.set_title(title)
+        if xticklabels is not None:
+            ax.set_xticks(range(len(xticklabels)), list(xticklabels), rotation=90)
+        if yticklabels is not None:
+            ax.set_yticks(range(len(yticklabels)), list(yticklabels))
+        self.log_figure(key, fig, caption=title)
 
     def log_curve(
         self, key: str, df: pd.DataFrame, x: str, ys: Sequence[str] | str, title: str | None = None

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from r1_plugin.errors import R1PluginError
+from r1_plugin.hook_names import hook_layer
 from r1_plugin.tracking import resolve_mode, wait_for_run_file
 
 if TYPE_CHECKING:
@@ -42,17 +43,10 @@ _D_MODEL_HOOK = re.compile(
     r"^(hook_embed|blocks\.\d+\.(hook_resid_(pre|mid|post)|hook_attn_out|hook_mlp_out|ln\d\.hook_normalized)"
     r"|ln_final\.hook_normalized)$"
 )
-_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
 
 
 class SAETrainingError(R1PluginError, ValueError):
     """A training recipe that cannot work as asked (unknown architecture, d_in not inferable, bad sizes)."""
-
-
-def hook_layer(hook_name: str) -> int | None:
-    """The block index a TransformerLens hook name lives in ("blocks.37.hook_resid_post" -> 37), else None."""
-    match = _BLOCK_HOOK.match(hook_name)
-    return int(match.group(1)) if match else None
 
 
 def layers_needed(hook_name: str) -> int | None:
@@ -250,32 +244,43 @@ class SAETrainingResult:
 
 
 @contextlib.contextmanager
-def _sae_lens_wandb_init(mode: str, wandb_dir: Path | None, runs: list[Any]) -> Iterator[None]:
-    """Make SAELens's plain `wandb.init(project=..., id=...)` offline-first and silent, and catch its run.
+def _run_for_sae_lens(
+    cfg: LanguageModelSAERunnerConfig[Any], mode: str, wandb_dir: Path | None, runs: list[Any]
+) -> Iterator[None]:
+    """Open the W&B run SAELens logs to, before SAELens calls its plain `wandb.init(project=..., id=...)`.
 
-    wandb reads WANDB_MODE/WANDB_DIR only once per process, so instead of the environment this temporarily
-    wraps `wandb.init` (restored on exit) to default `mode`, `dir` and quiet, bounded settings.
+    wandb hands the active run back to a second `wandb.init` (its default `reinit` outside notebooks), so the run
+    gets r1_plugin's mode, dir and quiet, bounded settings without replacing `wandb.init` or changing the
+    environment (wandb reads WANDB_MODE/WANDB_DIR only once per process). With mode "disabled" SAELens is told
+    not to log (its `cfg.logger.log_to_wandb`, restored afterwards). In a notebook wandb's default finishes our
+    run at SAELens's call and SAELens's own run takes the process defaults; `runs` then ends with SAELens's run.
     """
     import wandb
 
     from r1_plugin.tracking import ONLINE_INIT_TIMEOUT_S
 
-    original = wandb.init
-
-    def init(*args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("mode", mode)
-        if wandb_dir is not None:
-            kwargs.setdefault("dir", str(wandb_dir))
-        kwargs.setdefault("settings", wandb.Settings(silent=True, init_timeout=ONLINE_INIT_TIMEOUT_S))
-        run = original(*args, **kwargs)
-        runs.append(run)
-        return run
-
-    wandb.init = init  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        wandb.init = original  # type: ignore[assignment]
+    if mode == "disabled":
+        saved = cfg.logger.log_to_wandb
+        cfg.logger.log_to_wandb = False
+        try:
+            yield
+        finally:
+            cfg.logger.log_to_wandb = saved
+        return
+    run = wandb.init(
+        project=cfg.logger.wandb_project,
+        entity=cfg.logger.wandb_entity,
+        config=cfg.to_dict(),
+        name=cfg.logger.run_name,
+        id=cfg.logger.wandb_id,
+        mode=mode,
+        dir=str(wandb_dir) if wandb_dir is not None else None,
+        settings=wandb.Settings(silent=True, init_timeout=ONLINE_INIT_TIMEOUT_S),
+    )
+    runs.append(run)
+    yield
+    if wandb.run is not None and wandb.run is not run:
+        runs.append(wandb.run)
 
 
 def train_sae(
@@ -289,8 +294,8 @@ def train_sae(
     """Run SAELens's `LanguageModelSAETrainingRunner` (its own W&B logging), offline-first and crash-safe.
 
     W&B mode follows `r1_plugin.tracking.resolve_mode` (offline without an API key; never prompts); `wandb_dir`
-    (else WANDB_DIR as first read by wandb) holds the run. SAELens's `wandb.init` is given these through a
-    temporary wrapper (wandb ignores env changes after its first run in a process). If training
+    (else WANDB_DIR as first read by wandb) holds the run, which r1_plugin opens before SAELens asks for one
+    (`_run_for_sae_lens`; `wandb.init` itself is never replaced). If training
     raises or is interrupted, the W&B run SAELens opened is finished as failed (exit code 1, or 255 for
     Ctrl-C) so what it logged is kept; SAELens's SIGINT/SIGTERM handlers are removed again afterwards.
     """
@@ -315,7 +320,7 @@ def train_sae(
         out_dir.mkdir(parents=True, exist_ok=True)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     runs: list[Any] = []
-    with _sae_lens_wandb_init(mode, out_dir, runs):
+    with _run_for_sae_lens(cfg, mode, out_dir, runs):
         try:
             runner = LanguageModelSAETrainingRunner(
                 cfg, override_dataset=dataset, override_model=override_model

@@ -32,18 +32,55 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path, list[s
     return result, out, lines
 
 
-def test_demo_installs_the_assets_into_the_hf_cache_and_loads_through_from_pretrained(demo: tuple) -> None:
-    """The model and SAE came from the HF cache under their repo ids (the path R1 and Goodfire's SAEs take)."""
-    from huggingface_hub import try_to_load_from_cache
-
+def test_demo_loads_the_embedded_assets_by_path(demo: tuple) -> None:
+    """The model and SAE came from the package folder (nothing was written to the HF cache), through
+    `from_pretrained(<folder>)` and `SAE.load_from_disk`."""
     cache = Path(os.environ["HF_HUB_CACHE"])
-    assert (cache / "models--r1-plugin--tiny-r1").is_dir()
-    assert (cache / "models--r1-plugin--tiny-r1-sae").is_dir()
-    assert isinstance(try_to_load_from_cache(assets.MODEL_REPO_ID, "model.safetensors"), str)
-    assert isinstance(try_to_load_from_cache(assets.SAE_REPO_ID, assets.SAE_FILE), str)
+    assert not list(cache.glob("models--r1-plugin--*")), "the demo wrote its assets into the HF cache"
     result, _, lines = demo
     assert result.hook_name == assets.SAE_HOOK
-    assert any("loaded r1-plugin/tiny-r1" in line for line in lines)
+    assert any(f"loaded {assets.MODEL_DIR}" in line for line in lines)
+
+
+def test_demo_runs_with_an_empty_hf_cache_and_never_tries_the_hub(tmp_path: Path, monkeypatch) -> None:
+    """With HF_HUB_OFFLINE, an empty cache and every huggingface_hub download function raising, the demo's model
+    and SAE load and generate (the hub is never asked)."""
+    import huggingface_hub
+    import huggingface_hub.file_download as file_download
+    import transformers.utils.hub as transformers_hub
+
+    calls: list[str] = []
+
+    def refuse(name: str):
+        def hub_call(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"the demo called huggingface_hub.{name}{args}")
+        return hub_call
+
+    empty = tmp_path / "empty_cache"
+    empty.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(empty))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for module in (huggingface_hub, file_download):
+        for name in ("hf_hub_download", "snapshot_download", "try_to_load_from_cache"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, refuse(name))
+    for name in ("cached_file", "cached_files"):
+        if hasattr(transformers_hub, name):
+            original = getattr(transformers_hub, name)
+
+            def guarded(path_or_repo_id, *args, _original=original, _name=name, **kwargs):
+                if not Path(str(path_or_repo_id)).is_dir():
+                    calls.append(_name)
+                    raise AssertionError(f"transformers asked the hub for {path_or_repo_id}")
+                return _original(path_or_repo_id, *args, **kwargs)
+
+            monkeypatch.setattr(transformers_hub, name, guarded)
+    result = run_demo(DemoConfig(prompts=PROMPTS[:1], out=tmp_path / "out", wandb_dir=tmp_path / "wb",
+                                 max_new_tokens=40, sweep=False), log=lambda _: None)
+    assert calls == []
+    assert result.generations[0]["unsteered"].startswith("Okay, so ")
+    assert list(empty.iterdir()) == []
 
 
 def test_feature_is_found_by_label_in_the_feature_database(demo: tuple) -> None:
@@ -108,7 +145,7 @@ def test_wandb_offline_run_holds_the_tables_figures_and_summary(demo: tuple) -> 
     assert [row[0] for row in table["data"]] == PROMPTS
     assert set(run.tables) >= {"generations", "sweep", "sinks", "feature_examples"}
     assert run.config["feature_id"] == result.feature_id
-    assert run.config["sae_release"] == assets.SAE_RELEASE
+    assert run.config["sae_release"] == assets.SAE_NAME
     assert run.summary["feature_label"] == result.feature_label
     images = [f for f in run.files if f.endswith(".png")]
     assert len(images) >= 3, run.files
@@ -135,7 +172,8 @@ def test_cli_options_for_a_real_r1() -> None:
     cfg = config_from_args(args)
     assert not cfg.embedded and cfg.strength == 8.0 and cfg.prompts == ["Hi"] and cfg.first_n_layers == 38
     assert cfg.features_labels == Path("a.db") and cfg.out == Path("x")
-    assert DemoConfig().embedded and DemoConfig(model="tiny-r1").embedded
+    assert DemoConfig().embedded and DemoConfig(model=str(assets.MODEL_DIR)).embedded
+    assert not DemoConfig(model="tiny-r1").embedded  # no name means the embedded model: only its folder does
 
 
 def test_unknown_feature_word_is_a_clear_error(tmp_path: Path) -> None:
@@ -143,8 +181,6 @@ def test_unknown_feature_word_is_a_clear_error(tmp_path: Path) -> None:
     from r1_plugin.demo.run import load_sae, resolve_feature
 
     cfg = DemoConfig(feature="nonexistentfeatureword", out=tmp_path)
-    assets.install_embedded_assets()
-    assets.ensure_sae_registered()
     sae = load_sae(cfg)
     with pytest.raises(DemoError, match="nonexistentfeatureword"):
         resolve_feature(cfg, sae)

@@ -15,7 +15,7 @@ from r1_plugin.demo.build import (
     MODEL_DATA_SEED,
     ModelTrainingConfig,
     build_tokenizer_for,
-    registry_entry_yaml,
+    sae_entry_yaml,
 )
 from r1_plugin.demo.synthetic import (
     PUBLISHED_EXTRA_CONFIG,
@@ -38,9 +38,9 @@ def config() -> dict:
 
 def test_every_asset_file_is_present_and_not_git_ignored() -> None:
     """The demo's files exist, are small, and no .gitignore rule keeps them out of a clone or the wheel."""
-    files = [assets.MODEL_DIR / f for f in assets.MODEL_REPO_FILES]
-    files += [assets.SAE_DIR / f for f in assets.SAE_REPO_FILES]
-    files += [assets.REGISTRY_ENTRY_FILE, assets.FEATURES_LABELS, assets.FEATURES_ACTIVATIONS]
+    files = [assets.MODEL_DIR / f for f in assets.MODEL_FILES]
+    files += [assets.SAE_DIR / f for f in assets.SAE_FILES]
+    files += [assets.SAE_ENTRY_FILE, assets.FEATURES_LABELS, assets.FEATURES_ACTIVATIONS]
     missing = [str(f) for f in files if not f.is_file()]
     assert not missing, missing
     total = sum(f.stat().st_size for f in assets.ASSETS_DIR.rglob("*") if f.is_file())
@@ -95,35 +95,41 @@ def test_tokenizer_is_reproducible_from_the_synthetic_traces() -> None:
     assert "<think>\\n" in template and "<｜Assistant｜>" in template
 
 
-def test_sae_file_is_goodfire_format_and_matches_its_registry_entry() -> None:
-    """The .pt is a weights-only {W, b_enc, b_dec} dict whose shapes match REGISTRY_ENTRY.yaml."""
+def test_sae_file_is_goodfire_format_and_matches_its_entry() -> None:
+    """The .pt is a weights-only {W, b_enc, b_dec} dict whose shapes match sae.yaml (what the build writes)."""
     state = torch.load(assets.SAE_DIR / assets.SAE_FILE, map_location="cpu", weights_only=True)
     assert set(state) == {"W", "b_enc", "b_dec"}
-    entry = assets.registry_entry()
+    entry = assets.sae_entry()
     over = entry["config_overrides"]
     assert tuple(state["W"].shape) == (over["d_in"], over["d_sae"])
     assert tuple(state["b_enc"].shape) == (over["d_sae"],)
     assert tuple(state["b_dec"].shape) == (over["d_in"],)
     assert over["hook_name"] == assets.SAE_HOOK and over["architecture"] == "topk"
-    assert entry["repo_id"] == assets.SAE_REPO_ID and entry["model"] == assets.MODEL_REPO_ID
+    assert "repo_id" not in entry, "the embedded SAE names no hub repo: it loads by path only"
     assert [s["path"] for s in entry["saes"]] == [assets.SAE_FILE]
     sae_cfg = json.loads((assets.SAE_DIR / assets.SAE_SUBDIR / "config.json").read_text())
     assert sae_cfg == {"d_in": over["d_in"], "expansion_factor": over["d_sae"] // over["d_in"], "k": over["k"]}
     info = json.loads((assets.SAE_DIR / assets.SAE_SUBDIR / "build_info.json").read_text())
-    text = registry_entry_yaml(over["d_in"], over["d_sae"], over["k"], info["heldout"]["variance_explained"])
-    assert assets.REGISTRY_ENTRY_FILE.read_text() == text
-    assert yaml.safe_load(text)[assets.SAE_RELEASE] == entry
+    text = sae_entry_yaml(over["d_in"], over["d_sae"], over["k"], info["heldout"]["variance_explained"])
+    assert assets.SAE_ENTRY_FILE.read_text() == text
+    assert yaml.safe_load(text)[assets.SAE_NAME] == entry
 
 
-def test_registry_entry_is_merged_into_pretrained_saes_yaml() -> None:
-    """r1_plugin's pretrained_saes.yaml carries the embedded SAE's release exactly as REGISTRY_ENTRY.yaml has it."""
+def test_embedded_sae_loads_by_path_and_computes_goodfires_encode() -> None:
+    """`assets.load_sae()` (SAE.load_from_disk with the Goodfire converter) encodes and decodes exactly as
+    Goodfire's reference maths on the file's tensors; the embedded SAE is in no registry."""
+    from r1_plugin.demo.build import goodfire_decode, goodfire_encode
     from r1_plugin.saes.registry import raw_releases
 
-    releases = raw_releases()
-    assert assets.SAE_RELEASE in releases, (
-        f"merge {assets.REGISTRY_ENTRY_FILE.relative_to(REPO)} into pretrained_saes.yaml"
-    )
-    assert releases[assets.SAE_RELEASE] == assets.registry_entry()
+    state = torch.load(assets.SAE_DIR / assets.SAE_FILE, map_location="cpu", weights_only=True)
+    sae = assets.load_sae()
+    k = assets.sae_entry()["config_overrides"]["k"]
+    x = torch.randn(5, state["W"].shape[0], generator=torch.Generator().manual_seed(0))
+    f = goodfire_encode(state, x, k)
+    torch.testing.assert_close(sae.encode(x), f)
+    torch.testing.assert_close(sae.decode(f), goodfire_decode(state, f))
+    assert sae.cfg.metadata.hook_name == assets.SAE_HOOK
+    assert not any("tiny" in release for release in raw_releases())
 
 
 def test_feature_database_has_goodfires_schema_and_heuristic_labels() -> None:
@@ -148,7 +154,7 @@ def test_feature_database_has_goodfires_schema_and_heuristic_labels() -> None:
         assert got == list(LABELS_SCHEMA["autointerp"])
     finally:
         con.close()
-    d_sae = assets.registry_entry()["config_overrides"]["d_sae"]
+    d_sae = assets.sae_entry()["config_overrides"]["d_sae"]
     with FeatureDB(labels=assets.FEATURES_LABELS, activations=assets.FEATURES_ACTIVATIONS) as db:
         assert db.n_labels == d_sae
         assert db.feature_ids() == list(range(d_sae))

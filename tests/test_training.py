@@ -133,11 +133,25 @@ def test_train_sae_on_truncated_distill_logs_offline(tiny_distill: str, tmp_path
     )
     assert cfg.model_from_pretrained_kwargs == {"center_writing_weights": False, "first_n_layers": 1}
     dataset = tokenized_dataset(AutoTokenizer.from_pretrained(tiny_distill), TEXTS, CONTEXT)
+    import wandb
+    from sae_lens import llm_sae_training_runner
+
     sigint_before = signal.getsignal(signal.SIGINT)
     mode_before = os.environ.get("WANDB_MODE")
-    result = train_sae(cfg, dataset, wandb_dir=tmp_path)
+    init_before = wandb.init
+    seen_by_sae_lens: list[object] = []
+    real_run = llm_sae_training_runner.LanguageModelSAETrainingRunner.run
+
+    def run_and_look(self: object) -> object:  # what `wandb.init` is while SAELens trains (test-local spy)
+        seen_by_sae_lens.append(wandb.init)
+        return real_run(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(llm_sae_training_runner.LanguageModelSAETrainingRunner, "run", run_and_look)
+        result = train_sae(cfg, dataset, wandb_dir=tmp_path)
     assert signal.getsignal(signal.SIGINT) is sigint_before  # SAELens's handler removed again
     assert os.environ.get("WANDB_MODE") == mode_before
+    assert wandb.init is init_before and seen_by_sae_lens == [init_before]  # never replaced, not even during
 
     assert result.sae.cfg.d_in == 64 and result.sae.cfg.d_sae == 96
     assert len(result.runner.model.blocks) == 1  # first_n_layers=1 of the 2-layer distill

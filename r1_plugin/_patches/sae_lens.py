@@ -27,11 +27,13 @@ from sae_lens.loading import pretrained_sae_loaders as loaders
 from sae_lens.loading import pretrained_saes_directory as directory_module
 from sae_lens.registry import SAE_CLASS_REGISTRY, register_sae_class
 
-from r1_plugin._patches._marks import is_patched, mark
+from r1_plugin._patches._marks import is_patched, mark, require
 from r1_plugin.saes import batch_topk, goodfire
 from r1_plugin.saes.registry import plugin_lookups
 
 logger = logging.getLogger(__name__)
+
+PATCH = "sae_lens"
 
 _shadowed_warned: set[str] = set()
 
@@ -50,8 +52,8 @@ def add_plugin_releases(directory: dict[str, Any]) -> dict[str, Any]:
 
 def _register_loaders() -> None:
     for table, ours in (
-        (loaders.NAMED_PRETRAINED_SAE_LOADERS, goodfire.LOADERS),
-        (loaders.NAMED_PRETRAINED_SAE_CONFIG_GETTERS, goodfire.CONFIG_GETTERS),
+        (require(loaders, "NAMED_PRETRAINED_SAE_LOADERS", PATCH), goodfire.LOADERS),
+        (require(loaders, "NAMED_PRETRAINED_SAE_CONFIG_GETTERS", PATCH), goodfire.CONFIG_GETTERS),
     ):
         for name, func in ours.items():
             current = table.get(name)
@@ -68,15 +70,15 @@ def _register_sae_classes() -> None:
 
 
 def _wrap_directory() -> None:
-    current = directory_module.get_pretrained_saes_directory
+    current = require(directory_module, "get_pretrained_saes_directory", PATCH)
     if is_patched(current):
         wrapper, original = current, current.__wrapped_original__
     else:
         original = current
 
         @functools.wraps(original)
-        def get_pretrained_saes_directory() -> dict[str, Any]:
-            return add_plugin_releases(original())
+        def get_pretrained_saes_directory(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            return add_plugin_releases(original(*args, **kwargs))
 
         wrapper = get_pretrained_saes_directory
         wrapper.cache_clear = original.cache_clear  # type: ignore[attr-defined]

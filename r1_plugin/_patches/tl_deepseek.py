@@ -1,6 +1,7 @@
 """Patches into TransformerLens 3.9 internals that DeepSeek-V3/R1 needs; the only place r1_plugin's DeepSeek code
-touches TransformerLens. Each patch is idempotent (marker attribute) and falls through to the original for every
-other architecture.
+touches TransformerLens. Each patch is idempotent (marker attribute), takes and forwards `*args, **kwargs` (reading
+the arguments it needs through the original's own signature), and falls through to the original for every other
+architecture.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.components import TransformerBlock
 from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
 
-from r1_plugin._patches._marks import hooked_transformer_module, is_patched, mark
+from r1_plugin._patches._marks import bind, hooked_transformer_module, is_patched, mark, require
 from r1_plugin.models.deepseek_v3.config import ARCHITECTURE, DeepseekV3HookedConfig
+
+PATCH = "tl_deepseek"
 
 
 def is_deepseek_cfg(cfg: Any) -> bool:
@@ -24,14 +27,15 @@ def is_deepseek_cfg(cfg: Any) -> bool:
 def _patch_config_from_dict() -> None:
     """HookedTransformerConfig.from_dict: `get_pretrained_model_config` ends in `HookedTransformerConfig.from_dict`
     (= cls(**d)), which rejects MLA/MoE keys; build DeepseekV3HookedConfig for DeepseekV3ForCausalLM instead."""
-    original = HookedTransformerConfig.__dict__["from_dict"].__func__
+    original = require(HookedTransformerConfig, "from_dict", PATCH).__func__
     if is_patched(original):
         return
 
-    def from_dict(cls: type, config_dict: dict[str, Any]) -> HookedTransformerConfig:
+    def from_dict(cls: type, *args: Any, **kwargs: Any) -> HookedTransformerConfig:
+        config_dict = bind(original, cls, *args, **kwargs)["config_dict"]
         if config_dict.get("original_architecture") == ARCHITECTURE and not issubclass(cls, DeepseekV3HookedConfig):
             return DeepseekV3HookedConfig(**config_dict)
-        return original(cls, config_dict)
+        return original(cls, *args, **kwargs)
 
     functools.update_wrapper(from_dict, original)
     HookedTransformerConfig.from_dict = classmethod(mark(from_dict, original))  # type: ignore[method-assign]
@@ -56,7 +60,7 @@ class _BlockFactory(TransformerBlock):
 
 def _patch_block_factory() -> None:
     """transformer_lens.HookedTransformer.TransformerBlock (module global read by __init__) -> _BlockFactory."""
-    if is_patched(hooked_transformer_module.TransformerBlock):
+    if is_patched(require(hooked_transformer_module, "TransformerBlock", PATCH)):
         return
     hooked_transformer_module.TransformerBlock = _BlockFactory  # type: ignore[misc]
 
@@ -64,16 +68,17 @@ def _patch_block_factory() -> None:
 def _patch_init_cache() -> None:
     """TransformerLensKeyValueCache.init_cache (what `generate(use_past_kv_cache=True)` calls): for DeepSeek-V3
     build the latent cache (kv_lora_rank + qk_rope_head_dim per token per layer) instead of per-head K/V."""
-    original = TransformerLensKeyValueCache.__dict__["init_cache"].__func__
+    original = require(TransformerLensKeyValueCache, "init_cache", PATCH).__func__
     if is_patched(original):
         return
 
-    def init_cache(cls: type, cfg: Any, device: Any, batch_size: int = 1) -> Any:
-        if is_deepseek_cfg(cfg):
+    def init_cache(cls: type, *args: Any, **kwargs: Any) -> Any:
+        arguments = bind(original, cls, *args, **kwargs)
+        if is_deepseek_cfg(arguments["cfg"]):
             from r1_plugin.models.deepseek_v3.kv_cache import DeepseekLatentKVCache
 
-            return DeepseekLatentKVCache.init_cache(cfg, device, batch_size)
-        return original(cls, cfg, device, batch_size)
+            return DeepseekLatentKVCache.init_cache(arguments["cfg"], arguments["device"], arguments["batch_size"])
+        return original(cls, *args, **kwargs)
 
     functools.update_wrapper(init_cache, original)
     TransformerLensKeyValueCache.init_cache = classmethod(mark(init_cache, original))  # type: ignore[method-assign]
@@ -82,20 +87,22 @@ def _patch_init_cache() -> None:
 def _patch_get_pos_offset() -> None:
     """HookedTransformer.get_pos_offset asserts the cache holds [batch, pos, n_heads, d_head] keys; a latent cache
     holds [batch, pos, kv_lora_rank + rope]: take the cached length from it instead."""
-    original = hooked_transformer_module.HookedTransformer.get_pos_offset
+    original = require(hooked_transformer_module.HookedTransformer, "get_pos_offset", PATCH)
     if is_patched(original):
         return
 
     @functools.wraps(original)
-    def get_pos_offset(self: Any, past_kv_cache: Any, batch_size: int) -> int:
+    def get_pos_offset(self: Any, *args: Any, **kwargs: Any) -> int:
         from r1_plugin.models.deepseek_v3.kv_cache import DeepseekLatentKVCache
 
+        arguments = bind(original, self, *args, **kwargs)
+        past_kv_cache, batch_size = arguments["past_kv_cache"], arguments["batch_size"]
         if isinstance(past_kv_cache, DeepseekLatentKVCache):
             cached_batch = past_kv_cache.entries[0].past_latent.shape[0]
             if cached_batch != batch_size:
                 raise ValueError(f"KV cache was built for batch {cached_batch}, got batch {batch_size}.")
             return past_kv_cache.length
-        return original(self, past_kv_cache, batch_size)
+        return original(self, *args, **kwargs)
 
     hooked_transformer_module.HookedTransformer.get_pos_offset = mark(get_pos_offset, original)
 
@@ -105,7 +112,7 @@ def _patch_from_pretrained() -> None:
     refuses FP8. For DeepSeek-V3 names/folders stream the safetensors shards instead; the model is still built by
     `cls(cfg, tokenizer, ...)`, so subclasses (SAELens's HookedSAETransformer) get their own class."""
     ht = hooked_transformer_module.HookedTransformer
-    original = ht.__dict__["from_pretrained"].__func__
+    original = require(ht, "from_pretrained", PATCH).__func__
     if is_patched(original):
         return
 
@@ -126,28 +133,19 @@ def _patch_load_and_process_state_dict() -> None:
     assumes W_Q/W_K/W_V/W_in; for DeepSeek-V3 it replaced the norms by RMSNormPre without folding their weights
     anywhere (silently wrong logits). Use the loader's exact folds instead; refuse the refactoring."""
     ht = hooked_transformer_module.HookedTransformer
-    original = ht.load_and_process_state_dict
+    original = require(ht, "load_and_process_state_dict", PATCH)
     if is_patched(original):
         return
 
     @functools.wraps(original)
-    def load_and_process_state_dict(
-        self: Any,
-        state_dict: dict[str, Any],
-        fold_ln: bool = True,
-        center_writing_weights: bool = True,
-        center_unembed: bool = True,
-        fold_value_biases: bool = True,
-        refactor_factored_attn_matrices: bool = False,
-    ) -> None:
+    def load_and_process_state_dict(self: Any, *args: Any, **kwargs: Any) -> None:
         if not is_deepseek_cfg(self.cfg):
-            return original(
-                self, state_dict, fold_ln, center_writing_weights, center_unembed, fold_value_biases,
-                refactor_factored_attn_matrices,
-            )
+            return original(self, *args, **kwargs)
         from r1_plugin.models.deepseek_v3.loading import load_and_process_into
 
-        load_and_process_into(self, state_dict, fold_ln, center_unembed, refactor_factored_attn_matrices)
+        a = bind(original, self, *args, **kwargs)
+        load_and_process_into(self, a["state_dict"], a["fold_ln"], a["center_unembed"],
+                              a["refactor_factored_attn_matrices"])
         return None
 
     ht.load_and_process_state_dict = mark(load_and_process_state_dict, original)

@@ -2,20 +2,24 @@
 
 TransformerLens has no plugin API for HookedTransformer (TL issue #888), so a third party must patch:
 1. `supported_models.OFFICIAL_MODEL_NAMES` / `MODEL_ALIASES`: mutated in place (loading_from_pretrained imported
-   the same objects by name; rebinding them would do nothing).
-2. `loading_from_pretrained.get_official_model_name`: accept local folders whose config.json names a supported
-   architecture, and say which registered names are closest when a name is unknown.
-3. `loading_from_pretrained.convert_hf_model_config`: for r1_plugin's names and local folders, read the HF config
-   and convert it ourselves. TL's own chain assumes any name containing "llama" is a Meta Llama and never reads
-   the config (TL issue #897: a registered `...Distill-Llama-8B` crashes with `'NoneType' ... hidden_size`).
+   the same objects by name; rebinding them would do nothing), each R1 name inserted where TransformerLens's
+   alphabetical order (`str.casefold`) puts it, as TransformerLens's own tests require.
+2. `loading_from_pretrained.get_official_model_name`: official names and aliases resolve exactly as before; a name
+   TransformerLens does not know resolves to a local checkpoint folder when it is written as a path
+   (`r1_plugin.models.local`), else an error names the closest registered names.
+3. `loading_from_pretrained.convert_hf_model_config`: for the R1 family (r1_plugin's names, DeepSeek-V3 folders,
+   distill folders) read the HF config and convert it ourselves; everything else goes to TransformerLens's
+   conversion unchanged. TL's own chain assumes any name containing "llama" is a Meta Llama and never reads the
+   config (TL issue #897: a registered `...Distill-Llama-8B` crashes with `'NoneType' ... hidden_size`).
 4. `loading_from_pretrained.get_pretrained_state_dict` and the `AutoTokenizer` that `HookedTransformer.__init__`
    uses: translate "not in the cache while offline" into an error naming the repo/file and how to fetch it.
+Every wrapper takes and forwards `*args, **kwargs`, so a parameter a later TransformerLens adds passes through.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ from typing import Any
 import transformer_lens.loading_from_pretrained as loading
 from transformer_lens import supported_models
 
-from r1_plugin._patches._marks import hooked_transformer_module, is_patched, mark
+from r1_plugin._patches._marks import hooked_transformer_module, is_patched, mark, require
 from r1_plugin.errors import (
     MissingFromCacheError,
     UnknownModelError,
@@ -31,47 +35,59 @@ from r1_plugin.errors import (
     hub_offline,
     is_missing_file_error,
 )
-from r1_plugin.models import configs, registry
+from r1_plugin.models import configs, local, registry
+
+PATCH = "tl_models"
 
 
 def local_checkpoint_architecture(model_name: str) -> str | None:
-    """The architecture named by `<folder>/config.json` when `model_name` is a local checkpoint folder, else None."""
-    config_path = Path(model_name).expanduser() / "config.json"
-    if not config_path.is_file():
-        return None
-    try:
-        archs = json.loads(config_path.read_text()).get("architectures") or []
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UnsupportedArchitectureError(f"{config_path} is not a readable HF config.json: {exc}") from exc
-    return archs[0] if archs else ""
+    """The architecture named by `<folder>/config.json` when `model_name` means a local checkpoint folder (a path,
+    not one of TransformerLens's names), else None; "" when config.json names no architecture."""
+    folder = local.local_folder(model_name)
+    return None if folder is None else local.folder_architecture(folder)
+
+
+def _insert_sorted(names: list[str], name: str) -> None:
+    """Insert `name` where TransformerLens's alphabetical order (`str.casefold`) puts it."""
+    names.insert(bisect.bisect_right([n.casefold() for n in names], name.casefold()), name)
 
 
 def register_model_names() -> None:
-    """Add every R1 model id and alias to TransformerLens's registry (in place, idempotent)."""
-    names = supported_models.OFFICIAL_MODEL_NAMES
-    aliases = supported_models.MODEL_ALIASES
+    """Add every R1 model id and alias to TransformerLens's registry (in place, sorted, idempotent)."""
+    names = require(supported_models, "OFFICIAL_MODEL_NAMES", PATCH)
+    aliases = require(supported_models, "MODEL_ALIASES", PATCH)
     for spec in registry.ALL_MODELS:
         if spec.hf_id not in names:
-            names.append(spec.hf_id)
-        known = aliases.setdefault(spec.hf_id, [])
+            _insert_sorted(names, spec.hf_id)
+    new_keys = [spec.hf_id for spec in registry.ALL_MODELS if spec.hf_id not in aliases]
+    if new_keys:
+        # A dict keeps insertion order: rebuild it in place with the new keys at their sorted positions.
+        keys = list(aliases)
+        for key in new_keys:
+            _insert_sorted(keys, key)
+        old = dict(aliases)
+        aliases.clear()
+        aliases.update({key: old.get(key, []) for key in keys})
+    for spec in registry.ALL_MODELS:
+        known = aliases[spec.hf_id]
         for alias in spec.aliases:
             if alias not in known:
                 known.append(alias)
 
 
 def _patch_get_official_model_name() -> None:
-    original = loading.get_official_model_name
+    original = require(loading, "get_official_model_name", PATCH)
     if is_patched(original):
         return
 
     @functools.wraps(original)
-    def get_official_model_name(model_name: str) -> str:
-        arch = local_checkpoint_architecture(model_name)
-        if arch is not None:
-            return str(Path(model_name).expanduser())
+    def get_official_model_name(model_name: str, *args: Any, **kwargs: Any) -> str:
         try:
-            return original(model_name)
+            return original(model_name, *args, **kwargs)
         except ValueError as exc:
+            folder = local.local_folder(model_name)
+            if folder is not None:
+                return str(folder)
             candidates = supported_models.OFFICIAL_MODEL_NAMES + [
                 a for als in supported_models.MODEL_ALIASES.values() for a in als
             ]
@@ -79,8 +95,8 @@ def _patch_get_official_model_name() -> None:
             hint = f" Closest registered names: {', '.join(close)}." if close else ""
             raise UnknownModelError(
                 f"{model_name!r} is not a model TransformerLens or r1_plugin knows.{hint} "
-                "For a checkpoint on disk, pass its folder (it must contain config.json); "
-                "`r1_plugin.list_models()` lists the R1 models."
+                "For a checkpoint on disk, pass its folder as a path (e.g. `./my-model`; it must contain "
+                "config.json); `r1_plugin.list_models()` lists the R1 models."
             ) from exc
 
     # HookedTransformer calls it as `loading.get_official_model_name`, and loading's own functions look the global
@@ -88,63 +104,73 @@ def _patch_get_official_model_name() -> None:
     loading.get_official_model_name = mark(get_official_model_name, original)
 
 
-def load_hf_config(name: str, **kwargs: Any) -> Any:
-    """`AutoConfig.from_pretrained` with a clear error when the file is not cached and the hub is unreachable."""
+def load_hf_config(name: str, *args: Any, **kwargs: Any) -> Any:
+    """`AutoConfig.from_pretrained(name, *args, **kwargs)` as TransformerLens calls it (token from HF_TOKEN), with a
+    clear error when the file is not cached and the hub is unreachable."""
     from transformers import AutoConfig
 
-    token = os.environ.get("HF_TOKEN") or None
-    allowed = {k: v for k, v in kwargs.items() if k in ("revision", "cache_dir", "local_files_only", "token")}
-    allowed.setdefault("token", token)
+    allowed = dict(kwargs)
+    allowed.setdefault("token", os.environ.get("HF_TOKEN") or None)
     try:
-        return AutoConfig.from_pretrained(name, **allowed)
+        return AutoConfig.from_pretrained(name, *args, **allowed)
     except Exception as exc:
         if is_missing_file_error(exc):
             raise MissingFromCacheError(name, "config.json") from exc
         raise
 
 
+def r1_family_name(model_name: Any) -> str | None:
+    """The name r1_plugin converts itself (an R1 HF id, or an R1-family local folder), else None."""
+    if not isinstance(model_name, str):
+        return None
+    folder = local.local_folder(model_name)
+    if folder is not None:
+        arch = local.folder_architecture(folder)
+        if arch == "":
+            raise UnsupportedArchitectureError(
+                f"{model_name}: its config.json names no architecture (`architectures` is missing or empty), so "
+                "it cannot be loaded as a HookedTransformer; add e.g. `\"architectures\": [\"LlamaForCausalLM\"]`."
+            )
+        return str(folder) if local.is_r1_family_folder(folder) else None
+    spec = registry.lookup(model_name)
+    return spec.hf_id if spec is not None else None
+
+
 def _patch_convert_hf_model_config() -> None:
-    original = loading.convert_hf_model_config
+    original = require(loading, "convert_hf_model_config", PATCH)
     if is_patched(original):
         return
 
     @functools.wraps(original)
-    def convert_hf_model_config(model_name: str, **kwargs: Any) -> dict[str, Any]:
-        arch = local_checkpoint_architecture(model_name)
-        spec = registry.lookup(model_name) if arch is None else None
-        if arch is None and spec is None:
-            return original(model_name, **kwargs)
-        if arch == "":
-            raise UnsupportedArchitectureError(
-                f"{model_name}: its config.json names no architecture (`architectures` is missing or empty), so "
-                "it cannot be loaded as a HookedTransformer; add e.g. `\"architectures\": [\"LlamaForCausalLM\"]` "
-                f"(r1_plugin converts {', '.join(registry.SUPPORTED_ARCHITECTURES)})."
-            )
-        if arch is not None and arch not in registry.SUPPORTED_ARCHITECTURES:
+    def convert_hf_model_config(model_name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        official = r1_family_name(model_name)
+        if official is None:
             try:
-                return original(model_name, **kwargs)
+                return original(model_name, *args, **kwargs)
             except NotImplementedError as exc:
+                folder = local.local_folder(model_name)
+                if folder is None:
+                    raise
                 raise UnsupportedArchitectureError(
-                    f"{model_name}: its config.json says architecture {arch!r}, which neither r1_plugin "
-                    f"({', '.join(registry.SUPPORTED_ARCHITECTURES)}) nor TransformerLens can load as a "
-                    "HookedTransformer."
+                    f"{model_name}: its config.json says architecture {local.folder_architecture(folder)!r}, which "
+                    "neither TransformerLens nor r1_plugin (DeepseekV3ForCausalLM, the R1 distills) can load as a "
+                    f"HookedTransformer ({exc})."
                 ) from exc
-        official = str(Path(model_name).expanduser()) if arch is not None else spec.hf_id
-        hf_config = load_hf_config(official, **kwargs)
+        hf_config = load_hf_config(official, *args, **kwargs)
         return configs.hf_to_tl_config(hf_config, official)
 
     loading.convert_hf_model_config = mark(convert_hf_model_config, original)
 
 
 def _patch_get_pretrained_state_dict() -> None:
-    original = loading.get_pretrained_state_dict
+    original = require(loading, "get_pretrained_state_dict", PATCH)
     if is_patched(original):
         return
 
     @functools.wraps(original)
-    def get_pretrained_state_dict(official_model_name: str, cfg: Any, *args: Any, **kwargs: Any) -> Any:
+    def get_pretrained_state_dict(official_model_name: str, *args: Any, **kwargs: Any) -> Any:
         try:
-            return original(official_model_name, cfg, *args, **kwargs)
+            return original(official_model_name, *args, **kwargs)
         except Exception as exc:
             if is_missing_file_error(exc):
                 raise MissingFromCacheError(official_model_name, "model weights (*.safetensors)") from exc
@@ -199,7 +225,7 @@ class _AutoTokenizerWithClearErrors:
 
 
 def _patch_tokenizer_errors() -> None:
-    current = hooked_transformer_module.AutoTokenizer
+    current = require(hooked_transformer_module, "AutoTokenizer", PATCH)
     if is_patched(current):
         return
     hooked_transformer_module.AutoTokenizer = _AutoTokenizerWithClearErrors(current)

@@ -10,11 +10,13 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS: tuple[str, ...] = ("models", "steer", "sinks", "features", "saes", "experiment")
+SUBCOMMANDS: tuple[str, ...] = ("models", "steer", "sinks", "features", "saes", "experiment", "doctor")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every available subcommand."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser. With `command`, only that subcommand's full parser is built (the others are bare
+    names), so a command that needs no model imports no model code: `add_parser` may import what its options
+    need (e.g. the sinks defaults import torch)."""
     from r1_plugin.cli._errors import CLIParser  # usage errors on one line, exit code 2
 
     parser = CLIParser(prog="r1-plugin", description="DeepSeek-R1 interpretability tools.")
@@ -27,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name == f"{__name__}.{name}":
                 continue
             raise
+        if command is not None and name != command:
+            sub.add_parser(name)  # only its name: argv chose another command
+            continue
         sub_parser = module.add_parser(sub)
         sub_parser.set_defaults(_run=module.run)
     return parser
@@ -34,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `r1-plugin`; returns the process exit code (2, with one line on stderr, for bad input)."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    parser = build_parser(command if command in SUBCOMMANDS else None)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0), or a usage error already printed on one line (2)

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the catalog as an aligned table (load any row with `SAE.from_pretrained(release, id)`)."""
     from r1_plugin.saes.catalog import list_r1_saes
 
-    infos = list_r1_saes(model=args.model)
+    infos = list_r1_saes(model=args.model, light=True)
     if not infos:
         print(f"no registered SAEs for {args.model}")
         return 0

@@ -1,13 +1,7 @@
 """The offline demo on an embedded tiny R1 (`python -m r1_plugin.demo`, `make demo`) and the tools that build it.
 
 - `r1_plugin.demo.run`: the demo (`run_demo(DemoConfig(...))`, options for a real R1 + Goodfire SAE).
-- `r1_plugin.demo.assets`: the embedded assets and their installation into the HF cache.
+- `r1_plugin.demo.assets`: the embedded assets, loaded by path from the package folder.
 - `r1_plugin.demo.synthetic`: synthetic R1-style traces and the tiny model's architecture.
 - `r1_plugin.demo.build`: the stages of `scripts/make_tiny_r1.py` (model, sae, features).
 """
-
-from __future__ import annotations
-
-from r1_plugin.demo.assets import install_embedded_assets
-
-__all__ = ["install_embedded_assets"]

@@ -10,7 +10,6 @@ def _quiet_defaults() -> None:
     """Settings that must be in place before transformers/wandb are imported (the user's own values win)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 

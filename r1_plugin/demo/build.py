@@ -365,14 +365,13 @@ def goodfire_decode(state: dict[str, torch.Tensor], f: torch.Tensor) -> torch.Te
     return f @ state["W"].T + state["b_dec"]
 
 
-def registry_entry_yaml(d_in: int, d_sae: int, k: int, variance_explained: float) -> str:
-    """The release entry of the embedded SAE in SAELens's pretrained_saes.yaml schema (r1_plugin's loader)."""
-    return f"""# The embedded tiny R1's SAE: written by scripts/make_tiny_r1.py --stage sae; belongs in pretrained_saes.yaml.
-{assets.SAE_RELEASE}:
-  repo_id: {assets.SAE_REPO_ID}
-  model: {assets.MODEL_REPO_ID}
+def sae_entry_yaml(d_in: int, d_sae: int, k: int, variance_explained: float) -> str:
+    """The embedded SAE's description (SAELens's release schema, read by `assets.load_sae`; in no registry)."""
+    return f"""# The embedded tiny R1's SAE: written by scripts/make_tiny_r1.py --stage sae. Loaded by path
+# (r1_plugin.demo.assets.load_sae, SAE.load_from_disk); deliberately in no registry, so no name can download it.
+{assets.SAE_NAME}:
+  model: r1_plugin/assets/tiny-r1
   conversion_func: goodfire_r1
-  # Installed into the HF cache from r1_plugin/assets/ by `python -m r1_plugin.demo` (never downloaded).
   trained_on: "synthetic R1-style arithmetic traces (r1_plugin.demo.synthetic); embedded demo SAE, not for research"
   links:
     model: r1_plugin/assets/tiny-r1
@@ -387,7 +386,7 @@ def registry_entry_yaml(d_in: int, d_sae: int, k: int, variance_explained: float
     apply_b_dec_to_input: false
     normalize_activations: none
     hook_name: {assets.SAE_HOOK}
-    model_name: {assets.MODEL_REPO_ID}
+    model_name: {assets.MODEL_NAME}
     dataset_path: synthetic
     prepend_bos: true
   saes:
@@ -399,15 +398,9 @@ def registry_entry_yaml(d_in: int, d_sae: int, k: int, variance_explained: float
 
 
 def _load_tiny_model(n_layers: int | None = None) -> Any:
-    """The committed tiny R1 through `HookedTransformer.from_pretrained_no_processing`, offline from the HF cache."""
-    from r1_plugin.demo.run import _offline_hub
-
-    assets.install_model_repo()
-    from transformer_lens import HookedTransformer
-
-    with _offline_hub():
-        kwargs = {"first_n_layers": n_layers} if n_layers else {}
-        return HookedTransformer.from_pretrained_no_processing(assets.MODEL_REPO_ID, device="cpu", **kwargs).eval()
+    """The committed tiny R1 through `HookedTransformer.from_pretrained_no_processing(<its folder>)`."""
+    kwargs = {"first_n_layers": n_layers} if n_layers else {}
+    return assets.load_model(device="cpu", **kwargs).eval()
 
 
 def _texts_without_bos(traces: Sequence[Trace]) -> list[str]:
@@ -424,23 +417,20 @@ def build_sae(
     """Stage `sae`: train the SAE with SAELens (W&B offline), save `W`/`b_enc`/`b_dec` and the registry entry."""
     import os
 
-    from r1_plugin.demo.run import _offline_hub
     from r1_plugin.training import sae_runner_config, tokenized_dataset, train_sae
 
     cfg = cfg or SAETrainingConfig()
     started = time.time()
-    assets.install_model_repo()
     from transformers import AutoTokenizer
 
-    with _offline_hub():
-        tokenizer = AutoTokenizer.from_pretrained(assets.MODEL_REPO_ID)
-        d_in = int(json.loads((assets.MODEL_DIR / "config.json").read_text())["hidden_size"])
+    tokenizer = AutoTokenizer.from_pretrained(str(assets.MODEL_DIR))
+    d_in = int(json.loads((assets.MODEL_DIR / "config.json").read_text())["hidden_size"])
     traces = generate_traces(cfg.n_traces + cfg.n_eval_traces, SAE_DATA_SEED, TraceConfig())
     train_traces, eval_traces = traces[: cfg.n_traces], traces[cfg.n_traces :]
     dataset = tokenized_dataset(tokenizer, _texts_without_bos(train_traces), cfg.context_size)
     d_sae = d_in * cfg.expansion_factor
     runner_cfg = sae_runner_config(
-        assets.MODEL_REPO_ID,
+        str(assets.MODEL_DIR),
         assets.SAE_HOOK,
         d_sae=d_sae,
         d_in=d_in,
@@ -463,8 +453,7 @@ def build_sae(
     torch.manual_seed(cfg.seed)
     wandb_dir = wandb_dir or Path(os.environ.get("WANDB_DIR") or "build/make_tiny_r1")
     log(f"training SAE d_in={d_in} d_sae={d_sae} k={cfg.k} on {assets.SAE_HOOK} ({cfg.training_tokens} tokens)")
-    with _offline_hub():
-        result = train_sae(runner_cfg, dataset, wandb_mode="offline", wandb_dir=wandb_dir)
+    result = train_sae(runner_cfg, dataset, wandb_mode="offline", wandb_dir=wandb_dir)
     trained = result.sae
     state = {
         "W": trained.W_dec.detach().T.contiguous().float().clone(),
@@ -513,7 +502,7 @@ def build_sae(
         },
     }
     (target.parent / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    assets.REGISTRY_ENTRY_FILE.write_text(registry_entry_yaml(d_in, d_sae, cfg.k, variance_explained))
+    assets.SAE_ENTRY_FILE.write_text(sae_entry_yaml(d_in, d_sae, cfg.k, variance_explained))
     log(f"SAE saved to {target}: held-out variance explained {variance_explained:.3f}, {alive}/{d_sae} alive "
         f"({time.time() - started:.0f}s); W&B offline run: {result.run_dir}")
     return info
@@ -605,20 +594,12 @@ def build_features(
     """Stage `features`: run the tiny R1 + SAE over held-out traces with the harvester; label; write DuckDB files."""
     import tempfile
 
-    from sae_lens import SAE
-
-    from r1_plugin.demo.run import _offline_hub
     from r1_plugin.features import FeatureDB, FeatureLabel, harvest, merge_shards
 
     cfg = cfg or FeatureHarvestConfig()
     started = time.time()
-    assets.install_embedded_assets()
-    in_yaml = assets.ensure_sae_registered()
-    if not in_yaml:
-        log(f"note: {assets.SAE_RELEASE} is not in pretrained_saes.yaml yet; registered from {assets.REGISTRY_ENTRY_FILE}")
     model = _load_tiny_model()
-    with _offline_hub():
-        sae = SAE.from_pretrained(assets.SAE_RELEASE, assets.SAE_ID, device="cpu")
+    sae = assets.load_sae(device="cpu")
     traces = generate_traces(cfg.n_prompts, HARVEST_DATA_SEED, TraceConfig())
     prompts = [model.tokenizer(t.text(), add_special_tokens=False)["input_ids"] for t in traces]
     labels_path, acts_path = assets.FEATURES_LABELS, assets.FEATURES_ACTIVATIONS

@@ -12,13 +12,12 @@ See docs/demo.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,8 +59,8 @@ class DemoError(R1PluginError, RuntimeError):
 class DemoConfig:
     """Everything the demo does; the defaults run the embedded tiny R1 offline."""
 
-    model: str = assets.MODEL_REPO_ID
-    sae_release: str = assets.SAE_RELEASE
+    model: str = str(assets.MODEL_DIR)  # the embedded tiny R1, by path
+    sae_release: str | None = None  # None: the embedded tiny R1's SAE, loaded by path from the package
     sae_id: str = assets.SAE_ID
     feature: str = DEFAULT_FEATURE  # a label search text or a feature id
     strength: float | None = None  # None: DEFAULT_STRENGTH_FACTOR x the feature's top activation in the DB
@@ -82,11 +81,13 @@ class DemoConfig:
 
     @property
     def embedded(self) -> bool:
-        """Whether the model is the embedded tiny R1 (then the assets are installed and everything runs offline)."""
-        from r1_plugin.models import registry
+        """Whether the model is the embedded tiny R1 (loaded by path from the package: nothing touches the hub)."""
+        return assets.is_embedded_model(self.model)
 
-        spec = registry.lookup(self.model)
-        return spec is not None and spec.hf_id == assets.MODEL_REPO_ID
+    @property
+    def sae_name(self) -> str:
+        """The SAE as the report names it: `<release>/<id>`, or the embedded SAE's name."""
+        return f"{self.sae_release}/{self.sae_id}" if self.sae_release else f"{assets.SAE_NAME}/{assets.SAE_ID}"
 
 
 @dataclass
@@ -107,29 +108,9 @@ class DemoResult:
     experiments: str = ""  # the findings experiments' report section (markdown)
 
 
-@contextlib.contextmanager
-def _offline_hub() -> Iterator[None]:
-    """HF_HUB_OFFLINE for the duration (the env var and huggingface_hub's already-read constant)."""
-    from huggingface_hub import constants
-
-    saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    saved_const = constants.HF_HUB_OFFLINE
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = saved_const
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def load_model(cfg: DemoConfig) -> Any:
-    """`HookedTransformer.from_pretrained_no_processing(cfg.model, ...)`: the same call for the tiny R1 and R1."""
+    """`HookedTransformer.from_pretrained_no_processing(cfg.model, ...)`: the same call for the tiny R1 (its
+    packaged folder, through r1_plugin's local-folder path) and R1."""
     from transformer_lens import HookedTransformer
 
     kwargs: dict[str, Any] = {"device": cfg.device, "dtype": cfg.dtype}
@@ -145,16 +126,15 @@ def load_model(cfg: DemoConfig) -> Any:
 
 
 def load_sae(cfg: DemoConfig) -> Any:
-    """`SAE.from_pretrained(release, id)` through SAELens's registry (r1_plugin adds its releases to it)."""
+    """The embedded SAE by path (`assets.load_sae`), else `SAE.from_pretrained(release, id)` through SAELens's
+    registry (r1_plugin adds Goodfire's R1 releases to it)."""
+    if cfg.sae_release is None:
+        sae = assets.load_sae(device=cfg.device)
+        sae.eval()
+        return sae
     from sae_lens import SAE
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
-    if cfg.sae_release == assets.SAE_RELEASE and not assets.ensure_sae_registered():
-        warnings.warn(
-            f"{assets.SAE_RELEASE} is not in r1_plugin's pretrained_saes.yaml; registered it from "
-            f"{assets.REGISTRY_ENTRY_FILE}",
-            stacklevel=2,
-        )
     directory = get_pretrained_saes_directory()
     if cfg.sae_release not in directory:
         near = [r for r in directory if "r1" in r.lower()][:8]
@@ -168,7 +148,7 @@ def _feature_db_paths(cfg: DemoConfig) -> tuple[Path | None, Path | None]:
     """The feature database to search: the options, else the embedded one for the embedded SAE."""
     if cfg.features_labels is not None or cfg.features_activations is not None:
         return cfg.features_labels, cfg.features_activations
-    if cfg.sae_release == assets.SAE_RELEASE:
+    if cfg.sae_release is None:
         return assets.FEATURES_LABELS, assets.FEATURES_ACTIVATIONS
     return None, None
 
@@ -270,12 +250,10 @@ def _plot_activations(
     model: Any, traces: list[tuple[str, torch.Tensor, torch.Tensor, int | None]], label: str, path: Path
 ) -> Any:
     """One panel per trace: the feature's activation per token, the gate position marked."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(traces), 1, figsize=(14, 2.6 * len(traces)), squeeze=False)
+    fig = Figure(figsize=(14, 2.6 * len(traces)))
+    axes = fig.subplots(len(traces), 1, squeeze=False)
     for ax, (title, tokens, acts, gate) in zip(axes[:, 0], traces):
         strs = [s.replace("\n", "\\n").translate(_PLOT_SAFE) for s in model.to_str_tokens(tokens[0])]
         ax.bar(range(len(acts)), acts.numpy(), color="tab:blue")
@@ -295,12 +273,10 @@ def _plot_activations(
 
 def _plot_sweep(rows: list[dict[str, Any]], label: str, path: Path) -> Any:
     """Backtracking sentences and divergence vs steering strength."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     xs = [r["strength"] for r in rows]
     ax.plot(xs, [r["backtracks"] for r in rows], marker="o", label="'Wait' sentences in thinking")
     ax.plot(xs, [r["completion_tokens"] / 10 for r in rows], marker="s", label="completion tokens / 10")
@@ -336,7 +312,7 @@ def render_report(result: DemoResult, cfg: DemoConfig) -> str:
     lines = [
         "# r1_plugin demo",
         "",
-        f"model: {cfg.model}   SAE: {cfg.sae_release} / {cfg.sae_id} at {result.hook_name}",
+        f"model: {cfg.model}   SAE: {cfg.sae_name} at {result.hook_name}",
         f"feature {result.feature_id}: {result.feature_label}   steering strength {result.strength:.3g} "
         "(gate: AfterResponsePrefix, KV-cached generation)",
         "",
@@ -387,15 +363,10 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> DemoResult:
     torch.manual_seed(cfg.seed)
     if cfg.first_n_layers is not None:
         log("note: --first-n-layers truncates the model; its generations are not the full model's")
-    offline = _offline_hub() if cfg.embedded else contextlib.nullcontext()
-    with offline:
-        if cfg.embedded:
-            installed = assets.install_embedded_assets()
-            log(f"installed the embedded tiny R1 into the HF cache: {installed.model_snapshot.parent.parent}")
-        t0 = time.time()
-        model = load_model(cfg)
-        sae = load_sae(cfg)
-        log(f"loaded {cfg.model} and SAE {cfg.sae_release}/{cfg.sae_id} in {time.time() - t0:.1f}s")
+    t0 = time.time()
+    model = load_model(cfg)
+    sae = load_sae(cfg)
+    log(f"loaded {cfg.model} and SAE {cfg.sae_name} in {time.time() - t0:.1f}s")
     import pandas as pd
 
     from r1_plugin.chat import r1_chat_tokens
@@ -416,7 +387,7 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> DemoResult:
     wandb_dir = cfg.wandb_dir or (Path(os.environ["WANDB_DIR"]) if os.environ.get("WANDB_DIR") else out)
     run_config = {
         "model": cfg.model,
-        "sae_release": cfg.sae_release,
+        "sae_release": cfg.sae_release or assets.SAE_NAME,
         "sae_id": cfg.sae_id,
         "hook_name": hook_name,
         "feature_id": fid,
@@ -550,8 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Steer an SAE feature of R1 after its response prefix, look at the prefix-end attention sinks, "
         "log to W&B. Defaults: the embedded tiny R1, offline.",
     )
-    p.add_argument("--model", default=assets.MODEL_REPO_ID, help="HF id or alias (default: the embedded tiny R1)")
-    p.add_argument("--sae-release", default=assets.SAE_RELEASE, help="SAELens release (default: %(default)s)")
+    p.add_argument("--model", default=str(assets.MODEL_DIR),
+                   help="HF id, alias or checkpoint folder (default: the embedded tiny R1's folder)")
+    p.add_argument("--sae-release", default=None,
+                   help="SAELens release (default: the embedded tiny R1's SAE, loaded from the package folder)")
     p.add_argument("--sae-id", default=assets.SAE_ID, help="SAE id within the release (default: %(default)s)")
     p.add_argument("--feature", default=DEFAULT_FEATURE,
                    help="feature id, or words to search the labels for (default: %(default)s)")

@@ -1,4 +1,4 @@
-"""Synthetic R1-style reasoning traces, the tokenizer and the config of the embedded tiny R1 (`r1-plugin/tiny-r1`).
+"""Synthetic R1-style reasoning traces, the tokenizer and the config of the embedded tiny R1 (r1_plugin/assets/tiny-r1).
 
 A trace follows R1's chat format exactly: `<｜begin▁of▁sentence｜><｜User｜>{question}<｜Assistant｜><think>\\n`, a
 response prefix ("Okay, so the user asked about ...", one sentence), reasoning steps separated by blank lines with
@@ -13,8 +13,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from r1_plugin.chat import BOS_TEXT as BOS
+from r1_plugin.chat import EOS_TEXT as EOS
 from r1_plugin.chat import render_r1_template
-from r1_plugin.testing.tokenizers import BOS, EOS
 
 QUESTION_KINDS: tuple[str, ...] = ("add", "sub", "mul", "compare", "chain")
 
@@ -195,8 +196,6 @@ def tokenizer_corpus(traces: Iterable[Trace]) -> list[str]:
 # The tiny model's architecture: DeepSeek-V3 in miniature (MLA with q-LoRA, one dense layer then DeepSeek MoE with a
 # shared expert and group-limited sigmoid routing, YaRN rope), as HF's DeepseekV3Config keyword arguments.
 
-TINY_R1_REPO_ID = "r1-plugin/tiny-r1"
-TINY_R1_SAE_REPO_ID = "r1-plugin/tiny-r1-sae"
 TOKENIZER_VOCAB_SIZE = 512
 
 TINY_R1_ARCH: dict[str, Any] = {

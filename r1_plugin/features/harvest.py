@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ import duckdb
 import torch
 
 from r1_plugin.features.db import FeatureDB, FeatureDBError, FeatureLabel
+from r1_plugin.hook_names import hook_layer, sae_hook_name_or_none
 from r1_plugin.saes.placement import encode_on_sae
 
 logger = logging.getLogger(__name__)
@@ -84,19 +84,6 @@ def shard_range(n_prompts: int, shard_index: int, num_shards: int) -> tuple[int,
 def shard_dirname(shard_index: int, num_shards: int) -> str:
     """The directory name of one shard."""
     return f"shard-{shard_index:05d}-of-{num_shards:05d}"
-
-
-def _hook_layer(hook_name: str) -> int | None:
-    """The block index of a `blocks.<i>.` hook (to stop the forward pass there), else None."""
-    match = re.match(r"^blocks\.(\d+)\.", hook_name)
-    return int(match.group(1)) if match else None
-
-
-def _sae_hook_name(sae: Any) -> str | None:
-    """The hook an SAELens SAE was trained on (6.x keeps it in cfg.metadata), if it says."""
-    cfg = getattr(sae, "cfg", None)
-    meta = getattr(cfg, "metadata", None)
-    return getattr(meta, "hook_name", None) or getattr(cfg, "hook_name", None)
 
 
 def special_token_ids(tokenizer: Any) -> list[int]:
@@ -250,7 +237,7 @@ class _Harvester:
     def __init__(self, model: Any, sae: Any, config: HarvestConfig, shard_dir: Path) -> None:
         self.model, self.sae, self.config, self.shard_dir = model, sae, config, shard_dir
         self.tokenizer = getattr(model, "tokenizer", None)
-        self.layer = _hook_layer(config.hook_name)
+        self.layer = hook_layer(config.hook_name)
         self.decoded: dict[int, str] = {}
         self.topk = RunningTopK(config.top_k, config.min_strength)
         self._con = duckdb.connect(":memory:")
@@ -393,7 +380,7 @@ def harvest(
     """
     from tqdm.auto import tqdm
 
-    hook_name = hook_name or _sae_hook_name(sae)
+    hook_name = hook_name or sae_hook_name_or_none(sae)
     if not hook_name:
         raise ValueError("hook_name is needed: the SAE's config does not name the hook it reads")
     if top_k < 1 or batch_size < 1 or max_length < 1 or checkpoint_every < 1:

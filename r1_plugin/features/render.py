@@ -6,7 +6,7 @@ import html
 import unicodedata
 from collections.abc import Sequence
 
-from r1_plugin.features.db import Example
+from r1_plugin.features.records import Example
 
 ANSI_HIGHLIGHT = "\x1b[1;30;43m"  # bold black on yellow
 ANSI_DIM = "\x1b[2m"

@@ -5,30 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from r1_plugin.errors import UnsupportedArchitectureError
+from r1_plugin.models.hf_config import get as _get
+from r1_plugin.models.hf_config import rope_parameters
 from r1_plugin.models.registry import SUPPORTED_ARCHITECTURES
-
-
-def _get(hf_config: Any, key: str, default: Any = None) -> Any:
-    """Read a field from an HF config object or a plain dict."""
-    if isinstance(hf_config, dict):
-        return hf_config.get(key, default)
-    return getattr(hf_config, key, default)
-
-
-def rope_parameters(hf_config: Any) -> dict[str, Any]:
-    """The rope settings whether the config uses transformers 5's `rope_parameters` or the older top-level keys."""
-    params = dict(_get(hf_config, "rope_parameters") or {})
-    legacy = _get(hf_config, "rope_scaling") or {}
-    for key, value in dict(legacy).items():
-        params.setdefault(key, value)
-    if "rope_type" not in params and "type" in params:
-        params["rope_type"] = params["type"]
-    theta = _get(hf_config, "rope_theta")
-    if theta is not None:
-        params.setdefault("rope_theta", theta)
-    params.setdefault("rope_theta", 10000.0)
-    params.setdefault("rope_type", "default")
-    return params
 
 
 def _dense_decoder_config(hf_config: Any) -> dict[str, Any]:

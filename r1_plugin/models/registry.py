@@ -33,13 +33,9 @@ DEEPSEEK_V3_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("deepseek-ai/DeepSeek-V3-0324", "DeepseekV3ForCausalLM", ("deepseek-v3-0324",), "r1"),
 )
 
-# The embedded demo model: a few-MB DeepSeek-V3-architecture model shipped in r1_plugin/assets and installed into
-# the HF cache under this id by `r1_plugin.demo`, so it loads through exactly the code path R1 uses.
-EMBEDDED_MODELS: tuple[ModelSpec, ...] = (
-    ModelSpec("r1-plugin/tiny-r1", "DeepseekV3ForCausalLM", ("tiny-r1",), "r1"),
-)
-
-ALL_MODELS: tuple[ModelSpec, ...] = DISTILLS + DEEPSEEK_V3_MODELS + EMBEDDED_MODELS
+# The embedded demo model is not registered: it loads by path from the package folder (r1_plugin.demo.assets), so
+# no name TransformerLens resolves can ever mean a download of someone else's repo.
+ALL_MODELS: tuple[ModelSpec, ...] = DISTILLS + DEEPSEEK_V3_MODELS
 
 # Architectures r1_plugin converts itself (the HF config is always read, never guessed from the name).
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = ("DeepseekV3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM")

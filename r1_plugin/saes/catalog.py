@@ -68,6 +68,10 @@ _DESCRIBE: dict[str, Callable[[str, str, dict[str, Any]], dict[str, Any]]] = {
 }
 
 
+# Describers that call SAELens's own code (skipped by `list_r1_saes(light=True)`).
+_ASKS_SAE_LENS: frozenset[str] = frozenset({"deepseek_r1"})
+
+
 def _generic(sae_id: str, overrides: dict[str, Any]) -> dict[str, Any]:
     hook = overrides.get("hook_name")
     if hook is None and re.match(r"^blocks\.\d+\.hook_\w+$", sae_id):
@@ -76,15 +80,58 @@ def _generic(sae_id: str, overrides: dict[str, Any]) -> dict[str, Any]:
             "architecture": overrides.get("architecture"), "dataset": overrides.get("dataset_path")}
 
 
-def list_r1_saes(model: str | None = None) -> list[R1SAEInfo]:
-    """Every registered SAE for R1 or one of its distills (optionally only `model`'s), r1_plugin's first."""
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+@dataclass(frozen=True)
+class _Release:
+    """The fields of SAELens's `PretrainedSAELookup` the catalog reads, from a release's yaml entry."""
 
+    model: str
+    repo_id: str
+    conversion_func: str | None
+    saes_map: dict[str, str]
+    config_overrides: dict[str, Any] | None
+
+
+def _release(entry: dict[str, Any]) -> _Release:
+    return _Release(entry["model"], entry["repo_id"], entry.get("conversion_func"),
+                    {str(s["id"]): str(s["path"]) for s in entry["saes"]}, entry.get("config_overrides"))
+
+
+def _directory_from_yaml() -> dict[str, Any]:
+    """SAELens's directory read from its own pretrained_saes.yaml without importing SAELens, with r1_plugin's
+    releases added as `import r1_plugin` adds them (a release SAELens ships is kept)."""
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+
+    spec = importlib.util.find_spec("sae_lens")
+    data: dict[str, Any] = {}
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / "pretrained_saes.yaml"
+        data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+    directory: dict[str, Any] = {release: _release(entry) for release, entry in data.items()}
+    for release, entry in raw_releases().items():
+        directory.setdefault(release, _release(entry))
+    return directory
+
+
+def list_r1_saes(model: str | None = None, light: bool = False) -> list[R1SAEInfo]:
+    """Every registered SAE for R1 or one of its distills (optionally only `model`'s), r1_plugin's first.
+
+    `light=True` (what `r1-plugin saes list` uses) reads the registries' yaml files without importing SAELens or
+    torch; fields only SAELens's own config getters can tell (e.g. d_sae of the distills' qresearch SAE) stay None.
+    """
+    if light:
+        directory = _directory_from_yaml()
+    else:
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+        directory = get_pretrained_saes_directory()
     ours = raw_releases()
     spec = lookup_model(model) if model else None  # an alias (r1, r1-distill-llama-8b) or any case names its HF id
     wanted = {spec.hf_id if spec is not None else model} if model else _r1_models()
     infos: list[R1SAEInfo] = []
-    for release, lookup in get_pretrained_saes_directory().items():
+    for release, lookup in directory.items():
         if lookup.model not in wanted:
             continue
         overrides = dict(lookup.config_overrides or {})
@@ -93,7 +140,7 @@ def list_r1_saes(model: str | None = None) -> list[R1SAEInfo]:
         for sae_id, path in lookup.saes_map.items():
             fields_ = _generic(sae_id, overrides)
             describe = _DESCRIBE.get(lookup.conversion_func or "")
-            if describe is not None and not mine:
+            if describe is not None and not mine and not (light and lookup.conversion_func in _ASKS_SAE_LENS):
                 fields_.update({k: v for k, v in describe(sae_id, path, overrides).items() if v is not None})
             infos.append(R1SAEInfo(
                 release=release, sae_id=sae_id, model=lookup.model, repo_id=lookup.repo_id, path=path,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import pickle
 import posixpath
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,15 @@ def get_goodfire_r1_config_from_hf(
     cfg_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The SAE's SAELens config dict, built from the registry entry's `config_overrides` (no download needed)."""
+    cfg = goodfire_config(f"{repo_id}/{folder_name}", cfg_overrides, device)
+    _check_against_repo_config(repo_id, folder_name, cfg)
+    return cfg
+
+
+def goodfire_config(where: str, cfg_overrides: dict[str, Any] | None, device: str | None = None) -> dict[str, Any]:
+    """The SAELens config dict of a Goodfire-format SAE from its `config_overrides`, validated."""
     overrides = {key: value for key, value in (cfg_overrides or {}).items() if value is not None}
     missing = [key for key in REQUIRED_CONFIG_KEYS if overrides.get(key) is None]
-    where = f"{repo_id}/{folder_name}"
     if missing:
         raise SAEConfigError(
             f"the registry entry of {where} does not declare {', '.join(missing)}: add them under the release's "
@@ -81,7 +88,6 @@ def get_goodfire_r1_config_from_hf(
         )
     if cfg["apply_b_dec_to_input"]:
         raise SAEConfigError(f"{where}: Goodfire's encode does not subtract b_dec; apply_b_dec_to_input must be false")
-    _check_against_repo_config(repo_id, folder_name, cfg)
     return cfg
 
 
@@ -201,6 +207,21 @@ def goodfire_r1_huggingface_loader(
     path = download(repo_id, folder_name, force_download)
     raw, _ = cache.load_with_copy(path, load_pt_weights_only)
     return cfg, convert_state_dict(raw, cfg, f"{repo_id}/{folder_name}"), None
+
+
+def disk_converter(
+    config_overrides: dict[str, Any],
+) -> Callable[..., tuple[dict[str, Any], dict[str, torch.Tensor]]]:
+    """A converter for `SAE.load_from_disk(<file.pt>, converter=...)`: a Goodfire-format file on disk, described by
+    `config_overrides` (what a release's `config_overrides` holds); nothing touches the hub."""
+
+    def load(path: str | Path, device: str = "cpu", cfg_overrides: dict[str, Any] | None = None) -> tuple[
+        dict[str, Any], dict[str, torch.Tensor]
+    ]:
+        cfg = goodfire_config(str(path), {**config_overrides, **(cfg_overrides or {})}, device)
+        return cfg, convert_state_dict(load_pt_weights_only(path), cfg, str(path))
+
+    return load
 
 
 LOADERS = {CONVERSION_FUNC: goodfire_r1_huggingface_loader}

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup
 
 from r1_plugin.errors import R1PluginError
 
@@ -60,8 +59,10 @@ def raw_releases() -> dict[str, dict[str, Any]]:
     return data
 
 
-def _lookup(release: str, entry: dict[str, Any]) -> PretrainedSAELookup:
+def _lookup(release: str, entry: dict[str, Any]) -> Any:
     """One release as SAELens's `PretrainedSAELookup`, field by field as SAELens parses its own yaml."""
+    from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup
+
     saes_map: dict[str, str] = {}
     var_explained: dict[str, float] = {}
     l0: dict[str, float] = {}
@@ -90,7 +91,7 @@ def _lookup(release: str, entry: dict[str, Any]) -> PretrainedSAELookup:
 
 
 @functools.cache
-def plugin_lookups() -> dict[str, PretrainedSAELookup]:
+def plugin_lookups() -> dict[str, Any]:
     """r1_plugin's releases as SAELens lookups (release name -> lookup); parsed once, see `reload()`."""
     return {release: _lookup(release, entry) for release, entry in raw_releases().items()}
 

@@ -5,12 +5,23 @@ from __future__ import annotations
 import html
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from r1_plugin.sinks.detect import SinkReport
+
+class SinkReport(Protocol):
+    """What the plots read from a `r1_plugin.sinks.detect.SinkReport` (a Protocol, so that this module does not
+    import detect, whose report methods draw through this module)."""
+
+    layers: list[int]
+    epsilon: float
+    min_sink_rate: float
+    min_queries: int
+    seq_len: int
+
+    def row(self, batch_index: int = 0) -> Any:
+        """The unbatched report of one batch row."""
 
 _TITLES = {
     "sink_rate": "fraction of heads with alpha > {eps}",
@@ -41,10 +52,7 @@ def heatmap_figure(
     title: str | None = None,
 ) -> Any:
     """Matplotlib figure of `report.layer_values(value)` (layers x positions); sinks and `marked` in red."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no pyplot state, the user's backend untouched
 
     row = report.row(batch_index)
     values = row.layer_values(value).cpu().numpy()
@@ -52,7 +60,8 @@ def heatmap_figure(
     marked = sorted(set(marked or []))
     ticks = _tick_positions(row, max_labels, sorted(set(sinks) | set(marked)))
     width = min(40.0, max(6.0, 0.22 * (len(ticks) if row.seq_len > max_labels else row.seq_len) + 3))
-    fig, ax = plt.subplots(figsize=(width, max(3.0, 0.22 * row.n_layers + 2.0)))
+    fig = Figure(figsize=(width, max(3.0, 0.22 * row.n_layers + 2.0)))
+    ax = fig.subplots()
     im = ax.imshow(values, aspect="auto", cmap="viridis", vmin=0.0, interpolation="nearest")
     fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
     labels = [
@@ -141,13 +150,8 @@ def save_heatmap(
         return path
     if suffix != ".png":
         raise ValueError(f"heatmap path must end in .png, .html or .htm, got {path.name!r}")
-    import matplotlib.pyplot as plt
-
     fig = heatmap_figure(report, batch_index, value, marked=marked, title=title)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-            fig.savefig(path, dpi=120)
-    finally:
-        plt.close(fig)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.savefig(path, dpi=120)
     return path

@@ -21,8 +21,6 @@ def log_sinks(
     Tables: `{prefix}/positions` (one row per position), `{prefix}/massive`; image: `{prefix}/heatmap`;
     summary: number of sinks, BOS / prefix-end sink rates and the R1 verdict.
     """
-    import matplotlib.pyplot as plt
-
     from r1_plugin.sinks.plotting import heatmap_figure
 
     row = report.row(0)
@@ -50,9 +48,5 @@ def log_sinks(
                 f"{prefix}/prefix_end_norm_ratio": check.norm_ratio_at(check.prefix_end),
             }
         )
-    fig = heatmap_figure(report, marked=marked)
-    try:
-        tracker.log_figure(f"{prefix}/heatmap", fig)
-    finally:
-        plt.close(fig)
+    tracker.log_figure(f"{prefix}/heatmap", heatmap_figure(report, marked=marked))
     tracker.log_summary(summary)

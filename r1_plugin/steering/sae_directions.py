@@ -19,17 +19,11 @@ from typing import Any
 
 import torch
 
+from r1_plugin.hook_names import (
+    sae_hook_name as sae_hook_name,  # re-exported: r1_plugin.steering.sae_hook_name
+)
 from r1_plugin.saes.placement import on_sae, sae_placement
-from r1_plugin.steering.steer import AddDirection, Intervention
-
-
-def sae_hook_name(sae: Any) -> str:
-    """The hook the SAE was trained on (SAELens 6 keeps it in `cfg.metadata.hook_name`)."""
-    meta = getattr(sae.cfg, "metadata", None)
-    name = getattr(meta, "hook_name", None) or getattr(sae.cfg, "hook_name", None)
-    if not name:
-        raise ValueError("the SAE does not say which hook it reads (cfg.metadata.hook_name): pass hook_name=")
-    return str(name)
+from r1_plugin.steering.interventions import AddDirection, Intervention
 
 
 def _feature_ids(sae: Any, feature: int | Sequence[int]) -> list[int]:

@@ -69,13 +69,11 @@ class SweepResult:
 
     def plot(self, metrics: Sequence[str] | None = None) -> Any:
         """A matplotlib figure: each metric against strength, one line per prompt, reversions marked with x."""
-        import matplotlib
-
-        matplotlib.use(matplotlib.get_backend())
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # the object API: no pyplot state, the user's backend untouched
 
         cols = list(metrics or [m for m in ("behaviour", "feature_act", "kl") if m in self.table])
-        fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.4), squeeze=False)
+        fig = Figure(figsize=(4.2 * len(cols), 3.4))
+        axes = fig.subplots(1, len(cols), squeeze=False)
         for ax, col in zip(axes[0], cols):
             for idx, frame in self.table.groupby("prompt_index"):
                 frame = frame.sort_values("strength")
@@ -103,13 +101,7 @@ class SweepResult:
             ],
             key=f"{key}_generations",
         )
-        import matplotlib.pyplot as plt
-
-        fig = self.plot()
-        try:
-            tracker.log_figure(f"{key}_plot", fig)
-        finally:
-            plt.close(fig)
+        tracker.log_figure(f"{key}_plot", self.plot())
         tracker.log_summary({f"{key}/n_reverted": int(self.table["reverted"].sum()),
                              f"{key}/primary_metric": self.primary_metric})
 

@@ -9,6 +9,8 @@ from typing import Any
 from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
 
 from r1_plugin.errors import UnsupportedArchitectureError
+from r1_plugin.models.hf_config import get as _get
+from r1_plugin.models.hf_config import rope_parameters
 
 ARCHITECTURE = "DeepseekV3ForCausalLM"
 
@@ -121,17 +123,9 @@ class DeepseekV3HookedConfig(HookedTransformerConfig):
         return self.n_layers * (attn + norms) + n_dense * dense + (self.n_layers - n_dense) * moe
 
 
-def _get(hf_config: Any, key: str, default: Any = None) -> Any:
-    """Read a field from an HF config object or a plain dict (config.json)."""
-    if isinstance(hf_config, dict):
-        return hf_config.get(key, default)
-    return getattr(hf_config, key, default)
-
 
 def hf_to_tl_config_dict(hf_config: Any, official_name: str) -> dict[str, Any]:
     """Convert an HF DeepseekV3 config (object or config.json dict) to DeepseekV3HookedConfig keyword arguments."""
-    from r1_plugin.models.configs import rope_parameters
-
     scoring = _get(hf_config, "scoring_func", "sigmoid")
     topk_method = _get(hf_config, "topk_method", "noaux_tc")
     if scoring != "sigmoid" or topk_method != "noaux_tc":

@@ -43,14 +43,13 @@ PROCESSING_HELP = (
 
 def deepseek_official_name(model_name: str) -> str | None:
     """The HF id (or expanded local folder) when `model_name` is a DeepSeek-V3 model r1_plugin loads, else None."""
-    from r1_plugin._patches.tl_models import local_checkpoint_architecture
-    from r1_plugin.models import registry
+    from r1_plugin.models import local, registry
 
     if not isinstance(model_name, str):
         return None
-    arch = local_checkpoint_architecture(model_name)
-    if arch is not None:
-        return str(Path(model_name).expanduser()) if arch == ARCHITECTURE else None
+    folder = local.local_folder(model_name)
+    if folder is not None:
+        return str(folder) if local.folder_architecture(folder) == ARCHITECTURE else None
     spec = registry.lookup(model_name)
     return spec.hf_id if spec is not None and spec.architecture == ARCHITECTURE else None
 
@@ -69,7 +68,9 @@ class CheckpointFiles:
 
     def __init__(self, name: str, hub_kwargs: dict[str, Any]) -> None:
         self.name = name
-        self.local = Path(name) if Path(name).is_dir() else None
+        # Local folders arrive absolute (r1_plugin.models.local); a relative name is a hub id even if a folder of
+        # that name happens to exist in the working directory.
+        self.local = Path(name) if Path(name).is_absolute() and Path(name).is_dir() else None
         self.hub_kwargs = {k: v for k, v in hub_kwargs.items() if k in _HUB_KWARGS}
         self.cache_misses: list[str] = []  # files `exists` found absent only because they are not cached offline
 

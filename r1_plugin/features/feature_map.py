@@ -21,66 +21,35 @@ import re
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from r1_plugin.errors import R1PluginError
+from r1_plugin.features.feature_map_data import (  # re-exported: the map's data types live there
+    Embedding as Embedding,
+)
+from r1_plugin.features.feature_map_data import (
+    FeatureMap as FeatureMap,
+)
+from r1_plugin.features.feature_map_data import (
+    FeatureMapError as FeatureMapError,
+)
+from r1_plugin.features.feature_map_data import (
+    KnnMethod as KnnMethod,
+)
+from r1_plugin.features.feature_map_data import (
+    MapParams as MapParams,
+)
 
 AUTO_PCA_DIMS = 64
 EXACT_FULL_MAX_MACS = 1e11  # "auto": the k-NN uses every dimension while n^2 * d_in stays below this (~10 s here)
 EXACT_KNN_MAX = 250_000  # above this many features the exact k-NN (O(n^2)) gives way to NN-descent
 CACHE_DIRNAME = "feature_map_cache"
+DEFAULT_PARAMS = MapParams()  # frozen: safe as a shared default
 CACHE_FORMAT = 1  # bump when the cached file's layout or the embedding recipe changes
-
-KnnMethod = Literal["auto", "exact", "nndescent"]
-
-
-class FeatureMapError(R1PluginError, ValueError):
-    """Bad input to the feature map: no decoder, wrong shapes, unknown statistics or colour modes."""
-
-
-@dataclass(frozen=True)
-class MapParams:
-    """Everything the 2-D embedding depends on besides the decoder weights (part of the cache key)."""
-
-    seed: int = 0
-    n_neighbors: int = 15
-    min_dist: float = 0.1
-    pca_dims: int | Literal["auto"] | None = "auto"  # None: every dimension; "auto": see `projection_dims`
-    knn: KnnMethod = "auto"
-    n_epochs: int | None = None  # None: UMAP's default (500 below 10,000 points, else 200)
-
-    def __post_init__(self) -> None:
-        if self.n_neighbors < 2:
-            raise FeatureMapError(f"n_neighbors must be >= 2, got {self.n_neighbors}")
-        if self.pca_dims != "auto" and self.pca_dims is not None and (
-            not isinstance(self.pca_dims, int) or self.pca_dims < 2
-        ):
-            raise FeatureMapError(f"pca_dims must be an int >= 2, 'auto' or None, got {self.pca_dims!r}")
-        if self.knn not in ("auto", "exact", "nndescent"):
-            raise FeatureMapError(f"knn must be 'auto', 'exact' or 'nndescent', got {self.knn!r}")
-        if not 0.0 <= self.min_dist <= 1.0:
-            raise FeatureMapError(f"min_dist must be in [0, 1], got {self.min_dist}")
-        if self.n_epochs is not None and self.n_epochs < 1:
-            raise FeatureMapError(f"n_epochs must be positive or None, got {self.n_epochs}")
-
-
-@dataclass
-class Embedding:
-    """2-D coordinates of every feature and how they were made."""
-
-    coords: np.ndarray  # [d_sae, 2] float32
-    weights_sha256: str
-    params: MapParams
-    cache_path: Path | None = None
-    cache_hit: bool = False
-    explained: float | None = None  # share of the unit rows' squared norm the projection keeps
-    seconds: float = 0.0
-
 
 # ---------------------------------------------------------------------------------------------- decoder
 def load_sae(release: str, sae_id: str, device: str = "cpu") -> Any:
@@ -173,7 +142,7 @@ def projection_dims(params: MapParams, n: int, d: int) -> int | None:
 
 
 def embed(
-    weights: torch.Tensor, params: MapParams = MapParams(), progress: bool = True
+    weights: torch.Tensor, params: MapParams = DEFAULT_PARAMS, progress: bool = True
 ) -> tuple[np.ndarray, float]:
     """UMAP (cosine) of the decoder rows to 2-D, seeded; (coords [d_sae, 2] float32, projection's kept share).
 
@@ -232,7 +201,7 @@ def _cache_key(digest: str, params: MapParams) -> str:
 def cached_embedding(
     sae: Any,
     cache_dir: str | Path | None,
-    params: MapParams = MapParams(),
+    params: MapParams = DEFAULT_PARAMS,
     progress: bool = True,
 ) -> Embedding:
     """The 2-D embedding of `sae`'s decoder, read from `cache_dir` when its weights and params match, else made.
@@ -260,30 +229,6 @@ def cached_embedding(
         np.savez(tmp, coords=coords, meta=np.array(json.dumps(meta)))
         tmp.replace(path)
     return Embedding(coords, digest, params, path, False, kept, time.time() - started)
-
-
-# ---------------------------------------------------------------------------------------------- map data
-@dataclass
-class FeatureMap:
-    """Everything the PNG and the HTML show: positions, labels, scores, statistics, top examples."""
-
-    title: str
-    coords: np.ndarray  # [d_sae, 2]
-    labels: list[str | None]
-    scores: dict[str, np.ndarray] = field(default_factory=dict)  # label scores (quality, interestingness), NaN = none
-    stats: dict[str, np.ndarray] = field(default_factory=dict)  # numeric per-feature statistics, NaN = none
-    groups: dict[str, list[str | None]] = field(default_factory=dict)  # categorical per-feature values
-    examples: dict[int, list[Any]] = field(default_factory=dict)  # feature id -> [Example], strongest first
-    embedding: Embedding | None = None
-
-    @property
-    def n_features(self) -> int:
-        """d_sae: one point per decoder row."""
-        return int(self.coords.shape[0])
-
-    def color_modes(self) -> list[str]:
-        """Names the map can be coloured by: label scores, statistics, categorical groups."""
-        return [*self.scores, *self.stats, *self.groups]
 
 
 def _per_feature(name: str, values: Any, n: int) -> np.ndarray | list[str | None]:
@@ -419,7 +364,7 @@ def build_feature_map(
     top_n: int = 5,
     context: int = 8,
     cache_dir: str | Path | None = None,
-    params: MapParams = MapParams(),
+    params: MapParams = DEFAULT_PARAMS,
     title: str | None = None,
     progress: bool = True,
 ) -> FeatureMap:
@@ -476,7 +421,7 @@ def feature_map(
     color_by: str | None = None,
     top_n: int = 5,
     context: int = 8,
-    params: MapParams = MapParams(),
+    params: MapParams = DEFAULT_PARAMS,
     name: str = "feature_map",
     png: bool = True,
     html: bool = True,

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from r1_plugin.features.feature_map import FeatureMap
+from r1_plugin.features.feature_map_data import FeatureMap
 from r1_plugin.features.render import visible
 
 TEMPLATE = "feature_map.html"

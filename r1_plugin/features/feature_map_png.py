@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from r1_plugin.features.feature_map import FeatureMap, FeatureMapError
+from r1_plugin.features.feature_map_data import FeatureMap, FeatureMapError
 
 MAX_CATEGORIES = 12  # named colours; the rest share grey as "other"
 _NO_VALUE = "#d0d0d0"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from r1_plugin.demo import assets
 from r1_plugin.errors import R1PluginError
 from r1_plugin.features import FeatureDB
 from r1_plugin.features.feature_map import (
@@ -19,6 +20,7 @@ from r1_plugin.features.feature_map import (
     embed,
     exact_cosine_knn,
     feature_map,
+    load_decoder,
     project,
     projection_dims,
     read_stat_file,
@@ -265,16 +267,25 @@ def test_script_safe_json_cannot_close_the_script_block():
     assert json.loads(text) == {"a": "</script><!-- & \u2028"}
 
 
-def test_cli_features_map_on_a_release_and_id(tmp_path, capsys):
-    """`r1-plugin features map <release> <id>` loads the SAE through SAE.from_pretrained (the embedded one)."""
+def test_cli_features_map_on_a_release_and_id(tmp_path, capsys, monkeypatch):
+    """`r1-plugin features map <release> <id>` loads the SAE through SAE.from_pretrained: Goodfire's logic release
+    (a small random SAE written into the test HF cache under Goodfire's repo id), colouring by the embedded DB."""
     from r1_plugin.cli import main
-    from r1_plugin.demo import assets
+    from r1_plugin.testing.sae_fixtures import (
+        GOODFIRE_RELEASES,
+        random_goodfire_state_dict,
+        write_goodfire_r1_repo,
+    )
 
-    assets.install_embedded_assets()
-    assets.ensure_sae_registered()
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    lookup = get_pretrained_saes_directory()[GOODFIRE_RELEASES["logic"]]  # tiny dims instead of 7168 x 28672
+    monkeypatch.setattr(lookup, "config_overrides", {**lookup.config_overrides, "d_in": 32, "d_sae": 96})
+    state = random_goodfire_state_dict(32, 96, seed=3)
+    write_goodfire_r1_repo({"logic": state})
     out = tmp_path / "map"
     code = main([
-        "features", "map", assets.SAE_RELEASE, assets.SAE_ID, "-o", str(out),
+        "features", "map", GOODFIRE_RELEASES["logic"], "layer_37", "-o", str(out),
         "--labels", str(assets.FEATURES_LABELS), "--activations", str(assets.FEATURES_ACTIVATIONS),
         "--top-n", "2", "--n-epochs", "30", "--no-progress",
     ])  # fmt: skip
@@ -286,16 +297,38 @@ def test_cli_features_map_on_a_release_and_id(tmp_path, capsys):
     with FeatureDB(labels=assets.FEATURES_LABELS) as db:
         some = db.feature_ids()[0]
         assert json.dumps(db.label(some), ensure_ascii=False)[1:-1].replace("<", "\\u003c") in page
-    main(["features", "map", assets.SAE_RELEASE, assets.SAE_ID, "-o", str(out), "--n-epochs", "30", "--no-progress"])
+    main(["features", "map", GOODFIRE_RELEASES["logic"], "layer_37", "-o", str(out), "--n-epochs", "30",
+          "--no-progress"])
     assert "cache hit" in capsys.readouterr().out
+    # the same decoder from the .pt on disk (Goodfire's tied W: decoder = W.T) hits the same cache entry
+    pt = tmp_path / "sae.pt"
+    torch.save(state, pt)
+    assert torch.equal(load_decoder(pt), state["W"].T)
+    main(["features", "map", "--sae-path", str(pt), "-o", str(out), "--n-epochs", "30", "--no-progress"])
+    assert "cache hit" in capsys.readouterr().out
+
+
+def test_cli_features_map_on_the_embedded_sae_by_path(tmp_path, capsys):
+    """`--sae-path` takes the embedded demo SAE's Goodfire .pt (loaded by path: it has no hub id)."""
+    from r1_plugin.cli import main
+
+    pt = assets.SAE_DIR / assets.SAE_FILE
+    code = main(["features", "map", "--sae-path", str(pt), "-o", str(tmp_path), "--n-epochs", "30", "--no-progress",
+                 "--top-n", "0", "--no-html"])
+    assert code == 0
+    assert (tmp_path / "feature_map.png").read_bytes()[:8] == PNG_MAGIC
+    assert main(["features", "map", "--sae-path", str(pt), "x", "-o", str(tmp_path)]) == 2
+    assert "either RELEASE SAE_ID or --sae-path" in capsys.readouterr().err
+    assert main(["features", "map", "--sae-path", str(tmp_path / "none.pt"), "-o", str(tmp_path)]) == 2
 
 
 def test_cli_map_rejects_bad_statistics_with_a_clear_error(tmp_path, capsys):
     from r1_plugin.cli import main
 
-    code = main(["features", "map", "tiny-r1-sae", "layer_2", "-o", str(tmp_path), "--stat", "x=nope.txt"])
+    pt = str(assets.SAE_DIR / assets.SAE_FILE)
+    code = main(["features", "map", "--sae-path", pt, "-o", str(tmp_path), "--stat", "x=nope.txt"])
     assert code == 2
     assert "expected NAME=PATH.npy" in capsys.readouterr().err
-    code = main(["features", "map", "tiny-r1-sae", "layer_2", "-o", str(tmp_path), "--pca-dims", "lots"])
+    code = main(["features", "map", "--sae-path", pt, "-o", str(tmp_path), "--pca-dims", "lots"])
     assert code == 2
     assert "--pca-dims must be 'auto', 0 or a positive number" in capsys.readouterr().err

@@ -118,12 +118,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _add_map_parser(actions: Any) -> None:
-    """`features map RELEASE SAE_ID -o OUT`: a UMAP of the SAE's decoder as a PNG and an offline HTML browser."""
+    """`features map RELEASE SAE_ID -o OUT` (or `--sae-path`): a UMAP of the SAE's decoder as a PNG and an offline
+    HTML browser."""
     fmap = actions.add_parser(
         "map", help="2-D map of an SAE's features (UMAP of decoder directions): PNG + interactive HTML"
     )
-    fmap.add_argument("release", help="SAELens release, e.g. goodfire-deepseek-r1-logic")
-    fmap.add_argument("sae_id", help="SAE id within the release, e.g. layer_37")
+    fmap.add_argument("release", nargs="?", help="SAELens release, e.g. goodfire-deepseek-r1-logic")
+    fmap.add_argument("sae_id", nargs="?", help="SAE id within the release, e.g. layer_37")
+    fmap.add_argument(
+        "--sae-path", type=Path,
+        help="instead of RELEASE SAE_ID: an SAE on disk (a SAELens folder, or a Goodfire .pt state dict)",
+    )  # fmt: skip
     fmap.add_argument("-o", "--out", type=Path, required=True, help="output folder (the cache goes inside)")
     fmap.add_argument("--name", default="feature_map", help="file names: NAME.png, NAME.html (default %(default)s)")
     _add_db_args(fmap)
@@ -314,8 +319,22 @@ def _pca_dims(text: str) -> int | str | None:
 
 def _map(args: argparse.Namespace) -> int:
     from r1_plugin.features import FeatureDB
-    from r1_plugin.features.feature_map import MapParams, feature_map, load_sae, read_stat_file
+    from r1_plugin.features.feature_map import (
+        FeatureMapError,
+        MapParams,
+        feature_map,
+        load_decoder,
+        load_sae,
+        read_stat_file,
+    )
 
+    named = [name is not None for name in (args.release, args.sae_id)]
+    if not ((args.sae_path is not None and not any(named)) or (args.sae_path is None and all(named))):
+        raise FeatureMapError("give either RELEASE SAE_ID or --sae-path PATH (not both)")
+    if args.sae_path is not None:
+        sae, source = load_decoder(args.sae_path), str(args.sae_path)
+    else:
+        sae, source = load_sae(args.release, args.sae_id, device=args.device), f"{args.release} / {args.sae_id}"
     params = MapParams(
         seed=args.seed, n_neighbors=args.n_neighbors, min_dist=args.min_dist,
         pca_dims=_pca_dims(args.pca_dims), knn=args.knn, n_epochs=args.n_epochs,
@@ -325,12 +344,11 @@ def _map(args: argparse.Namespace) -> int:
     if args.labels is not None or args.activations is not None or args.db_dir is not None:
         labels, activations = resolve_paths(args.labels, args.activations, args.db_dir)
         db = FeatureDB(labels=labels, activations=activations)
-    sae = load_sae(args.release, args.sae_id, device=args.device)
     try:
         result = feature_map(
             sae, args.out, db=db, stats=stats, color_by=args.color_by, top_n=args.top_n, context=args.context,
             params=params, name=args.name, png=not args.no_png, html=not args.no_html,
-            title=args.title or f"{args.release} / {args.sae_id}", progress=not args.no_progress,
+            title=args.title or source, progress=not args.no_progress,
         )  # fmt: skip
     finally:
         if db is not None:

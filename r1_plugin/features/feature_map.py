@@ -59,6 +59,29 @@ def load_sae(release: str, sae_id: str, device: str = "cpu") -> Any:
     return SAE.from_pretrained(release, sae_id, device=device)
 
 
+def load_decoder(path: str | Path) -> torch.Tensor:
+    """Decoder directions [d_sae, d_in] of an SAE on disk: a SAELens folder (`SAE.load_from_disk`) or a Goodfire
+    `.pt` state dict (tied `W` [d_in, d_sae], read with `weights_only=True`; its decoder is `W.T`)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        from sae_lens import SAE
+
+        return SAE.load_from_disk(str(path), device="cpu").W_dec.detach()
+    if path.is_file() and path.suffix == ".pt":
+        from r1_plugin.saes.goodfire import load_pt_weights_only
+
+        state = load_pt_weights_only(path)
+        if "W_dec" in state:
+            return state["W_dec"]
+        if "W" in state and state["W"].ndim == 2:
+            return state["W"].T
+        raise FeatureMapError(f"{path} has neither W_dec nor Goodfire's tied W (keys: {sorted(state)})")
+    raise FeatureMapError(
+        f"{path} is neither a SAELens SAE folder (cfg.json + weights) nor a Goodfire .pt file; "
+        "pass one of those, or a release and id"
+    )
+
+
 def decoder_weights(sae: Any) -> torch.Tensor:
     """The SAE's decoder directions [d_sae, d_in] as stored (`sae.W_dec`, or a tensor given directly)."""
     weights = sae if isinstance(sae, torch.Tensor) else getattr(sae, "W_dec", None)

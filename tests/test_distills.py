@@ -156,3 +156,18 @@ def test_hf_name_sniffing_trap_is_avoided(hf_cache, r1_configs):
     write_hf_repo("deepseek-ai/DeepSeek-R1-Distill-Llama-70B", {"config.json": json.dumps(raw)}, revision="published")
     cfg_dict = loading.convert_hf_model_config("deepseek-ai/DeepSeek-R1-Distill-Llama-70B", revision="published")
     assert cfg_dict["d_model"] == 8192 and cfg_dict["n_layers"] == 80 and cfg_dict["n_key_value_heads"] == 8
+
+
+def test_keep_fp8_false_is_accepted_and_true_is_a_clear_error_for_a_distill(tiny_distills):
+    """keep_fp8 belongs to the DeepSeek-V3 loader: False (what the CLI's default means) loads the distill as usual;
+    True, or a memory_per_device, says it does not apply instead of reaching transformers as an unknown kwarg."""
+    from r1_plugin.errors import UnsupportedArchitectureError
+
+    plain = HookedTransformer.from_pretrained_no_processing(QWEN, device="cpu")
+    model = HookedTransformer.from_pretrained_no_processing(QWEN, device="cpu", keep_fp8=False)
+    tokens = _tokens()
+    with torch.no_grad():
+        assert torch.equal(model(tokens), plain(tokens))
+    for bad in ({"keep_fp8": True}, {"memory_per_device": "80GB"}):
+        with pytest.raises(UnsupportedArchitectureError, match="keep_fp8/memory_per_device apply to DeepSeek-V3"):
+            HookedTransformer.from_pretrained_no_processing(QWEN, device="cpu", **bad)

@@ -14,6 +14,7 @@ from transformer_lens.components import TransformerBlock
 from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
 
 from r1_plugin._patches._marks import bind, hooked_transformer_module, is_patched, mark, require
+from r1_plugin.errors import UnsupportedArchitectureError
 from r1_plugin.models.deepseek_v3.config import ARCHITECTURE, DeepseekV3HookedConfig
 
 PATCH = "tl_deepseek"
@@ -121,6 +122,14 @@ def _patch_from_pretrained() -> None:
 
         official = deepseek_official_name(model_name)
         if official is None:
+            # keep_fp8 / memory_per_device are r1_plugin's DeepSeek-V3 loader options; TransformerLens would pass
+            # them on to transformers. keep_fp8=False asks for nothing: drop it; anything else is a clear error.
+            if kwargs.pop("keep_fp8", False) or "memory_per_device" in kwargs:
+                raise UnsupportedArchitectureError(
+                    f"keep_fp8/memory_per_device apply to DeepSeek-V3/R1 checkpoints (block-quantised FP8 weights, "
+                    f"r1_plugin's streaming loader); {model_name!r} loads through TransformerLens's own path. "
+                    "Drop those arguments for it."
+                )
             return original(cls, model_name, *args, **kwargs)
         return load_pretrained(cls, model_name, official, *args, **kwargs)
 

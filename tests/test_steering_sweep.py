@@ -166,3 +166,22 @@ def test_cli_bad_feature_hook_or_direction_shape_is_a_clean_error(qwen: HookedTr
     assert "not a hook of this model" in capsys.readouterr().err
     assert main([*common, "--direction", str(path), "--hook", "blocks.0.attn.hook_z"]) == 2
     assert "direction has shape" in capsys.readouterr().err
+
+
+def test_sweep_with_a_closing_gate_reads_out_only_where_it_steered(qwen: HookedTransformer) -> None:
+    """A closing gate (Window) steers positions [open, close): the sweep's n_steered, KL and feature read-out
+    cover exactly those (before, the read-out replayed the open position only and ran on to the end)."""
+    from r1_plugin.steering import FromPosition, Window
+
+    cfg = StandardSAEConfig(d_in=64, d_sae=32, metadata=SAEMetadata(hook_name=HOOK))
+    sae = SAE.from_dict(cfg.to_dict())
+    n_prompt = qwen.to_tokens("What is two plus two?").shape[1]
+    start, stop = n_prompt + 1, n_prompt + 4
+    result = sweep_strengths(qwen, ["What is two plus two?"], [4.0, 16.0], sae=sae, feature=5,
+                             gate=Window(FromPosition(start), FromPosition(stop)), max_new_tokens=8, batch_size=2)
+    steered = result.table[~result.table["baseline"]]
+    assert list(steered["gate_open_at"]) == [start, start]
+    assert list(steered["gate_close_at"]) == [stop, stop]
+    assert list(steered["n_steered"]) == [stop - start] * 2  # not every position from `start` to the end
+    base = result.table[result.table["baseline"]].iloc[0]
+    assert (base["gate_open_at"], base["gate_close_at"]) == (start, stop)

@@ -54,7 +54,7 @@ def find_reversions(
 class SweepResult:
     """A steering sweep: one table row per (prompt, strength); `plot()` and `log(tracker)` present it.
 
-    Columns: prompt_index, prompt, strength, text, baseline_text, gate_open_at, n_steered, feature_act, kl,
+    Columns: prompt_index, prompt, strength, text, baseline_text, gate_open_at, gate_close_at, n_steered, feature_act, kl,
     behaviour (if given), reverted (on the primary metric), reverted_<metric>, peak_strength.
     """
 
@@ -193,28 +193,31 @@ def sweep_strengths(
         prompt_text = prompt if isinstance(prompt, str) else model.tokenizer.decode(tokens[0])
         steered_rows: list[dict[str, Any]] = []
         gate_at: int | None = None
+        gate_close: int | None = None
         for start in range(0, len(strengths), batch_size):
             chunk = strengths[start : start + batch_size]
             batch = tokens.expand(len(chunk), -1)
             with torch.no_grad(), steer(model, strength=chunk, gate=gate_obj, warn_never_opened=False,
                                         **steer_kwargs) as result:
                 out = model.generate(batch, **gen_kwargs)
-            open_at = result.last.open_at
-            gate_at = next((o for o in open_at if o is not None), gate_at)
-            metrics = _row_metrics(model, out, n_prompt, open_at, eos, readout_hook, readout_sae,
+            open_at, close_at = result.last.open_at, result.last.close_at
+            if gate_at is None:
+                gate_at, gate_close = next(((o, c) for o, c in zip(open_at, close_at) if o is not None),
+                                           (None, None))
+            metrics = _row_metrics(model, out, n_prompt, open_at, close_at, eos, readout_hook, readout_sae,
                                    readout_feature, unit, (chunk, steer_kwargs))
             for i, s in enumerate(chunk):
                 steered_rows.append(dict(
                     prompt_index=p_idx, prompt=prompt_text, strength=s, baseline=False,
                     text=model.tokenizer.decode(out[i, n_prompt:]), baseline_text=baseline_text,
-                    gate_open_at=open_at[i], n_steered=metrics[i]["n_steered"],
+                    gate_open_at=open_at[i], gate_close_at=close_at[i], n_steered=metrics[i]["n_steered"],
                     feature_act=metrics[i]["feature_act"], kl=metrics[i]["kl"],
                 ))
-        # The gate is causal, so the unsteered run reaches it at the same position: read the baseline there.
-        base = _row_metrics(model, baseline, n_prompt, [gate_at], eos, readout_hook, readout_sae,
+        # The gate is causal, so the unsteered run reaches it at the same positions: read the baseline there.
+        base = _row_metrics(model, baseline, n_prompt, [gate_at], [gate_close], eos, readout_hook, readout_sae,
                             readout_feature, unit, None)[0]
         rows.append(dict(prompt_index=p_idx, prompt=prompt_text, strength=0.0, baseline=True, text=baseline_text,
-                         baseline_text=baseline_text, gate_open_at=gate_at, n_steered=0,
+                         baseline_text=baseline_text, gate_open_at=gate_at, gate_close_at=gate_close, n_steered=0,
                          feature_act=base["feature_act"], kl=0.0))
         rows.extend(steered_rows)
     table = pd.DataFrame(rows)
@@ -258,6 +261,7 @@ def _row_metrics(
     seqs: torch.Tensor,
     n_prompt: int,
     open_at: Sequence[int | None],
+    close_at: Sequence[int | None],
     eos: int | None,
     readout_hook: str,
     readout_sae: Any,
@@ -265,8 +269,9 @@ def _row_metrics(
     unit: torch.Tensor | None,
     steering: tuple[Sequence[float], dict[str, Any]] | None,
 ) -> list[dict[str, Any]]:
-    """Per row: number of gated positions, the mean feature activation there, and the mean KL(steered ||
-    unsteered) of the next-token distributions there (`steering` None: the unsteered baseline, KL 0)."""
+    """Per row: number of gated positions ([open_at, close_at), as the gate steered them), the mean feature
+    activation there, and the mean KL(steered || unsteered) of the next-token distributions there (`steering`
+    None: the unsteered baseline, KL 0)."""
     from r1_plugin.steering.sae_directions import encode_features
 
     length = seqs.shape[1]
@@ -277,11 +282,13 @@ def _row_metrics(
         valid[:, n_prompt:] = ~after
     pos = torch.arange(length).unsqueeze(0)
     thr = torch.tensor([length if o is None else o for o in open_at]).unsqueeze(1)
-    gated = (pos >= thr) & valid
+    stop = torch.tensor([length if c is None else c for c in close_at]).unsqueeze(1)
+    gated = (pos >= thr) & (pos < stop) & valid
     with torch.no_grad():
         if steering is not None:
             chunk, kwargs = steering
-            with steer(model, strength=list(chunk), gate=FromPositions(list(open_at)), warn_never_opened=False,
+            with steer(model, strength=list(chunk), gate=FromPositions(list(open_at), until=list(close_at)),
+                       warn_never_opened=False,
                        **kwargs):
                 logits, cache = model.run_with_cache(seqs, names_filter=[readout_hook])
             clean_logits = model(seqs)

@@ -87,7 +87,7 @@ def test_cli_harvest_bad_input(sae_dir: Path, tmp_path: Path, capsys: pytest.Cap
         (["--sae-path", str(sae_dir), "--prompts", str(tmp_path / "bad.jsonl")], "bad.jsonl:2"),
         (["--sae-path", str(sae_dir), "--prompts", str(tmp_path / "broken.jsonl")], "is not JSON"),
         (["--sae-path", str(sae_dir), "--prompts", str(tmp_path / "empty.txt")], "holds no prompts"),
-        (["--sae-path", str(tmp_path), "--prompts", str(tmp_path / "p.txt")], "no cfg.json"),
+        (["--sae-path", str(tmp_path), "--prompts", str(tmp_path / "p.txt")], "holds no SAE"),
         (["--sae-path", str(sae_dir), "--sae-release", "r", "--prompts", str(tmp_path / "p.txt")], "exactly one"),
         (["--sae-release", "r", "--prompts", str(tmp_path / "p.txt")], "go together"),
         (["--sae-path", str(sae_dir), "--prompts", str(tmp_path / "p.txt"), "--shard-index", "2", "--num-shards",

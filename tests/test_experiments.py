@@ -24,11 +24,9 @@ MAX_NEW = 44
 
 @pytest.fixture(scope="module")
 def tiny(hf_cache: Path) -> tuple[Any, Any]:
-    """The embedded tiny R1 and its SAE, loaded from the session HF cache through from_pretrained."""
-    from r1_plugin.demo import assets
+    """The embedded tiny R1 and its SAE, loaded by path as the demo loads them."""
     from r1_plugin.demo.run import DemoConfig, load_model, load_sae
 
-    assets.install_embedded_assets()
     cfg = DemoConfig()
     return load_model(cfg), load_sae(cfg)
 

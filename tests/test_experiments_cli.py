@@ -11,18 +11,16 @@ import pytest
 
 from r1_plugin.cli import build_parser, main
 from r1_plugin.cli.experiment import EXPERIMENTS
+from r1_plugin.demo import assets
 
-TINY = ["--model", "r1-plugin/tiny-r1", "--device", "cpu", "--dtype", "float32"]
-SAE = ["--sae-release", "tiny-r1-sae", "--sae-id", "layer_2"]
+TINY = ["--model", str(assets.MODEL_DIR), "--device", "cpu", "--dtype", "float32"]  # the embedded R1, by path
+SAE = ["--sae-path", str(assets.SAE_DIR), "--sae-id", "layer_2"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def tiny_assets(hf_cache: Path) -> None:
-    """The embedded tiny R1 and its SAE in the session HF cache (the CLI also installs them itself)."""
-    from r1_plugin.demo import assets
-
-    assets.install_embedded_assets()
+    """The embedded tiny R1 and its SAE load by path from the package: nothing to install."""
 
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
@@ -74,7 +72,7 @@ def test_prefix_gating_cli(tiny_assets: None, tmp_path: Path, capsys: pytest.Cap
     assert len(runs) == 1
     run = read_offline_run(runs[0])
     assert run.exit_code == 0 and "prefix_gating/summary" in run.tables
-    assert run.config["model"] == "r1-plugin/tiny-r1"
+    assert run.config["model"] == str(assets.MODEL_DIR)
 
 
 def test_oversteer_cli(tiny_assets: None, tmp_path: Path) -> None:
@@ -89,12 +87,8 @@ def test_oversteer_cli(tiny_assets: None, tmp_path: Path) -> None:
 
 def test_oversteer_cli_with_a_direction_file(tiny_assets: None, tmp_path: Path) -> None:
     import torch
-    from sae_lens import SAE
 
-    from r1_plugin.demo import assets
-
-    assets.ensure_sae_registered()
-    sae = SAE.from_pretrained("tiny-r1-sae", "layer_2")
+    sae = assets.load_sae()
     path = tmp_path / "dir.pt"
     torch.save({"direction": sae.W_dec[398].detach().clone(), "hook_name": "blocks.2.hook_resid_post"}, path)
     out = tmp_path / "os-dir"

@@ -270,14 +270,14 @@ def test_script_safe_json_cannot_close_the_script_block():
 def test_cli_features_map_on_a_release_and_id(tmp_path, capsys, monkeypatch):
     """`r1-plugin features map <release> <id>` loads the SAE through SAE.from_pretrained: Goodfire's logic release
     (a small random SAE written into the test HF cache under Goodfire's repo id), colouring by the embedded DB."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
     from r1_plugin.cli import main
     from r1_plugin.testing.sae_fixtures import (
         GOODFIRE_RELEASES,
         random_goodfire_state_dict,
         write_goodfire_r1_repo,
     )
-
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     lookup = get_pretrained_saes_directory()[GOODFIRE_RELEASES["logic"]]  # tiny dims instead of 7168 x 28672
     monkeypatch.setattr(lookup, "config_overrides", {**lookup.config_overrides, "d_in": 32, "d_sae": 96})

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 
-from r1_plugin.demo import assets
 from r1_plugin.demo.feature_map import write_demo_map
 from r1_plugin.demo.run import DemoConfig, _feature_db_paths, load_sae
 from r1_plugin.features import FeatureDB
@@ -15,7 +14,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_demo_map_of_the_embedded_sae(tmp_path):
-    assets.install_embedded_assets()
     cfg = DemoConfig(out=tmp_path)
     sae = load_sae(cfg)
     labels, activations = _feature_db_paths(cfg)

@@ -25,16 +25,14 @@ class HarvestCLIError(R1PluginError, ValueError):
 
 def add_harvest_parser(actions: Any) -> argparse.ArgumentParser:
     """Register `features harvest` on the `features` actions."""
-    from r1_plugin.cli._model_args import add_model_args, positive_int
+    from r1_plugin.cli._model_args import add_model_args, add_sae_source_args, positive_int
     from r1_plugin.tracking import add_tracking_args
 
     parser = actions.add_parser("harvest", help="run a model + SAE over prompts into a feature DB shard")
     parser.add_argument("--prompts", type=Path, required=True, help="one prompt per line, or .jsonl")
     parser.add_argument("--out", type=Path, required=True, help="harvest folder (shards go to OUT/shard-i-of-n/)")
-    src = parser.add_argument_group("the SAE (a SAELens release and id, or a folder from SAE.save_model)")
-    src.add_argument("--sae-release", default=None, help="SAELens release, e.g. goodfire-deepseek-r1-logic")
-    src.add_argument("--sae-id", default=None, help="SAE id within the release, e.g. layer_37")
-    src.add_argument("--sae-path", type=Path, default=None, help="folder of an SAE saved by SAELens")
+    src = parser.add_argument_group("the SAE (a SAELens release and id, or an SAE on disk)")
+    add_sae_source_args(src, required=True)
     src.add_argument("--hook", default=None, help="hook to read (default: the SAE's)")
     how = parser.add_argument_group("harvest")
     how.add_argument("--top-k", type=positive_int, default=64, help="activations kept per feature (default 64)")
@@ -85,28 +83,21 @@ def read_prompts(path: Path) -> list[str | list[int]]:
 def run_harvest(args: argparse.Namespace) -> int:
     """Load the model and the SAE with the shared flags, harvest one shard, print where it went."""
     from r1_plugin.cli._errors import check_tracking_args
-    from r1_plugin.cli._model_args import load_model_from_args, load_sae_from_args
+    from r1_plugin.cli._model_args import load_model_from_args, load_sae_from_args, sae_source
     from r1_plugin.features import harvest
     from r1_plugin.features.harvest import shard_range
     from r1_plugin.tracking import tracker_from_args
 
     check_tracking_args(args)  # a bad W&B mode fails before the model loads
-    by_release = args.sae_release is not None or args.sae_id is not None
-    if by_release == (args.sae_path is not None):
-        raise HarvestCLIError("give the SAE as --sae-release and --sae-id, or as --sae-path (exactly one)")
-    if by_release and (args.sae_release is None or args.sae_id is None):
-        raise HarvestCLIError("--sae-release and --sae-id go together")
-    if args.sae_path is not None and not (args.sae_path / "cfg.json").is_file():
-        raise HarvestCLIError(f"--sae-path {args.sae_path} is not a folder written by SAELens (no cfg.json)")
+    release, sae_id, path = sae_source(args, required=True)
     prompts = read_prompts(args.prompts)
     try:
         shard_range(len(prompts), args.shard_index, args.num_shards)
     except ValueError as exc:
         raise HarvestCLIError(str(exc)) from None
     model = load_model_from_args(args)
-    path = None if args.sae_path is None else str(args.sae_path)
-    sae = load_sae_from_args(args, model, args.sae_release, args.sae_id, hook_name=args.hook, path=path)
-    config = dict(model=args.model, sae=path or f"{args.sae_release}/{args.sae_id}", n_prompts=len(prompts),
+    sae = load_sae_from_args(args, model, release, sae_id, hook_name=args.hook, path=path)
+    config = dict(model=args.model, sae=path or f"{release}/{sae_id}", n_prompts=len(prompts),
                   top_k=args.top_k, shard_index=args.shard_index, num_shards=args.num_shards)
     kwargs: dict[str, Any] = dict(
         hook_name=args.hook, top_k=args.top_k, batch_size=args.batch_size, max_length=args.max_length,

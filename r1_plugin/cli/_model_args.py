@@ -3,7 +3,8 @@
     add_model_args(parser)            # --model --dtype --device --n-devices --first-n-layers --keep-fp8
                                       # --sae-device --sae-dtype
     model = load_model_from_args(args)              # HookedTransformer.from_pretrained_no_processing(...)
-    sae = load_sae_from_args(args, model, release, sae_id)    # or path=... for SAE.load_from_disk
+    sae = load_sae_from_args(args, model, release, sae_id)    # or path=... for an SAE on disk
+    add_sae_source_args(group); release, sae_id, path = sae_source(args)   # --sae-release/--sae-id/--sae-path
 
 Each flag is passed to `HookedTransformer.from_pretrained(_no_processing)` under the keyword of the same name
 only when given, so a flag left out means exactly what leaving the keyword out means in Python.
@@ -12,13 +13,13 @@ only when given, so a flag left out means exactly what leaving the keyword out m
 from __future__ import annotations
 
 import argparse
-import re
+from pathlib import Path
 from typing import Any
 
 from r1_plugin.errors import R1PluginError
+from r1_plugin.hook_names import hook_layer
 
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
 class ModelArgsError(R1PluginError, ValueError):
@@ -128,13 +129,43 @@ def hook_device(model: Any, hook_name: str) -> Any:
     """The device of the block `hook_name` belongs to (the model's device for hooks outside the blocks)."""
     import torch
 
-    match = _BLOCK.match(hook_name)
+    layer = hook_layer(hook_name)
     blocks = getattr(model, "blocks", None)
-    if match is not None and blocks is not None and int(match.group(1)) < len(blocks):
-        param = next(blocks[int(match.group(1))].parameters(), None)
+    if layer is not None and blocks is not None and layer < len(blocks):
+        param = next(blocks[layer].parameters(), None)
         if param is not None:
             return param.device
     return torch.device(model.cfg.device)
+
+
+def add_sae_source_args(group: Any, required: bool = False) -> None:
+    """--sae-release and --sae-id (SAE.from_pretrained), or --sae-path (an SAE on disk); `required`: one of them."""
+    need = " (this or --sae-path is required)" if required else ""
+    group.add_argument("--sae-release", default=None,
+                       help=f"SAELens release, e.g. goodfire-deepseek-r1-logic or llama_scope_r1_distill{need}")
+    group.add_argument("--sae-id", default=None, help="SAE id within the release (or within --sae-path's sae.yaml)")
+    group.add_argument(
+        "--sae-path", type=Path, default=None,
+        help="an SAE on disk instead of a release: a folder SAELens saved (cfg.json), or a folder with a sae.yaml "
+        "release description such as the embedded demo SAE (r1_plugin/assets/tiny-r1-sae)",
+    )  # fmt: skip
+
+
+def sae_source(args: argparse.Namespace, required: bool = False) -> tuple[str | None, str | None, str | None]:
+    """(release, sae_id, path) from --sae-release/--sae-id/--sae-path, checked: a release with its id, or a path
+    (with an optional id); all None when no SAE was given and none is `required`."""
+    release, sae_id, path = args.sae_release, args.sae_id, args.sae_path
+    if path is not None:
+        if release is not None:
+            raise ModelArgsError("give the SAE as --sae-release/--sae-id or as --sae-path (exactly one)")
+        from r1_plugin.saes.local import check_sae_path
+
+        return None, sae_id, str(check_sae_path(path))
+    if (release is None) != (sae_id is None):
+        raise ModelArgsError("--sae-release and --sae-id go together")
+    if required and release is None:
+        raise ModelArgsError("this command needs an SAE: --sae-release and --sae-id, or --sae-path")
+    return release, sae_id, None
 
 
 def load_sae_from_args(
@@ -145,7 +176,8 @@ def load_sae_from_args(
     hook_name: str | None = None,
     path: str | None = None,
 ) -> Any:
-    """`SAE.from_pretrained(release, sae_id)` (or `SAE.load_from_disk(path)`) on --sae-device / --sae-dtype.
+    """`SAE.from_pretrained(release, sae_id)` (or, with `path`, `load_sae_from_path(path, sae_id)`) on
+    --sae-device / --sae-dtype.
 
     Defaults: the model's dtype, and the device of the block the SAE reads (`hook_name`, else the SAE's own
     hook), so that no activation has to cross devices unless --sae-device asks for it.
@@ -157,7 +189,9 @@ def load_sae_from_args(
 
     def load(on: str) -> Any:
         if path is not None:
-            return SAE.load_from_disk(path, device=on, dtype=dtype)
+            from r1_plugin.saes.local import load_sae_from_path
+
+            return load_sae_from_path(path, sae_id, device=on, dtype=dtype)
         return SAE.from_pretrained(release, sae_id, device=on, dtype=dtype)
 
     if device is not None:

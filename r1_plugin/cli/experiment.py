@@ -82,9 +82,9 @@ def _add_finished(parser: argparse.ArgumentParser) -> None:
 
 def _add_sae(parser: argparse.ArgumentParser, required: bool) -> None:
     group = parser.add_argument_group("SAE" if required else "what to steer with (an SAE feature or a direction)")
-    group.add_argument("--sae-release", required=required, default=None,
-                       help="SAELens release, e.g. goodfire-deepseek-r1-logic or llama_scope_r1_distill")
-    group.add_argument("--sae-id", required=required, default=None, help="SAE id within the release")
+    from r1_plugin.cli._model_args import add_sae_source_args
+
+    add_sae_source_args(group, required=required)
     if not required:
         group.add_argument("--feature", type=int, nargs="+", default=None,
                            help="SAE feature id(s) (several are steered and read out together)")
@@ -179,29 +179,22 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The model (installing the embedded tiny R1 first when asked for) and the SAE if --sae-release is given."""
-    from r1_plugin.cli._model_args import load_model_from_args, load_sae_from_args
-    from r1_plugin.demo import assets
-    from r1_plugin.models import registry
+    """The model and the SAE (None when no --sae-release/--sae-id/--sae-path was given; segments requires one)."""
+    from r1_plugin.cli._model_args import load_model_from_args, load_sae_from_args, sae_source
 
-    spec = registry.lookup(args.model)
-    if spec is not None and spec.hf_id == assets.MODEL_REPO_ID:
-        assets.install_embedded_assets()
-    if getattr(args, "sae_release", None) == assets.SAE_RELEASE:
-        assets.ensure_sae_registered()
+    has_sae_args = hasattr(args, "sae_release")  # sinks takes no SAE
+    release, sae_id, path = sae_source(args, required=args.experiment == "segments") if has_sae_args else (None,) * 3
     model = load_model_from_args(args)
     model.eval()
-    release, sae_id = getattr(args, "sae_release", None), getattr(args, "sae_id", None)
-    if (release is None) != (sae_id is None):
-        raise ExperimentCLIError("give --sae-release and --sae-id together")
-    sae = load_sae_from_args(args, model, release, sae_id) if release is not None else None
+    wanted = release is not None or path is not None
+    sae = load_sae_from_args(args, model, release, sae_id, path=path) if wanted else None
     return model, sae
 
 
 def _steering(args: argparse.Namespace, sae: Any) -> dict[str, Any]:
     """The steering keywords of prefix_gating/oversteer from --feature or --direction."""
     if (sae is None) == (args.direction is None):
-        raise ExperimentCLIError("give either --sae-release/--sae-id/--feature or --direction (exactly one)")
+        raise ExperimentCLIError("give either --sae-release/--sae-id (or --sae-path) with --feature, or --direction (exactly one)")
     common = dict(mode=args.mode, normalize=args.normalize, relative=args.relative, target_text=args.target_text,
                   target_tokens=args.target_tokens)
     if sae is not None:
@@ -212,7 +205,7 @@ def _steering(args: argparse.Namespace, sae: Any) -> dict[str, Any]:
     from r1_plugin.cli.steer import load_direction
 
     if args.mode != "add":
-        raise ExperimentCLIError(f"--mode {args.mode} works on SAE features: pass --sae-release/--sae-id/--feature")
+        raise ExperimentCLIError(f"--mode {args.mode} works on SAE features: pass an SAE and --feature")
     vec, stored = load_direction(args.direction)
     hook = args.hook or stored
     if hook is None:
@@ -250,8 +243,9 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     if args.max_new_tokens < 1:
         raise ExperimentCLIError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.experiment in ("prefix-gating", "oversteer") and (args.sae_release is None) == (args.direction is None):
-        raise ExperimentCLIError("give either --sae-release/--sae-id/--feature or --direction (exactly one)")
+    has_sae = args.experiment != "sinks" and (args.sae_release is not None or args.sae_path is not None)
+    if args.experiment in ("prefix-gating", "oversteer") and has_sae == (args.direction is not None):
+        raise ExperimentCLIError("give either --sae-release/--sae-id (or --sae-path) with --feature, or --direction (exactly one)")
     model, sae = _load(args)
     try:
         result = run_experiment(args, model, sae, prompts)
@@ -260,8 +254,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # steer's checks: a feature id, hook or direction shape that is wrong
         raise ExperimentCLIError(str(exc)) from exc
     files = result.save(args.out)
+    sae_path = getattr(args, "sae_path", None)
     config = {"model": args.model, "sae_release": getattr(args, "sae_release", None),
-              "sae_id": getattr(args, "sae_id", None), "prompts": prompts, **result.config}
+              "sae_id": getattr(args, "sae_id", None), "sae_path": None if sae_path is None else str(sae_path),
+              "prompts": prompts, **result.config}
     with tracker_from_args(args, f"experiment-{args.experiment}", config) as tracker:
         result.log(tracker)
         if tracker.enabled:

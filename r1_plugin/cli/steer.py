@@ -29,7 +29,7 @@ class SteerCLIError(R1PluginError, ValueError):
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the `steer` subcommand."""
-    from r1_plugin.cli._model_args import add_model_args
+    from r1_plugin.cli._model_args import add_model_args, add_sae_source_args
     from r1_plugin.tracking import add_tracking_args
 
     parser = subparsers.add_parser(
@@ -45,8 +45,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--prompt", required=True, help="user message (or, with --raw, the exact text)")
     parser.add_argument("--raw", action="store_true", help="do not apply R1's chat template")
     src = parser.add_argument_group("what to steer with (an SAE feature or a saved direction)")
-    src.add_argument("--sae-release", default=None, help="SAELens release, e.g. goodfire-deepseek-r1-logic")
-    src.add_argument("--sae-id", default=None, help="SAE id within the release")
+    add_sae_source_args(src)
     src.add_argument("--feature", type=int, nargs="+", default=None, help="SAE feature id(s)")
     src.add_argument("--direction", type=Path, default=None,
                      help="saved direction: .pt (tensor, or dict with 'direction' [and 'hook_name']) or .npy")
@@ -129,16 +128,17 @@ def run(args: argparse.Namespace) -> int:
     """Load the model and the direction/SAE, generate unsteered and steered, print them, log to W&B."""
     from r1_plugin.chat import THINK_OPEN, format_r1_prompt
     from r1_plugin.cli._errors import check_tracking_args
-    from r1_plugin.cli._model_args import load_model_from_args, load_sae_from_args
+    from r1_plugin.cli._model_args import load_model_from_args, load_sae_from_args, sae_source
     from r1_plugin.steering import as_gate
     from r1_plugin.tracking import tracker_from_args
 
     check_tracking_args(args)  # a bad W&B mode fails before the model loads
-    use_sae = args.sae_release is not None or args.sae_id is not None
+    use_sae = any(x is not None for x in (args.sae_release, args.sae_id, args.sae_path))
     if use_sae == (args.direction is not None):
-        raise SteerCLIError("give either --sae-release/--sae-id/--feature or --direction (exactly one)")
-    if use_sae and (args.sae_release is None or args.sae_id is None or not args.feature):
-        raise SteerCLIError("steering by SAE needs --sae-release, --sae-id and --feature")
+        raise SteerCLIError("give either --sae-release/--sae-id (or --sae-path) with --feature, or --direction (exactly one)")
+    release, sae_id, sae_path = sae_source(args)
+    if use_sae and not args.feature:
+        raise SteerCLIError("steering by SAE needs --feature")
     if args.mode != "add" and not use_sae:
         raise SteerCLIError(f"--mode {args.mode} works on SAE features: pass --sae-release/--sae-id/--feature")
     try:
@@ -156,10 +156,10 @@ def run(args: argparse.Namespace) -> int:
         what = f"direction {args.direction}"
     model = load_model_from_args(args)
     if use_sae:
-        sae = load_sae_from_args(args, model, args.sae_release, args.sae_id, hook_name=args.hook)
+        sae = load_sae_from_args(args, model, release, sae_id, hook_name=args.hook, path=sae_path)
         features = args.feature[0] if len(args.feature) == 1 else args.feature
         steer_kwargs.update(sae=sae, feature=features, hook_name=args.hook)
-        what = f"{args.sae_release}/{args.sae_id} feature {args.feature}"
+        what = f"{sae_path or release}/{sae_id or ''} feature {args.feature}"
 
     text = args.prompt if args.raw or THINK_OPEN in args.prompt else format_r1_prompt(model, args.prompt)
     if args.raw:

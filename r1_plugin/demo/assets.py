@@ -65,14 +65,11 @@ def is_embedded_model(name: str | Path) -> bool:
 
 def sae_entry() -> dict[str, Any]:
     """The embedded SAE's description (SAELens's release schema: config_overrides, saes[id, path]) from sae.yaml."""
-    import yaml
+    from r1_plugin.saes.local import release_entry
 
     if not SAE_ENTRY_FILE.is_file():
         raise MissingAssetsError(f"{SAE_ENTRY_FILE} is missing: rebuild with `scripts/make_tiny_r1.py --stage sae`")
-    data = yaml.safe_load(SAE_ENTRY_FILE.read_text())
-    if not isinstance(data, dict) or SAE_NAME not in data:
-        raise MissingAssetsError(f"{SAE_ENTRY_FILE} does not describe {SAE_NAME!r}")
-    return dict(data[SAE_NAME])
+    return release_entry(SAE_DIR)
 
 
 def load_model(**kwargs: Any) -> Any:
@@ -88,11 +85,9 @@ def load_model(**kwargs: Any) -> Any:
 
 
 def load_sae(device: str = "cpu", dtype: str | None = None) -> Any:
-    """The tiny R1's SAE via `SAE.load_from_disk(<packaged .pt>, converter=<Goodfire converter>)`."""
-    from sae_lens import SAE
-
-    from r1_plugin.saes.goodfire import disk_converter
+    """The tiny R1's SAE by path (`r1_plugin.saes.local.load_sae_from_path(SAE_DIR)`: SAE.load_from_disk of the
+    packaged .pt with the Goodfire converter)."""
+    from r1_plugin.saes.local import load_sae_from_path
 
     check_files(SAE_DIR, SAE_FILES)
-    overrides = dict(sae_entry()["config_overrides"])
-    return SAE.load_from_disk(SAE_DIR / SAE_FILE, device=device, dtype=dtype, converter=disk_converter(overrides))
+    return load_sae_from_path(SAE_DIR, SAE_ID, device=device, dtype=dtype)

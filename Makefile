@@ -31,7 +31,7 @@ test: $(STAMP) chromium
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # TransformerLens's own unit tests with and without `import r1_plugin`: prints every per-test difference and
-# exits non-zero on one (docs/compat.md). `make compat` runs the whole unit suite (over an hour on 2 cores);
+# exits non-zero on one (docs/compat.md). `make compat` runs the whole unit suite (22-70 min on 2 cores);
 # `make compat-ci` the fixed subset CI runs. Pass pytest options with COMPAT_ARGS="-- -k cache".
 compat: $(STAMP)
 	nice $(PY) scripts/tl_compat.py $(COMPAT_ARGS)

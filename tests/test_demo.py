@@ -176,6 +176,35 @@ def test_cli_options_for_a_real_r1() -> None:
     assert not DemoConfig(model="tiny-r1").embedded  # no name means the embedded model: only its folder does
 
 
+def test_keep_fp8_and_sae_device_reach_the_loaders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--keep-fp8 / --n-devices reach from_pretrained as its keywords; --sae-device is where the SAE loads."""
+    from transformer_lens import HookedTransformer
+
+    from r1_plugin.demo import run as demo_run
+
+    args = build_parser().parse_args(["--model", "deepseek-ai/DeepSeek-R1", "--keep-fp8", "--n-devices", "8",
+                                      "--device", "cuda", "--dtype", "bfloat16", "--sae-device", "cpu"])
+    cfg = config_from_args(args)
+    assert cfg.keep_fp8 and cfg.n_devices == 8 and cfg.sae_device == "cpu"
+    seen: dict = {}
+
+    class Stub:
+        def eval(self) -> Stub:
+            return self
+
+    def fake(name: str, **kwargs: object) -> Stub:
+        seen.update(name=name, **kwargs)
+        return Stub()
+
+    monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing", fake)
+    demo_run.load_model(cfg)
+    assert seen == {"name": "deepseek-ai/DeepSeek-R1", "device": "cuda", "dtype": "bfloat16", "n_devices": 8,
+                    "keep_fp8": True}
+    sae = demo_run.load_sae(DemoConfig(device="meta", sae_device="cpu"))  # the embedded SAE on --sae-device
+    assert sae.W_dec.device.type == "cpu"
+    assert not config_from_args(build_parser().parse_args([])).keep_fp8
+
+
 def test_unknown_feature_word_is_a_clear_error(tmp_path: Path) -> None:
     """A label search with no hit says so (before any generation)."""
     from r1_plugin.demo.run import load_sae, resolve_feature

@@ -68,7 +68,9 @@ class DemoConfig:
     device: str = "cpu"
     dtype: str = "float32"
     first_n_layers: int | None = None
-    n_devices: int = 1  # split the blocks across this many GPUs (R1 needs ~10 H200s in bf16)
+    n_devices: int = 1  # split the blocks across this many GPUs, by bytes (R1 with keep_fp8: one 8xH200 node)
+    keep_fp8: bool = False  # keep R1's FP8 checkpoint weights FP8 in memory (from_pretrained's keep_fp8)
+    sae_device: str | None = None  # where the SAE sits (default: `device`)
     out: Path = DEFAULT_OUT
     max_new_tokens: int = 120
     features_labels: Path | None = None  # autointerp.db / .csv; default: the embedded DB for the embedded SAE
@@ -118,6 +120,8 @@ def load_model(cfg: DemoConfig) -> Any:
         kwargs["first_n_layers"] = cfg.first_n_layers
     if cfg.n_devices > 1:
         kwargs["n_devices"] = cfg.n_devices
+    if cfg.keep_fp8:
+        kwargs["keep_fp8"] = True
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         model = HookedTransformer.from_pretrained_no_processing(cfg.model, **kwargs)
@@ -128,8 +132,9 @@ def load_model(cfg: DemoConfig) -> Any:
 def load_sae(cfg: DemoConfig) -> Any:
     """The embedded SAE by path (`assets.load_sae`), else `SAE.from_pretrained(release, id)` through SAELens's
     registry (r1_plugin adds Goodfire's R1 releases to it)."""
+    device = cfg.sae_device or cfg.device
     if cfg.sae_release is None:
-        sae = assets.load_sae(device=cfg.device)
+        sae = assets.load_sae(device=device)
         sae.eval()
         return sae
     from sae_lens import SAE
@@ -139,7 +144,7 @@ def load_sae(cfg: DemoConfig) -> Any:
     if cfg.sae_release not in directory:
         near = [r for r in directory if "r1" in r.lower()][:8]
         raise DemoError(f"SAE release {cfg.sae_release!r} is not registered with SAELens (R1 releases: {near})")
-    sae = SAE.from_pretrained(cfg.sae_release, cfg.sae_id, device=cfg.device)
+    sae = SAE.from_pretrained(cfg.sae_release, cfg.sae_id, device=device)
     sae.eval()
     return sae
 
@@ -534,7 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--first-n-layers", type=int, default=None, help="load only the first N layers (memory)")
-    p.add_argument("--n-devices", type=int, default=1, help="split the blocks across N GPUs (default: 1)")
+    p.add_argument("--n-devices", type=int, default=1, help="split the blocks across N GPUs by bytes (default: 1)")
+    p.add_argument("--keep-fp8", action="store_true",
+                   help="keep R1's FP8 weights FP8 in memory (from_pretrained's keep_fp8; R1 on one 8xH200 node)")
+    p.add_argument("--sae-device", default=None, help="device of the SAE (default: --device)")
     p.add_argument("--max-new-tokens", type=int, default=120)
     p.add_argument("--features-labels", type=Path, default=None, help="autointerp.db/.csv of the SAE")
     p.add_argument("--features-activations", type=Path, default=None, help="<sae>.ddb activations file")
@@ -560,6 +568,8 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         dtype=args.dtype,
         first_n_layers=args.first_n_layers,
         n_devices=args.n_devices,
+        keep_fp8=args.keep_fp8,
+        sae_device=args.sae_device,
         out=args.out,
         max_new_tokens=args.max_new_tokens,
         features_labels=args.features_labels,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -343,3 +344,20 @@ def test_large_run_file_reads_back_across_blocks(tmp_path: Path) -> None:
     assert run.exit_code == 0
     assert run.metric("loss") == [1.0 / (s + 1) for s in range(600)]
     assert read_wandb_run(tracker.run_dir).metric("loss") == run.metric("loss")
+
+
+def test_plain_copy_survives_a_cut_last_line(tmp_path: Path) -> None:
+    """A process killed mid-write leaves a cut last line: it is skipped; a corrupt line before the end is an error."""
+    with start_run("steer", {"feature": 3}, mode="offline", dir=tmp_path) as tracker:
+        tracker.log_metrics({"kl": 0.5})
+        tracker.log_metrics({"kl": 0.75})
+    plain = tracker.plain_log
+    assert plain is not None and plain.parent == tracker.run_dir / "files"
+    lines = plain.read_text().splitlines()
+    assert [json.loads(line)["type"] for line in lines] == ["start", "log", "log", "exit"]
+    plain.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:5])  # the exit record cut short
+    run = read_offline_run(tracker.run_dir)
+    assert run.exit_code is None and run.metric("kl") == [0.5, 0.75] and run.config["feature"] == 3
+    plain.write_text("\n".join([lines[0], lines[1][:5], *lines[2:]]) + "\n")
+    with pytest.raises(TrackingError, match="line 2 is not JSON"):
+        read_offline_run(tracker.run_dir)

@@ -192,7 +192,7 @@ class Tracker:
         return Path(self.run.dir) / PLAIN_LOG
 
     def _write(self, record: Mapping[str, Any]) -> None:
-        """Append one record to the plain copy as a single line (one write, so Ctrl-C cannot split it)."""
+        """Append one record to the plain copy as one line (a reader skips a last line cut short by a kill)."""
         path = self.plain_log
         if path is None:
             return

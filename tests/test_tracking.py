@@ -361,3 +361,21 @@ def test_plain_copy_survives_a_cut_last_line(tmp_path: Path) -> None:
     plain.write_text("\n".join([lines[0], lines[1][:5], *lines[2:]]) + "\n")
     with pytest.raises(TrackingError, match="line 2 is not JSON"):
         read_offline_run(tracker.run_dir)
+
+
+def test_plain_copy_steps_match_wandb(tmp_path: Path) -> None:
+    """Rows at one step merge and a step already passed is dropped, exactly as in W&B's own run file."""
+    with start_run("sweep", mode="offline", dir=tmp_path) as tracker:
+        tracker.log_metrics({"a": 1})
+        tracker.log_metrics({"a": 2}, step=5)
+        tracker.log_metrics({"b": 3})  # joins step 5
+        tracker.log_metrics({"a": 4}, step=2)  # behind the current step: W&B ignores it
+        tracker.log_metrics({"a": 5}, step=7)
+        tracker.log_metrics({"c": 6}, step=7)
+    expected = [{"_step": 0, "a": 1}, {"_step": 5, "a": 2, "b": 3}, {"_step": 7, "a": 5, "c": 6}]
+
+    def rows(run: object) -> list[dict]:
+        return [{k: v for k, v in row.items() if k in ("_step", "a", "b", "c")} for row in run.history]
+
+    assert rows(read_offline_run(tracker.run_dir)) == expected
+    assert rows(read_wandb_run(tracker.run_dir)) == expected

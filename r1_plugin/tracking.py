@@ -13,7 +13,9 @@ Offline first: an explicit `mode`, else `WANDB_MODE`, else "online" only when an
 (WANDB_API_KEY or a netrc entry), otherwise "offline". It never prompts for a login, and if an online
 start fails (no network) it falls back to offline. The run is always finished when the `with` block
 exits, also on an exception (exit code 1, marked failed) or Ctrl-C (exit code 255), so nothing logged is
-lost; an offline run directory can be uploaded later with `wandb sync <run_dir>`. `mode="disabled"`
+lost; an offline run directory can be uploaded later with `wandb sync <run_dir>`. Beside W&B's own files the
+tracker keeps a plain JSON-lines copy of what it logged (`files/r1_plugin-log.jsonl`), which
+`read_offline_run` reads back without an API key. `mode="disabled"`
 (or `--no-wandb`) gives a no-op tracker that never imports wandb.
 """
 
@@ -27,11 +29,8 @@ import json
 import logging
 import netrc
 import os
-import struct
-import time
 import warnings
-import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -59,8 +58,8 @@ EXIT_CODE_EXCEPTION = 1
 EXIT_CODE_INTERRUPT = 255
 # Seconds an online start may take before it is abandoned (then the run falls back to offline).
 ONLINE_INIT_TIMEOUT_S = 30.0
-# Seconds `finish` waits for W&B's writer to flush the run file's exit record.
-FLUSH_TIMEOUT_S = 10.0
+# The plain copy of everything a Tracker logs, under the run's files/ folder (read by `read_offline_run`).
+PLAIN_LOG = "r1_plugin-log.jsonl"
 
 
 class TrackingError(R1PluginError, ValueError):
@@ -142,12 +141,21 @@ def _union_columns(rows: Sequence[Mapping[str, Any]], first: Sequence[str] = ())
 class Tracker:
     """One experiment run: logs config, metrics, tables, figures to W&B (or nothing when disabled)."""
 
-    def __init__(self, run: Any | None, kind: str, mode: str) -> None:
-        """Wrap a started wandb run (or None for a disabled, no-op tracker); use `start_run` to make one."""
+    def __init__(
+        self, run: Any | None, kind: str, mode: str, config: Mapping[str, Any] | None = None
+    ) -> None:
+        """Wrap a started wandb run (or None for a disabled, no-op tracker); use `start_run` to make one.
+
+        `config` is what the run was started with, recorded in the plain copy (see `read_offline_run`).
+        """
         self.run = run
         self.kind = kind
         self.mode = mode
         self.exit_code: int | None = None
+        if run is not None:
+            self._write(
+                {"type": "start", "run_id": run.id, "project": run.project, "config": _plain(dict(config or {}))}
+            )
 
     # --- state -------------------------------------------------------------------------------------------
     @property
@@ -172,18 +180,60 @@ class Tracker:
         """The run's web page when online, else None."""
         return None if self.run is None else getattr(self.run, "url", None)
 
+    # --- the plain copy ------------------------------------------------------------------------------------
+    @property
+    def plain_log(self) -> Path | None:
+        """The JSON-lines copy of everything logged (`<run_dir>/files/r1_plugin-log.jsonl`), or None if disabled.
+
+        It sits in the run's files/ folder, so `wandb sync` uploads it with the run; `read_offline_run` reads it.
+        """
+        if self.run is None:
+            return None
+        return Path(self.run.dir) / PLAIN_LOG
+
+    def _write(self, record: Mapping[str, Any]) -> None:
+        """Append one record to the plain copy as one line (a reader skips a last line cut short by a kill)."""
+        path = self.plain_log
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(record, default=str) + "\n"
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(line)
+
+    def _log(self, values: Mapping[str, Any], step: int | None = None) -> None:
+        """`run.log(values, step=step)`, copied to the plain log: tables as columns + rows, media as their names."""
+        from wandb.plot import CustomChart
+
+        assert self.run is not None
+        current = int(self.run.step)
+        self.run.log(dict(values), step=step)
+        if step is not None and step < current:  # W&B drops rows for a step already passed (with a warning)
+            return
+        plain: dict[str, Any] = {}
+        tables: dict[str, dict[str, Any]] = {}
+        for key, value in values.items():
+            if isinstance(value, CustomChart):  # W&B logs a chart as its data table, `<key>_table`
+                key, value = f"{key}_table", value.table
+            plain[key] = _plain_media(self.run, key, value, tables)
+        record: dict[str, Any] = {"type": "log", "step": current if step is None else step, "values": plain}
+        if tables:
+            record["tables"] = tables
+        self._write(record)
+
     # --- logging -----------------------------------------------------------------------------------------
     def log_config(self, config: Mapping[str, Any]) -> None:
         """Add (or update) config entries: model, SAE release/id, hook, feature, strength, gate, seed, ..."""
         if self.run is None:
             return
         self.run.config.update(_plain(dict(config)), allow_val_change=True)
+        self._write({"type": "config", "config": _plain(dict(config))})
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log scalar metrics to the history (W&B steps must not decrease; omit `step` to auto-increment)."""
         if self.run is None:
             return
-        self.run.log(_plain(dict(metrics)), step=step)
+        self._log(_plain(dict(metrics)), step=step)
 
     def log_summary(self, values: Mapping[str, Any]) -> None:
         """Set final/summary values of the run (shown in the runs table, not the history)."""
@@ -191,6 +241,7 @@ class Tracker:
             return
         for key, value in values.items():
             self.run.summary[key] = _plain(value)
+        self._write({"type": "summary", "values": _plain(dict(values))})
 
     def _table(self, data: pd.DataFrame | Sequence[Mapping[str, Any]], columns: Sequence[str] | None) -> Any:
         """Build a wandb.Table from a DataFrame or a list of dict rows (missing cells become None)."""
@@ -222,7 +273,7 @@ class Tracker:
         """Log a DataFrame or list of dict rows as a wandb.Table under `key` (`columns` selects/orders them)."""
         if self.run is None:
             return
-        self.run.log({key: self._table(data, columns)}, step=step)
+        self._log({key: self._table(data, columns)}, step=step)
 
     def log_generations(self, rows: Sequence[Mapping[str, Any]], key: str = "generations") -> None:
         """Log generations as a table: prompt, unsteered, steered, gate_position, strength, then any extra keys."""
@@ -257,7 +308,7 @@ class Tracker:
             raise TrackingError(
                 f"log_figure wants a matplotlib figure or a PNG path, got {type(figure).__name__}"
             )
-        self.run.log({key: image}, step=step)
+        self._log({key: image}, step=step)
 
     def log_heatmap(
         self,
@@ -314,7 +365,7 @@ class Tracker:
             title=title or key,
             xname=x,
         )
-        self.run.log({key: self._table(frame, None), f"{key}_chart": chart})
+        self._log({key: self._table(frame, None), f"{key}_chart": chart})
 
     def log_feature_activations(
         self,
@@ -348,7 +399,7 @@ class Tracker:
         feature_cols = [f"feature_{f}" for f in ids]
         rows = [[pos, str(tok), *map(float, arr[pos])] for pos, tok in enumerate(str_tokens)]
         table = wandb.Table(columns=["position", "token", *feature_cols], data=rows)
-        self.run.log({key: table, f"{key}_html": wandb.Html(_activation_html(str_tokens, arr, feature_cols))})
+        self._log({key: table, f"{key}_html": wandb.Html(_activation_html(str_tokens, arr, feature_cols))})
 
     def log_artifact_file(self, path: str | Path, name: str, type: str = "result") -> None:
         """Save a result file (e.g. a feature DB or CSV) with the run as a W&B artifact."""
@@ -365,18 +416,17 @@ class Tracker:
         else:
             artifact.add_file(str(path))
         self.run.log_artifact(artifact)
+        self._write({"type": "artifact", "name": name, "artifact_type": type, "path": str(path)})
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     def finish(self, exit_code: int = 0) -> None:
-        """Finish the run (idempotent), non-zero marks it failed; offline, returns once the run file is complete."""
+        """Finish the run (idempotent); non-zero marks it failed. The exit code is in the plain copy first."""
         if self.exit_code is not None:
             return
         self.exit_code = exit_code
         if self.run is not None:
-            run_dir = self.run_dir
+            self._write({"type": "exit", "exit_code": exit_code})
             self.run.finish(exit_code=exit_code)
-            if run_dir is not None and self.mode == "offline":
-                wait_for_run_file(run_dir)
 
     def __enter__(self) -> Tracker:
         """Use as `with start_run(...) as tracker:`; the run is finished on exit."""
@@ -395,7 +445,9 @@ class Tracker:
         code = EXIT_CODE_INTERRUPT if issubclass(exc_type, KeyboardInterrupt) else EXIT_CODE_EXCEPTION
         if self.run is not None and not self.finished:
             try:
-                self.run.summary["error"] = f"{exc_type.__name__}: {exc}"
+                error = f"{exc_type.__name__}: {exc}"
+                self.run.summary["error"] = error
+                self._write({"type": "summary", "values": {"error": error}})
             except Exception:  # never mask the user's exception with a logging failure
                 logger.exception("could not record the error in the W&B summary")
         self.finish(code)
@@ -403,6 +455,18 @@ class Tracker:
     def __repr__(self) -> str:
         """Kind, mode and run directory, for logs."""
         return f"Tracker(kind={self.kind!r}, mode={self.mode!r}, run_dir={self.run_dir})"
+
+
+def _plain_media(run: Any, key: str, value: Any, tables: dict[str, dict[str, Any]]) -> Any:
+    """The plain-copy form of one logged value: tables go into `tables`; images and HTML become W&B's reference."""
+    import wandb
+
+    if isinstance(value, wandb.Table):
+        tables[key] = {"columns": list(value.columns), "data": [list(row) for row in value.data]}
+        return {"_type": "table", "nrows": len(value.data), "ncols": len(value.columns)}
+    if isinstance(value, (wandb.Image, wandb.Html)):  # bound to the run by `run.log`: its media file's name
+        return value.to_json(run)
+    return value
 
 
 def _activation_html(str_tokens: Sequence[str], arr: Any, feature_cols: Sequence[str]) -> str:
@@ -493,9 +557,9 @@ def start_run(
             warnings.warn(f"W&B online start failed ({exc}); logging offline instead", stacklevel=2)
             resolved = "offline"
         else:
-            return Tracker(run, kind, "online")
+            return Tracker(run, kind, "online", full_config)
     run = wandb.init(mode="offline", settings=_settings("offline"), **init_kwargs)
-    return Tracker(run, kind, "offline")
+    return Tracker(run, kind, "offline", full_config)
 
 
 def add_tracking_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -539,15 +603,9 @@ def tracker_from_args(
 
 
 # --- reading an offline run back (no API key needed) ----------------------------------------------------------
-_LOG_HEADER = struct.Struct("<4sHB")  # ident ":W&B", magic 0xBEE1, version
-_REC_HEADER = struct.Struct("<IHB")  # crc32, length, chunk type
-_LOG_BLOCK = 32768
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
-
-
 @dataclass
 class OfflineRun:
-    """What a local W&B run directory holds: config, history rows, summary, exit code and logged tables.
+    """What a Tracker's run directory holds: config, history rows, summary, exit code and logged tables.
 
     `config` is nested as logged; `history` rows and `summary` are flat, nested keys joined with '/'.
     """
@@ -573,156 +631,65 @@ class OfflineRun:
         return [row[key] for row in self.history if key in row]
 
 
-def _wandb_records(path: Path, tail_bytes: int | None = None) -> Iterator[bytes]:
-    """The raw protobuf records of a run-<id>.wandb file (W&B's LevelDB-log style, CRC-checked).
-
-    With `tail_bytes`, only the blocks covering the file's last `tail_bytes` are read (records that began
-    earlier are skipped): a cheap look at the end of a large run file.
-    """
-    data = path.read_bytes() if tail_bytes is None else b""
-    start = _LOG_HEADER.size
-    if tail_bytes is not None:
-        size = path.stat().st_size
-        first_block = max(0, (size - tail_bytes) // _LOG_BLOCK)
-        with path.open("rb") as fh:
-            head = fh.read(_LOG_HEADER.size)
-            fh.seek(first_block * _LOG_BLOCK)
-            body = fh.read()
-        # keep absolute offsets: pad the skipped prefix with a placeholder that is never parsed
-        data = (
-            head + b"\0" * (first_block * _LOG_BLOCK - len(head)) + body
-            if first_block
-            else head + body[len(head) :]
-        )
-        start = max(_LOG_HEADER.size, first_block * _LOG_BLOCK)
-    if len(data) < _LOG_HEADER.size:
-        raise TrackingError(f"{path} is too short to be a W&B run file")
-    ident, magic, _version = _LOG_HEADER.unpack_from(data, 0)
-    if ident != b":W&B" or magic != 0xBEE1:
-        raise TrackingError(f"{path} is not a W&B run file (header {data[:7]!r})")
-    crc = {t: zlib.crc32(bytes([t])) for t in (_FULL, _FIRST, _MIDDLE, _LAST)}
-    offset, pending, in_record = start, b"", start == _LOG_HEADER.size
-    while offset < len(data):
-        left = _LOG_BLOCK - offset % _LOG_BLOCK
-        if left < _REC_HEADER.size:
-            offset += left
-            continue
-        checksum, length, kind = _REC_HEADER.unpack_from(data, offset)
-        if kind == 0 and length == 0:  # zero padding to the end of the block
-            offset += left
-            continue
-        chunk = data[offset + _REC_HEADER.size : offset + _REC_HEADER.size + length]
-        if kind not in crc or len(chunk) != length or zlib.crc32(chunk, crc[kind]) & 0xFFFFFFFF != checksum:
-            if tail_bytes is not None and offset + _REC_HEADER.size + length > len(data):
-                return  # a record still being written
-            raise TrackingError(f"{path}: corrupt or truncated record at byte {offset}")
-        offset += _REC_HEADER.size + length
-        if kind == _FULL:
-            in_record = True
-            yield chunk
-        elif kind == _FIRST:
-            in_record, pending = True, chunk
-        elif kind == _MIDDLE:
-            pending += chunk
-        elif in_record:  # _LAST of a record whose start we read
-            yield pending + chunk
-            pending = b""
-
-
-def _exit_record_written(path: Path) -> bool:
-    """Whether W&B's writer has flushed the run's exit record (the last thing it writes) to `path`."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    if not path.is_file() or path.stat().st_size < _LOG_HEADER.size:
-        return False
-    try:
-        for raw in _wandb_records(path, tail_bytes=2 * _LOG_BLOCK):
-            record = pb.Record()
-            record.ParseFromString(raw)
-            if record.WhichOneof("record_type") == "exit":
-                return True
-    except (TrackingError, OSError, ValueError):
-        return False
-    return False
-
-
-def wait_for_run_file(run_dir: str | Path, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
-    """Wait until a finished run's exit record is on disk (W&B's writer flushes it just after finish returns)."""
-    run_dir = Path(run_dir)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        files = sorted(run_dir.glob("run-*.wandb"))
-        if files and _exit_record_written(files[0]):
-            return True
-        if time.monotonic() >= deadline:
-            logger.warning("W&B run file in %s has no exit record after %.1f s", run_dir, timeout_s)
-            return False
-        time.sleep(0.01)
-
-
-def _apply_items(target: dict[str, Any], items: Iterable[Any], nest: bool = False) -> None:
-    """Apply W&B key/nested_key + value_json items to a dict: flat ('/'-joined keys) or nested dicts."""
-    for item in items:
-        path = list(item.nested_key) if item.nested_key else [item.key]
-        value = json.loads(item.value_json)
-        if not nest:
-            target["/".join(path)] = value
-            continue
-        node = target
-        for part in path[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[path[-1]] = value
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one flat dict with '/'-joined keys, as W&B shows history and summary."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{name}/"))
+        else:
+            flat[name] = value
+    return flat
 
 
 def read_offline_run(run_dir: str | Path) -> OfflineRun:
-    """Read a local run directory (offline or online) back: config, history, summary, exit code, tables.
+    """Read what a Tracker logged back from its run directory: config, history, summary, exit code, tables.
 
-    W&B 0.31 writes config, history and summary only into `run-<id>.wandb` in offline mode (no
-    config.yaml / wandb-summary.json until synced), so this decodes that file; tables are the JSON files
-    under files/media/table/. Useful to check a run before `wandb sync`, without an API key.
+    Reads the plain copy the Tracker writes beside W&B's own files (`files/r1_plugin-log.jsonl`), so it
+    needs no API key, no network and no knowledge of W&B's private binary run file. Runs that r1_plugin's
+    Tracker did not write (e.g. SAELens's training runs) have no such copy: open them with `wandb sync`.
     """
-    from wandb.proto import wandb_internal_pb2 as pb
-
     run_dir = Path(run_dir)
-    found = sorted(run_dir.glob("run-*.wandb"))
-    if not found:
-        raise TrackingError(f"no run-*.wandb file in {run_dir}: not a W&B run directory")
+    path = run_dir / "files" / PLAIN_LOG
+    if not path.is_file():
+        raise TrackingError(
+            f"no files/{PLAIN_LOG} in {run_dir}: not a W&B run directory written by r1_plugin's Tracker "
+            "(pass an offline-run-*/run-* folder; runs opened elsewhere can be read after `wandb sync`)"
+        )
     run_id = project = ""
     config: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
-    exit_code: int | None = None
-    for raw in _wandb_records(found[0]):
-        record = pb.Record()
-        record.ParseFromString(raw)
-        which = record.WhichOneof("record_type")
-        if which == "run":
-            run_id, project = record.run.run_id, record.run.project
-            _apply_items(config, record.run.config.update, nest=True)
-        elif which == "config":
-            _apply_items(config, record.config.update, nest=True)
-        elif which == "history":
-            row: dict[str, Any] = {}
-            _apply_items(row, record.history.item)
-            history.append(row)
-        elif which == "summary":
-            _apply_items(summary, record.summary.update)
-            for item in record.summary.remove:
-                summary.pop("/".join(item.nested_key) if item.nested_key else item.key, None)
-        elif which == "exit":
-            exit_code = int(record.exit.exit_code)
     tables: dict[str, list[dict[str, Any]]] = {}
-    table_dir = run_dir / "files" / "media" / "table"
-    logged: list[tuple[int, str, Path]] = []
-    for path in table_dir.rglob("*.table.json"):
-        # files/media/table/<key>_<step>_<hash>.table.json
-        key, step, _hash = path.relative_to(table_dir).as_posix()[: -len(".table.json")].rsplit("_", 2)
-        logged.append((int(step) if step.isdigit() else -1, key, path))
-    for _step, key, path in sorted(logged, key=lambda t: t[0]):
-        tables.setdefault(key, []).append(json.loads(path.read_text()))
+    exit_code: int | None = None
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):  # a last line cut short by a killed process: everything before is kept
+                break
+            raise TrackingError(f"{path}: line {number} is not JSON ({exc})") from exc
+        kind = record["type"]
+        if kind == "start":
+            run_id, project = record["run_id"], record["project"]
+            config.update(record["config"])
+        elif kind == "config":
+            config.update(record["config"])
+        elif kind == "log":
+            values = _flatten(record["values"])
+            if history and history[-1]["_step"] == record["step"]:  # same step: W&B merges into one row
+                history[-1].update(values)
+            else:
+                history.append({"_step": record["step"], **values})
+            summary.update(values)
+            for key, table in record.get("tables", {}).items():
+                tables.setdefault(key, []).append(table)
+        elif kind == "summary":
+            summary.update(_flatten(record["values"]))
+        elif kind == "exit":
+            exit_code = int(record["exit_code"])
     files_dir = run_dir / "files"
     files = sorted(p.relative_to(files_dir).as_posix() for p in files_dir.rglob("*") if p.is_file())
     return OfflineRun(run_dir, run_id, project, config, history, summary, exit_code, tables, files)
@@ -741,5 +708,4 @@ __all__ = [
     "resolve_mode",
     "start_run",
     "tracker_from_args",
-    "wait_for_run_file",
 ]

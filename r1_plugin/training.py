@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from r1_plugin.errors import R1PluginError
 from r1_plugin.hook_names import hook_layer
-from r1_plugin.tracking import resolve_mode, wait_for_run_file
+from r1_plugin.tracking import resolve_mode
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -332,16 +332,12 @@ def train_sae(
                 with contextlib.suppress(Exception):
                     runs[-1].summary["error"] = f"{type(exc).__name__}: {exc}"
                 runs[-1].finish(exit_code=code)
-                if mode == "offline":
-                    wait_for_run_file(runs[-1].settings.sync_dir)
             raise
         finally:
             for sig, handler in handlers.items():
                 if handler is not None:
                     signal.signal(sig, handler)
     run_dir = Path(runs[-1].settings.sync_dir) if runs and mode != "disabled" else None
-    if run_dir is not None and mode == "offline":
-        wait_for_run_file(run_dir)
     return SAETrainingResult(sae=sae, run_dir=run_dir, wandb_id=wandb_id, runner=runner)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from steering_reference import left_pads, reference_generate, reference_generate_spans
 from transformer_lens import HookedTransformer
 
 from r1_plugin._patches.tl_generation import OBSERVER_ATTR
@@ -24,7 +25,6 @@ from r1_plugin.steering import (
     Window,
     steer,
 )
-from r1_plugin.steering.reference import left_pads, reference_generate, reference_generate_spans
 from r1_plugin.testing.distill_checkpoints import write_tiny_distill
 
 QWEN = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"

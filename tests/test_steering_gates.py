@@ -193,7 +193,7 @@ def closing_gates() -> list:
 def test_closing_gates_online_equal_one_shot_and_stay_causal(gate_index: int) -> None:
     """Fed in random chunks (a prefill, then decode steps), each position's steering decision, made when it is
     processed, equals the one-shot definition on every later prefix; a closed gate never reopens."""
-    from r1_plugin.steering.reference import reference_span
+    from steering_reference import reference_span
 
     gate = closing_gates()[gate_index]
     tok = _PieceTokenizer(PIECES_CLOSING)

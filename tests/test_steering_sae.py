@@ -10,6 +10,7 @@ import pytest
 import torch
 from sae_lens import SAE, StandardSAEConfig, TopKSAEConfig
 from sae_lens.saes.sae import SAEMetadata
+from steering_reference import reference_generate, reference_generate_spans
 from transformer_lens import HookedTransformer
 
 from r1_plugin.chat import format_r1_prompt
@@ -24,7 +25,6 @@ from r1_plugin.steering import (
     feature_direction,
     steer,
 )
-from r1_plugin.steering.reference import reference_generate, reference_generate_spans
 from r1_plugin.testing.distill_checkpoints import write_tiny_distill
 
 QWEN = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from wandb_oracle import exit_record_written, read_wandb_run, wait_for_run_file  # noqa: E402
 
 from r1_plugin.tracking import (  # noqa: E402
     GENERATION_COLUMNS,
@@ -93,6 +95,7 @@ def test_everything_logged_is_in_the_offline_run(tmp_path: Path) -> None:
     _assert_syncable_layout(run_dir)
 
     run = read_offline_run(run_dir)
+    assert (run_dir / "files" / "r1_plugin-log.jsonl").is_file()  # the plain copy, synced with the run
     assert run.exit_code == 0
     assert run.project == "r1-plugin"
     assert run.config["model"] == config["model"] and run.config["hook"] == config["hook"]
@@ -127,6 +130,23 @@ def test_everything_logged_is_in_the_offline_run(tmp_path: Path) -> None:
         assert any(Path(f).name.startswith(f"{key}_") and f.endswith(".png") for f in images), (key, images)
         assert run.summary[f"{key}/_type"] == "image-file"
     assert any(f.startswith("media/html/acts_html_") for f in run.files)
+
+    # The plain copy agrees with what wandb itself wrote (decoded by the test-only oracle).
+    wandb_run = read_wandb_run(run_dir)
+    assert wandb_run.exit_code == 0 and wandb_run.run_id == run.run_id == run_dir_id(run_dir)
+    assert wandb_run.project == run.project
+    assert {k: v for k, v in wandb_run.config.items() if k != "_wandb"} == run.config  # _wandb: its bookkeeping
+
+    def logged_keys(row: dict) -> set[str]:
+        return {key.split("/")[0] for key in row if not key.startswith("_")}
+
+    assert [row["_step"] for row in wandb_run.history] == [row["_step"] for row in run.history]
+    assert [logged_keys(row) for row in wandb_run.history] == [logged_keys(row) for row in run.history]
+    assert wandb_run.metric("kl") == run.metric("kl") and wandb_run.metric("loss") == run.metric("loss")
+    assert wandb_run.summary["best_strength"] == run.summary["best_strength"]
+    for key in ("sink_plot", "sink_png", "sink_heatmap", "acts_html"):  # same media file, same name
+        assert wandb_run.summary[f"{key}/path"] == run.summary[f"{key}/path"]
+    assert wandb_run.tables == run.tables
 
 
 def test_exception_inside_with_finishes_the_run_as_failed(tmp_path: Path) -> None:
@@ -309,15 +329,53 @@ def test_bad_arguments_say_what_is_wrong(tmp_path: Path) -> None:
 
 
 def test_large_run_file_reads_back_across_blocks(tmp_path: Path) -> None:
-    """A run file spanning many 32 KiB blocks decodes fully, and finish waits for its exit record."""
-    from r1_plugin.tracking import _exit_record_written
+    """A long run reads back fully from the plain copy, and agrees with W&B's run file (many 32 KiB blocks).
 
+    wandb completes its run file after `finish` returns (the stream is closed asynchronously), so the oracle
+    waits for the exit record; the plain copy needs no wait.
+    """
     with start_run("sweep", mode="offline", dir=tmp_path) as tracker:
         for step in range(600):
             tracker.log_metrics({"loss": 1.0 / (step + 1), "note": "x" * 200}, step=step)
     run_file = next(tracker.run_dir.glob("run-*.wandb"))
+    assert wait_for_run_file(tracker.run_dir) and exit_record_written(run_file)
     assert run_file.stat().st_size > 3 * 32768
-    assert _exit_record_written(run_file)
     run = read_offline_run(tracker.run_dir)
     assert run.exit_code == 0
     assert run.metric("loss") == [1.0 / (s + 1) for s in range(600)]
+    assert read_wandb_run(tracker.run_dir).metric("loss") == run.metric("loss")
+
+
+def test_plain_copy_survives_a_cut_last_line(tmp_path: Path) -> None:
+    """A process killed mid-write leaves a cut last line: it is skipped; a corrupt line before the end is an error."""
+    with start_run("steer", {"feature": 3}, mode="offline", dir=tmp_path) as tracker:
+        tracker.log_metrics({"kl": 0.5})
+        tracker.log_metrics({"kl": 0.75})
+    plain = tracker.plain_log
+    assert plain is not None and plain.parent == tracker.run_dir / "files"
+    lines = plain.read_text().splitlines()
+    assert [json.loads(line)["type"] for line in lines] == ["start", "log", "log", "exit"]
+    plain.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:5])  # the exit record cut short
+    run = read_offline_run(tracker.run_dir)
+    assert run.exit_code is None and run.metric("kl") == [0.5, 0.75] and run.config["feature"] == 3
+    plain.write_text("\n".join([lines[0], lines[1][:5], *lines[2:]]) + "\n")
+    with pytest.raises(TrackingError, match="line 2 is not JSON"):
+        read_offline_run(tracker.run_dir)
+
+
+def test_plain_copy_steps_match_wandb(tmp_path: Path) -> None:
+    """Rows at one step merge and a step already passed is dropped, exactly as in W&B's own run file."""
+    with start_run("sweep", mode="offline", dir=tmp_path) as tracker:
+        tracker.log_metrics({"a": 1})
+        tracker.log_metrics({"a": 2}, step=5)
+        tracker.log_metrics({"b": 3})  # joins step 5
+        tracker.log_metrics({"a": 4}, step=2)  # behind the current step: W&B ignores it
+        tracker.log_metrics({"a": 5}, step=7)
+        tracker.log_metrics({"c": 6}, step=7)
+    expected = [{"_step": 0, "a": 1}, {"_step": 5, "a": 2, "b": 3}, {"_step": 7, "a": 5, "c": 6}]
+
+    def rows(run: object) -> list[dict]:
+        return [{k: v for k, v in row.items() if k in ("_step", "a", "b", "c")} for row in run.history]
+
+    assert rows(read_offline_run(tracker.run_dir)) == expected
+    assert rows(read_wandb_run(tracker.run_dir)) == expected

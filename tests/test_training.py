@@ -1,4 +1,8 @@
-"""SAE training on r1_plugin models with SAELens's own runner; its W&B metrics are read from the offline run."""
+"""SAE training on r1_plugin models with SAELens's own runner; its W&B metrics are read from the offline run.
+
+SAELens logs straight through `wandb.log` (not r1_plugin's Tracker), so the run is read with the test-only
+decoder of W&B's binary run file (tests/wandb_oracle.py).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from wandb_oracle import read_wandb_run, wait_for_run_file
 
-from r1_plugin.tracking import read_offline_run
 from r1_plugin.training import (
     SAETrainingError,
     hook_layer,
@@ -67,7 +71,7 @@ def _tiny_cfg(model: str, hook: str, tmp_path: Path, **kwargs: object):
 
 def _check_logged_training(run_dir: Path, cfg, first_n_layers: int) -> None:
     """SAELens's own W&B logging: its config, per-step losses/metrics and eval metrics are in the offline run."""
-    run = read_offline_run(run_dir)
+    run = read_wandb_run(run_dir)
     assert run.exit_code == 0
     assert run.project == cfg.logger.wandb_project
     assert run.config["hook_name"] == cfg.hook_name and run.config["model_name"] == cfg.model_name
@@ -182,10 +186,8 @@ def test_failed_training_still_finishes_its_run(tiny_distill: str, tmp_path: Pat
         with pytest.raises(RuntimeError, match="eval exploded"):
             train_sae(cfg, dataset, wandb_dir=tmp_path)
     (run_dir,) = (tmp_path / "wandb").glob(f"offline-run-*-{cfg.logger.wandb_id}")
-    from r1_plugin.tracking import wait_for_run_file
-
     assert wait_for_run_file(run_dir)
-    run = read_offline_run(run_dir)
+    run = read_wandb_run(run_dir)
     assert run.exit_code == 1
     assert run.summary["error"] == "RuntimeError: eval exploded"
     assert len(run.metric("losses/mse_loss")) == 3  # steps 0-2 were logged before the crash

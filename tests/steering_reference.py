@@ -2,7 +2,8 @@
 sequence each step and adding the intervention by hand at the positions each gate's one-shot definition opens.
 
 The tests check that `steer` + `model.generate` / `generate_stream` (cached and uncached) produce exactly its
-tokens, and that the `GateRecord` of each equals the one-shot `(open_at, close_at)` per row.
+tokens, and that the `GateRecord` of each equals the one-shot `(open_at, close_at)` per row. Test-only: it
+lives with the tests (imported by name, like the other test helpers), not in the package.
 """
 
 from __future__ import annotations

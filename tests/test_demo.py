@@ -213,3 +213,11 @@ def test_unknown_feature_word_is_a_clear_error(tmp_path: Path) -> None:
     sae = load_sae(cfg)
     with pytest.raises(DemoError, match="nonexistentfeatureword"):
         resolve_feature(cfg, sae)
+
+
+def test_demo_feature_map_is_titled_by_the_sae(demo: tuple) -> None:
+    """The map of the embedded SAE names it (its release is None: it has no hub id) in the PNG's and page's title."""
+    _, out, _ = demo
+    page = (out / "feature_map.html").read_text(encoding="utf-8")
+    title = page.split("<title>", 1)[1].split("</title>", 1)[0]
+    assert "tiny-r1-sae/layer_2" in title and "None" not in title, title

@@ -487,7 +487,7 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> DemoResult:
             tracker.log_table("sinks", check.to_dataframe())
         from r1_plugin.demo.feature_map import write_demo_map
 
-        files.update(write_demo_map(sae, *_feature_db_paths(cfg), out, f"{cfg.sae_release} / {cfg.sae_id}",
+        files.update(write_demo_map(sae, *_feature_db_paths(cfg), out, cfg.sae_name,
                                     seed=cfg.seed, feature_id=fid, log=log))
         tracker.log_figure("feature_map", files["feature_map_png"])
         experiments_md = ""

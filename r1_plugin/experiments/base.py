@@ -107,6 +107,20 @@ def generate_greedy(model: Any, tokens: torch.Tensor, max_new_tokens: int) -> to
                               stop_at_eos=True, verbose=False, return_type="tokens")
 
 
+def trace(model: Any, tokens: torch.Tensor, max_new_tokens: int, generate: bool = True) -> torch.Tensor:
+    """The sequence to analyse: `tokens` as given (a finished trace), or its greedy continuation cut after the
+    first generated EOS (what follows it is padding from generate)."""
+    if not generate:
+        return tokens
+    seq = generate_greedy(model, tokens, max_new_tokens).clone()
+    eos = eos_id(model)
+    if eos is not None:
+        hits = (seq[0, tokens.shape[1] :] == eos).nonzero()
+        if len(hits):
+            seq = seq[:, : tokens.shape[1] + int(hits[0]) + 1]
+    return seq
+
+
 def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
     """Index of the first differing token of two id lists (the shorter length if one is a prefix); None if equal."""
     for i, (x, y) in enumerate(zip(a, b)):

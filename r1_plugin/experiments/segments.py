@@ -29,11 +29,10 @@ import torch
 from r1_plugin.experiments.base import (
     ExperimentError,
     ExperimentResult,
-    eos_id,
-    generate_greedy,
     prompt_label,
     prompt_list,
     prompt_tokens,
+    trace,
 )
 from r1_plugin.response_prefix import (
     THINK_CLOSE,
@@ -125,15 +124,10 @@ def segments(
     counts = torch.zeros(n_seg, dtype=torch.float64)
     fired = torch.zeros(n_seg, len(ids), dtype=torch.float64)
     summed = torch.zeros(n_seg, len(ids), dtype=torch.float64)
-    eos = eos_id(model)
     rows = []
     for p_idx, prompt in enumerate(prompt_list(prompts)):
         tokens = prompt_tokens(model, prompt, chat)
-        seq = generate_greedy(model, tokens, max_new_tokens).clone() if generate else tokens
-        if eos is not None and generate:
-            hits = (seq[0, tokens.shape[1]:] == eos).nonzero()
-            if len(hits):
-                seq = seq[:, : tokens.shape[1] + int(hits[0]) + 1]
+        seq = trace(model, tokens, max_new_tokens, generate)
         end = response_prefix_end(model, seq[0], spec, complete=True)
         labels = torch.from_numpy(segment_labels(model.to_str_tokens(seq[0]), end, spec.think_token))
         with torch.no_grad():

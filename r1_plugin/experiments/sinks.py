@@ -32,12 +32,11 @@ from r1_plugin.experiments.base import (
     ExperimentError,
     ExperimentResult,
     bootstrap_ci,
-    eos_id,
-    generate_greedy,
     prompt_label,
     prompt_list,
     prompt_tokens,
     summarize,
+    trace,
 )
 from r1_plugin.response_prefix import ResponsePrefixSpec, find_think_start, response_prefix_end
 
@@ -96,17 +95,12 @@ def sinks(
     )
     if model.tokenizer is None:
         raise ExperimentError("the sinks experiment finds the response prefix from token strings: set a tokenizer")
-    eos = eos_id(model)
     rows: list[dict[str, Any]] = []
     layer_rows: list[dict[str, Any]] = []
     layers: list[int] = []
     for p_idx, prompt in enumerate(prompt_list(prompts)):
         tokens = prompt_tokens(model, prompt, chat)
-        seq = generate_greedy(model, tokens, max_new_tokens).clone() if generate else tokens
-        if eos is not None and generate:
-            hits = (seq[0, tokens.shape[1]:] == eos).nonzero()
-            if len(hits):
-                seq = seq[:, : tokens.shape[1] + int(hits[0]) + 1]
+        seq = trace(model, tokens, max_new_tokens, generate)
         positions = role_positions(model, seq[0], spec)
         scan = scan_sinks(model, seq, batched=False, **thresholds)
         report, massive = scan.sinks, scan.massive

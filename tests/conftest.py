@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # Must run before huggingface_hub / transformers / wandb are imported: they read these at import time.
@@ -45,3 +47,21 @@ def r1_configs() -> Path:
     if not R1_CONFIGS.is_dir():
         pytest.fail(f"published configs not found at {R1_CONFIGS}: CI runs with shared/ beside the clone")
     return R1_CONFIGS
+
+
+@pytest.fixture
+def opened_shards(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the safetensors shards the DeepSeek-V3 loader opens during the test, in order."""
+    from r1_plugin.models.deepseek_v3 import loading
+
+    opened: list[str] = []
+    original = loading.open_safetensors
+
+    @contextmanager
+    def spy(path: Path) -> Iterator[object]:
+        opened.append(path.name)
+        with original(path) as handle:
+            yield handle
+
+    monkeypatch.setattr(loading, "open_safetensors", spy)
+    return opened

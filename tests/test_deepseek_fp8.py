@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 from transformer_lens import HookedTransformer
 
-from r1_plugin.models.deepseek_v3 import loading
 from r1_plugin.models.deepseek_v3.fp8_weights import (
     Fp8Weight,
     dequantized_state_dict,
@@ -176,20 +174,10 @@ def test_state_dict_round_trips(pair: tuple[HookedTransformer, HookedTransformer
         torch.testing.assert_close(fresh(toks), plain(toks), atol=0, rtol=0)
 
 
-def test_keep_fp8_parameters_own_their_storage(ckpt: tuple[str, dict], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_keep_fp8_parameters_own_their_storage(ckpt: tuple[str, dict], opened_shards: list[str]) -> None:
     shards = {str(p.resolve()) for p in Path(ckpt[0]).glob("*.safetensors")}
-    opened: list[str] = []
-    original = loading.open_safetensors
-
-    @contextmanager
-    def spy(path: Path):
-        opened.append(path.name)
-        with original(path) as handle:
-            yield handle
-
-    monkeypatch.setattr(loading, "open_safetensors", spy)
     kept = load(ckpt[0], True)
-    assert len(opened) == 4
+    assert len(opened_shards) == 4
     with open("/proc/self/maps") as maps:
         mapped = {parts[5] for parts in (line.split() for line in maps) if len(parts) >= 6}
     assert not mapped & shards

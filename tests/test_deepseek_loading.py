@@ -92,25 +92,16 @@ def test_fp8_sharded_checkpoint_matches_hf_on_exact_dequantisation(
         torch.testing.assert_close(model(tokens), hf(tokens).logits, atol=1e-4, rtol=0)
 
 
-def test_first_n_layers_reads_only_needed_shards(fp8_checkpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_first_n_layers_reads_only_needed_shards(fp8_checkpoint, opened_shards: list[str]) -> None:
     ck = fp8_checkpoint
     full = HookedTransformer.from_pretrained_no_processing(NAME, device="cpu")
-    opened: list[str] = []
-    original = loading.open_safetensors
-
-    @contextmanager
-    def spy(path: Path):
-        opened.append(path.name)
-        with original(path) as handle:
-            yield handle
-
-    monkeypatch.setattr(loading, "open_safetensors", spy)
+    opened_shards.clear()  # only the truncated load's reads count
     part = HookedTransformer.from_pretrained_no_processing(NAME, device="cpu", first_n_layers=2)
     assert part.cfg.n_layers == 2 and len(part.blocks) == 2
     # Shards holding only layers >= 2 and no embed/norm/lm_head tensors are never opened.
     index = loading.CheckpointFiles(NAME, {}).weight_map()
     needed = {s for k, s in index.items() if not k.startswith("model.layers.") or int(k.split(".")[2]) < 2}
-    assert set(opened) == needed and len(needed) < 4
+    assert set(opened_shards) == needed and len(needed) < 4
     tokens = torch.randint(2, ck.config["vocab_size"], (1, 10))
     with torch.no_grad():
         _, full_cache = full.run_with_cache(tokens, names_filter="blocks.1.hook_resid_post")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -100,26 +99,16 @@ def test_parse_bytes() -> None:
             parse_bytes(bad)  # type: ignore[arg-type]
 
 
-def test_from_pretrained_refuses_before_reading_any_weight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_from_pretrained_refuses_before_reading_any_weight(tmp_path: Path, opened_shards: list[str]) -> None:
     write_tiny_checkpoint(config=tiny_config(), seed=1, storage="fp8", block_size=(16, 16), folder=tmp_path / "c")
-    opened: list[str] = []
-    original = loading.open_safetensors
-
-    @contextmanager
-    def spy(path: Path):
-        opened.append(path.name)
-        with original(path) as handle:
-            yield handle
-
-    monkeypatch.setattr(loading, "open_safetensors", spy)
     with pytest.raises(ModelDoesNotFitError, match=r"device 0 needs .* GB.*Would fit") as info:
         HookedTransformer.from_pretrained_no_processing(str(tmp_path / "c"), device="cpu", memory_per_device="1MB")
-    assert isinstance(info.value, R1PluginError) and not opened
+    assert isinstance(info.value, R1PluginError) and not opened_shards
     # A budget the plan fits loads normally.
     model = HookedTransformer.from_pretrained_no_processing(
         str(tmp_path / "c"), device="cpu", memory_per_device="10GB", progress=False
     )
-    assert opened and model.cfg.device_plan is None
+    assert opened_shards and model.cfg.device_plan is None
 
 
 def test_n_devices_gets_a_byte_balanced_plan(r1_configs: Path) -> None:

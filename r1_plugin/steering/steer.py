@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from r1_plugin.drive import driver
 from r1_plugin.steering.gates import Gate, GateRunner, as_gate
 from r1_plugin.steering.interventions import AddDirection, Intervention
 from r1_plugin.steering.tracker import SequenceTracker, SequenceView
@@ -200,12 +201,9 @@ class _SteerHook:
 
 
 def resolve_hook_name(model: Any, hook_name: str) -> str:
-    """`hook_name`, or `<hook_name>.hook_sae_output` when SAELens's `HookedSAETransformer.add_sae` has spliced an
-    SAE in there (the plain name is then gone): the SAE's output is what flows on from that point."""
-    spliced = f"{hook_name}.hook_sae_output"
-    if hook_name not in model.hook_dict and spliced in model.hook_dict:
-        return spliced
-    return hook_name
+    """`hook_name` as `model` has it (see `r1_plugin.drive.Driver.hook_name`): TransformerLens and bridge names
+    both resolve, and where SAELens has spliced an SAE in, to `<hook_name>.hook_sae_output` (what flows on)."""
+    return driver(model).hook_name(hook_name)
 
 
 def _remove_hook(model: Any, hook_name: str, fn: Any) -> None:
@@ -250,6 +248,7 @@ def steer(
     """
     from r1_plugin.steering import sae_directions
 
+    driver(model)  # a clear error for a model r1_plugin cannot drive, before anything else
     gate_obj = as_gate(gate)
     if sae is not None:
         if feature is None:
@@ -257,10 +256,7 @@ def steer(
         hook_name = hook_name or sae_directions.sae_hook_name(sae)
     if hook_name is None:
         raise ValueError("steer needs `hook_name` (e.g. 'blocks.12.hook_resid_post') or an `sae` to take it from")
-    hook_name = resolve_hook_name(model, hook_name)
-    if hook_name not in model.hook_dict:
-        near = [n for n in model.hook_dict if n.split(".")[-1] == hook_name.split(".")[-1]][:5]
-        raise ValueError(f"{hook_name!r} is not a hook of this model; e.g. {near or list(model.hook_dict)[:5]}")
+    hook_name = driver(model).hook_name(hook_name)
     if intervention is None:
         if sae is not None:
             intervention = sae_directions.sae_intervention(

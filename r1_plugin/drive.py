@@ -47,7 +47,11 @@ _SAE_OUT = "hook_sae_output"
 
 
 class ModelDriveError(R1PluginError, TypeError):
-    """A model r1_plugin cannot drive (not a HookedTransformer or TransformerBridge), or a hook it does not have."""
+    """A model r1_plugin cannot drive (not a HookedTransformer or TransformerBridge), or a bad way to drive it."""
+
+
+class HookNameError(ModelDriveError, ValueError):
+    """A hook name the model has in neither naming."""
 
 
 def _loaded_class(module: str, name: str) -> type | None:
@@ -156,7 +160,7 @@ class Driver:
                 return f"{candidate}.{_SAE_OUT}"
         tail = name.split(".")[-1]
         near = [n for n in hooks if n.split(".")[-1] == tail][:5] or list(hooks)[:5]
-        raise ModelDriveError(f"{name!r} is not a hook of this {type(self.model).__name__}; e.g. {near}")
+        raise HookNameError(f"{name!r} is not a hook of this {type(self.model).__name__}; e.g. {near}")
 
     def _candidates(self, name: str) -> list[str]:
         out = [name]
@@ -174,7 +178,7 @@ class Driver:
             return self.hook_name(a) == self.hook_name(b) or (
                 self.model.hook_dict[self.hook_name(a)] is self.model.hook_dict[self.hook_name(b)]
             )
-        except ModelDriveError:
+        except HookNameError:
             return False
 
     # -- tokens ------------------------------------------------------------------------------------------------

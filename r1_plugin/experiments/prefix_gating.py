@@ -64,9 +64,9 @@ def default_conditions(spec: ResponsePrefixSpec | None = None) -> dict[str, Any]
 
 def _generate(model: Any, tokens: torch.Tensor, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy KV-cached generation; (ids `[seq]`, per-step log-probs `[n_generated, vocab]` of the model as run)."""
-    with torch.no_grad():
-        out = model.generate(tokens, max_new_tokens=max_new_tokens, do_sample=False, use_past_kv_cache=True,
-                             stop_at_eos=True, verbose=False, return_type="tokens", output_logits=True)
+    from r1_plugin.drive import driver
+
+    out = driver(model).generate(tokens, max_new_tokens, output_logits=True)
     logprobs = torch.stack([step[0] for step in out.logits]).float().log_softmax(-1).cpu()
     return out.sequences[0].clone().cpu(), logprobs
 

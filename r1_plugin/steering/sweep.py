@@ -106,16 +106,6 @@ class SweepResult:
                              f"{key}/primary_metric": self.primary_metric})
 
 
-def _prompt_tokens(model: Any, prompt: str | torch.Tensor, chat: bool) -> torch.Tensor:
-    if isinstance(prompt, torch.Tensor):
-        return prompt if prompt.dim() == 2 else prompt.unsqueeze(0)
-    if chat:
-        from r1_plugin.chat import r1_chat_tokens
-
-        return r1_chat_tokens(model, prompt)
-    return model.to_tokens(prompt)
-
-
 def sweep_strengths(
     model: Any,
     prompts: str | torch.Tensor | Sequence[str | torch.Tensor],
@@ -151,6 +141,9 @@ def sweep_strengths(
     """
     from r1_plugin.steering.sae_directions import feature_direction, sae_hook_name
 
+    from r1_plugin.drive import driver
+
+    drv = driver(model)
     strengths = [float(s) for s in strengths]
     if not strengths:
         raise ValueError("sweep_strengths needs at least one strength")
@@ -178,17 +171,16 @@ def sweep_strengths(
         hook_name=hook_name, direction=direction, sae=sae, feature=feature, mode=mode, normalize=normalize,
         relative=relative,
     )
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, use_past_kv_cache=True, verbose=False,
-                      stop_at_eos=True)
+    gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens)  # greedy, KV-cached, stops at EOS
     eos = getattr(model.tokenizer, "eos_token_id", None)
     rows: list[dict[str, Any]] = []
     for p_idx, prompt in enumerate(prompt_list):
-        tokens = _prompt_tokens(model, prompt, chat)
+        tokens = drv.prompt_tokens(prompt, chat)
         if tokens.shape[0] != 1:
             raise ValueError("each prompt must be one sequence ([1, seq] ids or a string)")
         n_prompt = tokens.shape[1]
         with torch.no_grad():
-            baseline = model.generate(tokens, **gen_kwargs)
+            baseline = drv.generate(tokens, **gen_kwargs)
         baseline_text = model.tokenizer.decode(baseline[0, n_prompt:])
         prompt_text = prompt if isinstance(prompt, str) else model.tokenizer.decode(tokens[0])
         steered_rows: list[dict[str, Any]] = []
@@ -199,7 +191,7 @@ def sweep_strengths(
             batch = tokens.expand(len(chunk), -1)
             with torch.no_grad(), steer(model, strength=chunk, gate=gate_obj, warn_never_opened=False,
                                         **steer_kwargs) as result:
-                out = model.generate(batch, **gen_kwargs)
+                out = drv.generate(batch, **gen_kwargs)
             open_at, close_at = result.last.open_at, result.last.close_at
             if gate_at is None:
                 gate_at, gate_close = next(((o, c) for o, c in zip(open_at, close_at) if o is not None),

@@ -111,8 +111,9 @@ def test_bridge_compatibility_mode_and_canonical_names_on_hooked(pair: tuple[str
         warnings.simplefilter("ignore")
         with steer(hooked, "blocks.1.hook_out", direction, 2.0, gate):
             on_hooked = hooked.generate(batch, max_new_tokens=STEPS, **GEN)
-        from r1_plugin.drive import load_model
         from bridge_models import folder_of
+
+        from r1_plugin.drive import load_model
 
         compat = load_model(folder_of(family), "bridge", device="cpu", dtype=torch.float32)
         compat.enable_compatibility_mode(disable_warnings=True)

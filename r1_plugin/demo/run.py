@@ -16,7 +16,6 @@ import json
 import os
 import re
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -238,9 +237,8 @@ def steered_generation(
 
 def feature_activations(model: Any, sae: Any, tokens: torch.Tensor, feature: int) -> torch.Tensor:
     """The feature's SAE activation at every position of `tokens` [1, seq] (no steering): [seq]."""
-    from r1_plugin.steering import encode_features, sae_hook_name
-
     from r1_plugin.drive import driver
+    from r1_plugin.steering import encode_features, sae_hook_name
 
     hook = sae_hook_name(sae)
     with torch.no_grad():

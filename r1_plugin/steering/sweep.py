@@ -139,9 +139,8 @@ def sweep_strengths(
     The reversion flag uses `behaviour` when given, else the feature activation. `tracker`: an r1_plugin Tracker
     to log the result to.
     """
-    from r1_plugin.steering.sae_directions import feature_direction, sae_hook_name
-
     from r1_plugin.drive import driver
+    from r1_plugin.steering.sae_directions import feature_direction, sae_hook_name
 
     drv = driver(model)
     strengths = [float(s) for s in strengths]

@@ -30,9 +30,12 @@ class SinkDetectionError(R1PluginError, ValueError):
 
 def pattern_layers(model: Any) -> list[int]:
     """Indices of the layers whose `blocks.{l}.attn.hook_pattern` exists, sorted; raises if there are none."""
-    from r1_plugin.drive import driver
+    from r1_plugin.drive import ModelDriveError, driver
 
-    layers = sorted(driver(model).pattern_hook_names())
+    try:
+        layers = sorted(driver(model).pattern_hook_names())
+    except ModelDriveError as exc:
+        raise SinkDetectionError(f"the sink detector reads blocks.<l>.attn.hook_pattern hooks: {exc}") from exc
     if not layers:
         raise SinkDetectionError(
             f"{type(model).__name__} has no blocks.<l>.attn.hook_pattern hook: the sink detector needs a "

@@ -292,6 +292,11 @@ class Driver:
         each attention row is computed once, and a layer only ever materialises `[batch, head, chunk, seq]`."""
         raise NotImplementedError
 
+    def logits_over_cache(self, chunks: Sequence[Any]) -> Any:
+        """Logits `[batch, sum of lengths, vocab]` of running unpadded id chunks one after another over one KV
+        cache (e.g. a prompt, then its continuation in one step, as a cached generation runs them)."""
+        raise NotImplementedError
+
     # -- position tracking -------------------------------------------------------------------------------------
     def attach_observer(self, observer: Any) -> Callable[[], None]:
         """Attach a position observer (see `r1_plugin.steering.tracker`); returns the function that detaches it."""
@@ -312,6 +317,15 @@ class HookedDriver(Driver):
             stop = min(tokens.shape[1], start + chunk_size)
             self.model(tokens[:, start:stop], attention_mask=attention_mask[:, start:stop], past_kv_cache=cache,
                        return_type=None)
+
+    def logits_over_cache(self, chunks: Sequence[Any]) -> Any:
+        """See `Driver.logits_over_cache`: TransformerLens's cache (the latent cache for DeepSeek-V3)."""
+        import torch
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        chunks = [c for c in chunks if c.shape[1]]
+        cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.model.cfg.device, chunks[0].shape[0])
+        return torch.cat([self.model(c, past_kv_cache=cache) for c in chunks], dim=1)
 
     def attach_observer(self, observer: Any) -> Callable[[], None]:
         """`observer.begin_forward/end_forward` around every forward and `begin/end_generation` around every
@@ -361,6 +375,15 @@ class BridgeDriver(Driver):
             stop = min(tokens.shape[1], start + chunk_size)
             self.model(tokens[:, start:stop], attention_mask=attention_mask[:, :stop], past_key_values=cache,
                        use_cache=True, return_type=None)
+
+    def logits_over_cache(self, chunks: Sequence[Any]) -> Any:
+        """See `Driver.logits_over_cache`: transformers' own cache."""
+        import torch
+        from transformers import DynamicCache
+
+        chunks = [c for c in chunks if c.shape[1]]
+        cache = DynamicCache(config=self.model.original_model.config)
+        return torch.cat([self.model(c, past_key_values=cache, use_cache=True) for c in chunks], dim=1)
 
     def attach_observer(self, observer: Any) -> Callable[[], None]:
         """`observer.begin_hf_forward(args, kwargs)` / `end_forward()` around every forward of the bridge's HF

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from r1_plugin.errors import R1PluginError
+from r1_plugin.steering.spec import SteeringSpec, SteeringSpecError
 
 DEFAULT_N_BOOT = 1000
 DEFAULT_CI = 0.95
@@ -149,38 +150,19 @@ def repeated_ngram_rate(ids: Sequence[int], n: int = 3) -> float:
 
 
 # --- what is steered and read out ---------------------------------------------------------------------------
-@dataclass
-class SteeringSpec:
-    """What to steer with: an SAE feature (or several) or a direction at a hook; the keywords of `steer`."""
-
-    sae: Any = None
-    feature: int | Sequence[int] | None = None
-    direction: Any = None
-    hook_name: str | None = None
-    mode: str = "add"
-    normalize: bool = False
-    relative: bool = False
-
-    def __post_init__(self) -> None:
-        if (self.sae is None) == (self.direction is None):
-            raise ExperimentError("give either an SAE with feature(s) or a direction (exactly one)")
-        if self.sae is not None and self.feature is None:
-            raise ExperimentError("steering by SAE needs `feature` (an id or a list of ids)")
-        if self.direction is not None and self.hook_name is None:
-            raise ExperimentError("a direction needs `hook_name` (e.g. 'blocks.12.hook_resid_post')")
-        if self.mode != "add" and self.sae is None:
-            raise ExperimentError(f"mode={self.mode!r} needs an SAE feature; a direction is only added")
-
-    def steer_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `r1_plugin.steering.steer` / `sweep_strengths`."""
-        return dict(sae=self.sae, feature=self.feature, direction=self.direction, hook_name=self.hook_name,
-                    mode=self.mode, normalize=self.normalize, relative=self.relative)
-
-    def describe(self) -> str:
-        """Short text for reports."""
-        if self.sae is not None:
-            return f"SAE feature {self.feature} ({self.mode})"
-        return f"direction at {self.hook_name}"
+def steering_spec(steering: SteeringSpec | None = None, **keywords: Any) -> SteeringSpec:
+    """The experiment's one `SteeringSpec`: `steering` as given, or built (and validated) from the seven steering
+    keywords of `steer` (sae, feature, direction, hook_name, mode, normalize, relative); both is an error."""
+    given = {k: v for k, v in keywords.items() if v not in (None, False, "add")}
+    if steering is not None:
+        if given:
+            raise ExperimentError(f"give the steering as `steering=SteeringSpec(...)` or as keywords, not both "
+                                  f"({', '.join(sorted(given))})")
+        return steering
+    try:
+        return SteeringSpec(**keywords)
+    except SteeringSpecError as exc:
+        raise ExperimentError(str(exc)) from exc
 
 
 class FeatureReadout:

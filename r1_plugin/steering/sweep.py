@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from r1_plugin.steering.gates import FromPositions, Gate, as_gate
+from r1_plugin.steering.spec import SteeringSpec, SteeringSpecError, check_strength
 from r1_plugin.steering.steer import resolve_hook_name, steer
 
 Behaviour = Callable[[str], float]
@@ -128,14 +129,15 @@ def sweep_strengths(
     reversion_drop: float = 0.5,
     chat: bool = True,
     tracker: Any = None,
+    spec: SteeringSpec | None = None,
 ) -> SweepResult:
     """Generate greedily at each strength and tabulate text, feature activation, KL and behaviour; flag reversion.
 
     prompts: text (formatted with R1's chat template when `chat`), or `[1, seq]` ids, or a list of them.
-    Steering arguments are those of `steer` (one of direction / sae+feature). The baseline is an unsteered
-    generation. `readout_sae`/`readout_feature`/`readout_hook` choose the "steered feature" to read (default: the
-    steering SAE feature at its hook, the sum of their activations for several; without an SAE, the projection
-    on the unit direction at `hook_name`).
+    Steering arguments are those of `steer` (one of direction / sae+feature), or one `spec=SteeringSpec(...)`.
+    The baseline is an unsteered generation. `readout_sae`/`readout_feature`/`readout_hook` choose the "steered
+    feature" to read (default: the steering SAE feature at its hook, the sum of their activations for several;
+    without an SAE, the projection on the unit direction at `hook_name`).
     The reversion flag uses `behaviour` when given, else the feature activation. `tracker`: an r1_plugin Tracker
     to log the result to.
     """
@@ -143,7 +145,16 @@ def sweep_strengths(
     from r1_plugin.steering.sae_directions import feature_direction, sae_hook_name
 
     drv = driver(model)
-    strengths = [float(s) for s in strengths]
+    if spec is not None:
+        if (hook_name, direction, sae, feature, mode, normalize, relative) != (None, None, None, None, "add", False,
+                                                                               False):
+            raise SteeringSpecError("give the steering as `spec` or as keywords, not both")
+        sae, feature, direction, hook_name = spec.sae, spec.feature, spec.direction, spec.hook_name
+        mode, normalize, relative = spec.mode, spec.normalize, spec.relative
+    else:
+        spec = SteeringSpec(sae=sae, feature=feature, direction=direction, hook_name=hook_name, mode=mode,
+                            normalize=normalize, relative=relative)  # validated once, here
+    strengths = [float(s) for s in check_strength(list(strengths), "strengths")]
     if not strengths:
         raise ValueError("sweep_strengths needs at least one strength")
     gate_obj = as_gate(gate)
@@ -166,10 +177,7 @@ def sweep_strengths(
         unit = (vec / vec.norm()).detach()
 
     prompt_list = [prompts] if isinstance(prompts, (str, torch.Tensor)) else list(prompts)
-    steer_kwargs: dict[str, Any] = dict(
-        hook_name=hook_name, direction=direction, sae=sae, feature=feature, mode=mode, normalize=normalize,
-        relative=relative,
-    )
+    steer_kwargs: dict[str, Any] = dict(spec=spec)
     gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens)  # greedy, KV-cached, stops at EOS
     eos = getattr(model.tokenizer, "eos_token_id", None)
     rows: list[dict[str, Any]] = []

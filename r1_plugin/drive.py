@@ -153,11 +153,16 @@ class Driver:
         """`name` as this model has it: as given, in the other naming (TransformerLens <-> bridge canonical), or
         where SAELens spliced an SAE in, its output hook. A `ModelDriveError` listing similar hooks otherwise."""
         hooks = self.model.hook_dict
-        for candidate in self._candidates(name):
+        candidates = self._candidates(name)
+        # An SAE spliced in first: SAETransformerBridge leaves an alias pointing at the replaced hook point.
+        for candidate in candidates:
+            point = hooks.get(candidate)
+            for base in dict.fromkeys([candidate, getattr(point, "name", None) or candidate]):
+                if f"{base}.{_SAE_OUT}" in hooks:
+                    return f"{base}.{_SAE_OUT}"
+        for candidate in candidates:
             if candidate in hooks:
                 return candidate
-            if f"{candidate}.{_SAE_OUT}" in hooks:
-                return f"{candidate}.{_SAE_OUT}"
         tail = name.split(".")[-1]
         near = [n for n in hooks if n.split(".")[-1] == tail][:5] or list(hooks)[:5]
         raise HookNameError(f"{name!r} is not a hook of this {type(self.model).__name__}; e.g. {near}")

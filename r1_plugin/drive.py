@@ -165,7 +165,7 @@ class Driver:
                 return candidate
         tail = name.split(".")[-1]
         near = [n for n in hooks if n.split(".")[-1] == tail][:5] or list(hooks)[:5]
-        raise HookNameError(f"{name!r} is not a hook of this {type(self.model).__name__}; e.g. {near}")
+        raise HookNameError(f"{name!r} is not a hook of this model ({type(self.model).__name__}); e.g. {near}")
 
     def _candidates(self, name: str) -> list[str]:
         out = [name]

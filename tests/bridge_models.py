@@ -37,14 +37,24 @@ def folder_of(family: str) -> str:
     return str(snapshot)
 
 
+def hooked_available() -> bool:
+    """Whether this TransformerLens has HookedTransformer (3.x; TransformerLens 4 removed it)."""
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
 def load_pair(family: str) -> tuple[Any, Any]:
-    """(HookedTransformer, TransformerBridge) of the family's tiny checkpoint, float32 on CPU."""
+    """(HookedTransformer, TransformerBridge) of the family's tiny checkpoint, float32 on CPU; the first is None
+    under TransformerLens 4 (no HookedTransformer there: the bridge is then checked against the oracles alone)."""
     from r1_plugin.drive import load_model
 
     source = folder_of(family)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        hooked = load_model(source, "hooked", device="cpu", dtype=torch.float32)
+        hooked = load_model(source, "hooked", device="cpu", dtype=torch.float32) if hooked_available() else None
         bridge = load_model(source, "bridge", device="cpu", dtype=torch.float32)
     return hooked, bridge
 

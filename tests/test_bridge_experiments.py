@@ -72,3 +72,34 @@ def test_sweep_and_demo_generation_equal_on_both(both: tuple[Any, Any, Any]) -> 
     (a, gate_a), (b, gate_b) = (steered_generation(m, sae, FEATURE, STRENGTH, tokens, 30) for m in (hooked, bridge))
     assert gate_a == gate_b and gate_a is not None
     assert a.tolist() == b.tolist()
+
+
+def test_the_demo_on_the_bridge_gives_the_hooked_demo_results(hf_cache: Path, tmp_path: Path) -> None:
+    """`python -m r1_plugin.demo --backend bridge`: the same feature, generations, gate positions and sink check."""
+    from r1_plugin.demo.run import DemoConfig, build_parser, config_from_args, run_demo
+
+    assert config_from_args(build_parser().parse_args(["--backend", "bridge"])).backend == "bridge"
+    results = [run_demo(DemoConfig(prompts=PROMPTS[:1], out=tmp_path / backend, wandb_dir=tmp_path / "wb",
+                                   max_new_tokens=40, sweep=False, experiments=False, backend=backend),
+                        log=lambda _: None) for backend in ("hooked", "bridge")]
+    hooked, bridge = results
+    assert (hooked.feature_id, hooked.strength) == (bridge.feature_id, bridge.strength)
+    assert hooked.generations == bridge.generations
+    assert hooked.generations[0]["gate_position"] is not None
+    assert_close_values(hooked.sinks, bridge.sinks, "sinks")
+
+
+def assert_close_values(a: Any, b: Any, where: str) -> None:
+    """Nested dicts/lists equal, floats to 1e-4."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            assert_close_values(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close_values(x, y, f"{where}[{i}]")
+    elif isinstance(a, float):
+        assert isinstance(b, float) and abs(a - b) <= 1e-4 * max(1.0, abs(a)), where
+    else:
+        assert a == b, where

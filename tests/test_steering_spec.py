@@ -68,3 +68,19 @@ def test_sampling_needs_a_positive_temperature() -> None:
         driver(model).generate(torch.tensor([[1, 2]]), 2, do_sample=True, temperature=math.nan)
     out = driver(model).generate(torch.tensor([[1, 2]]), 2, stop_at_eos=False)
     assert out.shape == (1, 4)
+
+
+def test_a_spec_plus_keywords_is_refused_everywhere_even_with_a_tensor_direction() -> None:
+    from r1_plugin.experiments import ExperimentError
+    from r1_plugin.experiments.base import steering_spec
+    from r1_plugin.steering.spec import keywords_given
+
+    spec = SteeringSpec(direction=torch.ones(4), hook_name="blocks.0.hook_resid_post")
+    assert keywords_given(direction=torch.ones(4), mode="add", normalize=False) == ["direction"]
+    assert keywords_given(sae=None, mode="add", relative=False) == []
+    with pytest.raises(ExperimentError, match="not both"):
+        steering_spec(spec, direction=torch.ones(4))
+    assert steering_spec(spec, direction=None, mode="add") is spec
+    with pytest.raises(SteeringSpecError, match="not both"):
+        with steer(_tiny(), spec=spec, direction=torch.ones(4)):
+            pass

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from r1_plugin.errors import R1PluginError
-from r1_plugin.steering.spec import SteeringSpec, SteeringSpecError
+from r1_plugin.steering.spec import SteeringSpec, SteeringSpecError, keywords_given
 
 DEFAULT_N_BOOT = 1000
 DEFAULT_CI = 0.95
@@ -153,11 +153,11 @@ def repeated_ngram_rate(ids: Sequence[int], n: int = 3) -> float:
 def steering_spec(steering: SteeringSpec | None = None, **keywords: Any) -> SteeringSpec:
     """The experiment's one `SteeringSpec`: `steering` as given, or built (and validated) from the seven steering
     keywords of `steer` (sae, feature, direction, hook_name, mode, normalize, relative); both is an error."""
-    given = {k: v for k, v in keywords.items() if v not in (None, False, "add")}
+    given = keywords_given(**keywords)
     if steering is not None:
         if given:
             raise ExperimentError(f"give the steering as `steering=SteeringSpec(...)` or as keywords, not both "
-                                  f"({', '.join(sorted(given))})")
+                                  f"({', '.join(given)})")
         return steering
     try:
         return SteeringSpec(**keywords)

@@ -61,6 +61,16 @@ class SteeringSpec:
         return f"direction at {self.hook_name}"
 
 
+_DEFAULTS: dict[str, Any] = {"mode": "add", "normalize": False, "relative": False}
+
+
+def keywords_given(**keywords: Any) -> list[str]:
+    """Which steering keywords differ from their defaults (None; mode "add"; normalize/relative False), by name:
+    a `spec` plus any of them is ambiguous. Compares by identity/str, never tensor equality."""
+    return sorted(k for k, v in keywords.items()
+                  if v is not None and not (k in _DEFAULTS and isinstance(v, (str, bool)) and v == _DEFAULTS[k]))
+
+
 def check_strength(strength: Any, name: str = "strength") -> Any:
     """`strength` (a number, or one per batch row) if every value is a finite number, else InvalidValueError:
     an infinite or NaN strength would write inf/NaN into the residual stream."""

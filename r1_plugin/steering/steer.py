@@ -24,7 +24,7 @@ import torch
 from r1_plugin.drive import driver
 from r1_plugin.steering.gates import Gate, GateRunner, as_gate
 from r1_plugin.steering.interventions import AddDirection, Intervention
-from r1_plugin.steering.spec import SteeringSpec, SteeringSpecError, check_strength
+from r1_plugin.steering.spec import SteeringSpec, SteeringSpecError, check_strength, keywords_given
 from r1_plugin.steering.tracker import SequenceTracker, SequenceView
 
 
@@ -255,8 +255,8 @@ def steer(
     drv = driver(model)  # a clear error for a model r1_plugin cannot drive, before anything else
     gate_obj = as_gate(gate)
     if spec is not None:
-        if (hook_name, direction, sae, feature, mode, normalize, relative) != (None, None, None, None, "add", False,
-                                                                               False):
+        if keywords_given(hook_name=hook_name, direction=direction, sae=sae, feature=feature, mode=mode,
+                          normalize=normalize, relative=relative):
             raise SteeringSpecError("give the steering as `spec` or as keywords (sae, feature, direction, "
                                     "hook_name, mode, normalize, relative), not both")
         sae, feature, direction, hook_name = spec.sae, spec.feature, spec.direction, spec.hook_name

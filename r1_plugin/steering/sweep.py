@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from r1_plugin.steering.gates import FromPositions, Gate, as_gate
-from r1_plugin.steering.spec import SteeringSpec, SteeringSpecError, check_strength
+from r1_plugin.steering.spec import SteeringSpec, SteeringSpecError, check_strength, keywords_given
 from r1_plugin.steering.steer import resolve_hook_name, steer
 
 Behaviour = Callable[[str], float]
@@ -146,8 +146,8 @@ def sweep_strengths(
 
     drv = driver(model)
     if spec is not None:
-        if (hook_name, direction, sae, feature, mode, normalize, relative) != (None, None, None, None, "add", False,
-                                                                               False):
+        if keywords_given(hook_name=hook_name, direction=direction, sae=sae, feature=feature, mode=mode,
+                          normalize=normalize, relative=relative):
             raise SteeringSpecError("give the steering as `spec` or as keywords, not both")
         sae, feature, direction, hook_name = spec.sae, spec.feature, spec.direction, spec.hook_name
         mode, normalize, relative = spec.mode, spec.normalize, spec.relative

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -49,6 +50,13 @@ def run_hook(hook: HookPoint, x: torch.Tensor, watch: bool) -> tuple[torch.Tenso
     out = hook(x)
     same = out.shape == before.shape and out.dtype == before.dtype and torch.equal(out, before)
     return out, not same
+
+
+@functools.lru_cache(maxsize=8)
+def causal_hide(n_q: int, past: int, device: torch.device) -> torch.Tensor:
+    """[n_q, past + n_q] bool, True where query i (at position past + i) would see a later key; shared, read-only."""
+    with torch.inference_mode(False):  # a normal tensor: autograd may save it even if first built in inference
+        return torch.ones(n_q, past + n_q, dtype=torch.bool, device=device).triu_(past + 1)
 
 
 def latent_norm(cfg: DeepseekV3HookedConfig, length: int) -> RMSNorm:
@@ -115,10 +123,31 @@ class DeepseekV3Attention(nn.Module):
             return torch.arange(past, past + n_new, device=device)[None].expand(batch, -1)
         return get_offset_position_ids(past, attention_mask).to(device)
 
-    def rotate_heads(self, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def rotate_heads(self, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, hook: HookPoint) -> torch.Tensor:
         """[batch, pos, head, nope + rope] with its rope part rotated (cos/sin [batch, pos, rope/2])."""
         nope, rope = t.split([self.cfg.qk_nope_head_dim, self.cfg.qk_rope_head_dim], dim=-1)
-        return torch.cat([nope, self.rotary.apply(rope, cos[:, :, None], sin[:, :, None])], dim=-1)
+        return self.assemble(hook, nope, *self.rotary.halves(rope, cos[:, :, None], sin[:, :, None]))
+
+    def assemble(self, hook: HookPoint, *parts: torch.Tensor) -> torch.Tensor:
+        """Concatenate [batch, pos, head, *] parts (broadcast over heads) on the last dim, for `hook` to see.
+
+        Unless `hook` is observed (or autograd records), the memory is laid out head-major, as the score matmul
+        reads it, which saves it a copy; a hook sees an ordinary contiguous [batch, pos, head, d] tensor. Either way
+        the matmul gets the same contiguous head-major operand, so observing never changes the numbers.
+        """
+        batch, n, h = parts[0].shape[:3]
+        if torch.is_grad_enabled() and any(p.requires_grad for p in parts):
+            return torch.cat([p.expand(batch, n, h, -1) for p in parts], dim=-1)
+        width = sum(p.shape[-1] for p in parts)
+        if is_observed(hook):
+            out = parts[0].new_empty(batch, n, h, width)
+        else:
+            out = parts[0].new_empty(batch, h, n, width).transpose(1, 2)
+        start = 0
+        for part in parts:
+            out[..., start : start + part.shape[-1]].copy_(part)
+            start += part.shape[-1]
+        return out
 
     def forward(
         self,
@@ -158,20 +187,26 @@ class DeepseekV3Attention(nn.Module):
         past = 0 if entry is None else entry.length
         pos = self.positions(batch, n_new, past, attention_mask, x.device)
         cos, sin = self.rotary.cos_sin(pos, q.dtype)  # [batch, pos, rope/2]
-        q = self.hook_rot_q(self.rotate_heads(q, cos, sin))
+        q = self.hook_rot_q(self.rotate_heads(q, cos, sin, self.hook_rot_q))
         # What the cache stores for these positions: the latent and the rotated shared rope key.
-        new_latent = torch.cat([kv_latent, self.rotary.apply(k_rope, cos, sin)], dim=-1)
+        rotated_rope = self.rotary.apply(k_rope, cos, sin)
+        new_latent = torch.cat([kv_latent, rotated_rope], dim=-1)
         # Per-head K/V of the current positions only, as in TransformerLens; an edit to them is detected only
         # where it has to outlive this forward (a cache that stores), never by changing how anything is computed.
         watch = entry is not None and not entry.frozen
         # Read once per forward (FP8 weights dequantise on access).
         w_k_b, w_v_b = self.W_K_b, self.W_V_b
         k_nope = (kv_latent @ heads_matrix(w_k_b)).view(batch, n_new, h, cfg.qk_nope_head_dim)
-        k, k_edited = run_hook(self.hook_k, torch.cat([k_nope, k_rope[:, :, None].expand(-1, -1, h, -1)], -1), watch)
+        if is_observed(self.hook_k):
+            k = torch.cat([k_nope, k_rope[:, :, None].expand(-1, -1, h, -1)], -1)
+            k, k_edited = run_hook(self.hook_k, k, watch)
+            rot_k = self.rotate_heads(k, cos, sin, self.hook_rot_k)
+        else:  # nothing can edit the pre-rotary keys: rotate the shared rope key once, not once per head
+            k_edited, rot_k = False, self.assemble(self.hook_rot_k, k_nope, rotated_rope[:, :, None])
         v, v_edited = run_hook(
             self.hook_v, (kv_latent @ heads_matrix(w_v_b)).view(batch, n_new, h, cfg.v_head_dim), watch
         )
-        k, rot_k_edited = run_hook(self.hook_rot_k, self.rotate_heads(k, cos, sin), watch)
+        k, rot_k_edited = run_hook(self.hook_rot_k, rot_k, watch)
 
         past_latent = None if entry is None else entry.past_latent
         if entry is not None:
@@ -193,7 +228,9 @@ class DeepseekV3Attention(nn.Module):
             scores, z_of = self.expanded_scores(q, k, v)
         scores = self.hook_attn_scores(self.apply_causal_mask(scores * cfg.softmax_scale, past, attention_mask))
         pattern = F.softmax(scores, dim=-1, dtype=torch.float32)
-        pattern = self.hook_pattern(torch.nan_to_num(pattern, nan=0.0).to(new_latent.dtype))
+        if attention_mask is not None:  # a padding query sees no key: its row is 0/0, made 0 (causal rows never are)
+            pattern = torch.nan_to_num(pattern, nan=0.0)
+        pattern = self.hook_pattern(pattern.to(new_latent.dtype))
         z = self.hook_z(z_of(pattern))  # [batch, pos, head, v_head_dim]
 
         if cfg.use_attn_result:
@@ -234,7 +271,8 @@ class DeepseekV3Attention(nn.Module):
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
         """Per-head q [b, q, h, qk], k [b, K, h, qk], v [b, K, h, v]: unscaled scores [b, h, q, K], pattern -> z."""
-        scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1))
+        # q and K head-major and contiguous, K read transposed (no copy when `assemble` built them that way).
+        scores = torch.matmul(q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous().transpose(2, 3))
         return scores, lambda pattern: torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2)
 
     def absorbed_scores(
@@ -277,9 +315,7 @@ class DeepseekV3Attention(nn.Module):
         n_q, n_k = scores.shape[-2:]
         if past + n_q != n_k:
             raise ValueError(f"{n_q} new queries + {past} cached positions != {n_k} keys; the cache is inconsistent.")
-        q_pos = torch.arange(past, past + n_q, device=scores.device)
-        keep = torch.arange(n_k, device=scores.device)[None, :] <= q_pos[:, None]
-        keep = keep[None, None]
+        hide = causal_hide(n_q, past, scores.device)
         if attention_mask is not None:
-            keep = keep & attention_mask.to(scores.device).bool()[:, None, None, :]
-        return scores.masked_fill(~keep, float("-inf"))
+            hide = hide | ~attention_mask.to(scores.device).bool()[:, None, None, :]
+        return scores.masked_fill(hide, float("-inf"))

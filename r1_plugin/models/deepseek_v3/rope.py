@@ -52,10 +52,16 @@ class DeepseekRotary:
         cos, sin = freqs.cos() * self.attention_factor, freqs.sin() * self.attention_factor
         return cos.to(dtype), sin.to(dtype)
 
-    def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Rotate x [..., rope_dim]; interleaved pairs (x0,x1),(x2,x3) or halves, output in half-split order."""
+    def halves(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two halves of rotated x [..., rope_dim] (half-split order), for a caller to concatenate once."""
         if self.interleave:
             x1, x2 = x[..., 0::2], x[..., 1::2]
         else:
             x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+        return x1 * cos - x2 * sin, x2 * cos + x1 * sin
+
+    def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotate x [..., rope_dim]; interleaved pairs (x0,x1),(x2,x3) or halves, output in half-split order."""
+        return torch.cat(self.halves(x, cos, sin), dim=-1)

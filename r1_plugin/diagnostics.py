@@ -7,6 +7,7 @@ them, applies every patch and asks torch for the devices.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from importlib import metadata
@@ -76,10 +77,12 @@ def report(apply: bool = False) -> dict[str, Any]:
     from r1_plugin import _patches
 
     if apply:
+        from r1_plugin.errors import R1PluginError
+
         try:
             _patches.apply_all()
-        except Exception:  # a failed patch is reported below, in "patches"
-            pass
+        except (R1PluginError, ImportError, AttributeError) as exc:  # a patch that cannot apply; a bug propagates
+            logging.getLogger(__name__).warning("a patch did not apply (%s); see 'patches' in the report", exc)
         import torch  # noqa: F401  (so the devices come from torch)
     return {
         "python": sys.version.split()[0],

@@ -186,7 +186,7 @@ class DeepseekV3Attention(nn.Module):
 
         past = 0 if entry is None else entry.length
         pos = self.positions(batch, n_new, past, attention_mask, x.device)
-        cos, sin = self.rotary.cos_sin(pos, q.dtype)  # [batch, pos, rope/2]
+        cos, sin = self.rotary.cos_sin(pos, q.dtype, past + n_new)  # [batch, pos, rope/2]
         q = self.hook_rot_q(self.rotate_heads(q, cos, sin, self.hook_rot_q))
         # What the cache stores for these positions: the latent and the rotated shared rope key.
         rotated_rope = self.rotary.apply(k_rope, cos, sin)
@@ -225,8 +225,9 @@ class DeepseekV3Attention(nn.Module):
                 k, v = torch.cat([past_kv[0], k], dim=1), torch.cat([past_kv[1], v], dim=1)
             if keep_kv:
                 entry.edited_kv = (k, v)  # type: ignore[union-attr]
-            scores, z_of = self.expanded_scores(q, k, v)
-        scores = self.hook_attn_scores(self.apply_causal_mask(scores * cfg.softmax_scale, past, attention_mask))
+            scores, z_of = self.expanded_scores(q, k, v, cfg.softmax_scale)
+        # Already scaled (inside the matmul), masked in place: no extra pass over [batch, head, pos, kv_pos].
+        scores = self.hook_attn_scores(self.apply_causal_mask(scores, past, attention_mask))
         pattern = F.softmax(scores, dim=-1, dtype=torch.float32)
         if attention_mask is not None:  # a padding query sees no key: its row is 0/0, made 0 (causal rows never are)
             pattern = torch.nan_to_num(pattern, nan=0.0)
@@ -268,12 +269,19 @@ class DeepseekV3Attention(nn.Module):
 
     @staticmethod
     def expanded_scores(
-        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
     ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-        """Per-head q [b, q, h, qk], k [b, K, h, qk], v [b, K, h, v]: unscaled scores [b, h, q, K], pattern -> z."""
-        # q and K head-major and contiguous, K read transposed (no copy when `assemble` built them that way).
-        scores = torch.matmul(q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous().transpose(2, 3))
-        return scores, lambda pattern: torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2)
+        """Per-head q [b, q, h, qk], k [b, K, h, qk], v [b, K, h, v]: scaled scores [b, h, q, K], pattern -> z.
+
+        The scale is the matmul's own alpha (one pass over the scores fewer than multiplying afterwards). q and K
+        go in head-major and contiguous, K read transposed (no copy when `assemble` built them that way).
+        """
+        batch, n_q, h, d = q.shape
+        n_k = k.shape[1]
+        qh = q.transpose(1, 2).reshape(batch * h, n_q, d)
+        kh = k.transpose(1, 2).contiguous().view(batch * h, n_k, d)
+        scores = torch.baddbmm(qh.new_empty(()), qh, kh.transpose(1, 2), beta=0.0, alpha=scale)
+        return scores.view(batch, h, n_q, n_k), lambda pattern: torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2)
 
     def absorbed_scores(
         self,
@@ -284,7 +292,7 @@ class DeepseekV3Attention(nn.Module):
         w_k_b: torch.Tensor,
         w_v_b: torch.Tensor,
     ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-        """Scores and z over cached latents c [b, P, r + rope] without rebuilding their K/V, then the current
+        """Scaled scores and z over cached latents c [b, P, r + rope] without rebuilding their K/V, then the current
         positions' per-head k/v: q_nope . (c W_K_b) = (q_nope W_K_b^T) . c and pattern @ (c W_V_b) =
         (pattern @ c) W_V_b per head."""
         cfg = self.cfg
@@ -295,8 +303,11 @@ class DeepseekV3Attention(nn.Module):
         q_absorbed = torch.matmul(q_nope.permute(2, 0, 1, 3).reshape(h, batch * n_q, nope), w_k_b.transpose(1, 2))
         q_latent = torch.cat([q_absorbed.view(h, batch, n_q, r).transpose(0, 1), q_rope.transpose(1, 2)], dim=-1)
         # Heads folded into the query axis: one [b, h*q, r+rope] @ [b, r+rope, P], the latent read once per batch.
-        past_scores = torch.matmul(q_latent.reshape(batch, h * n_q, -1), past_latent.transpose(1, 2))
-        current_scores, current_z = self.expanded_scores(q, k, v)
+        past_scores = torch.baddbmm(
+            q.new_empty(()), q_latent.reshape(batch, h * n_q, -1), past_latent.transpose(1, 2),
+            beta=0.0, alpha=cfg.softmax_scale,
+        )
+        current_scores, current_z = self.expanded_scores(q, k, v, cfg.softmax_scale)
         scores = torch.cat([past_scores.view(batch, h, n_q, n_past), current_scores], dim=-1)
 
         def z_of(pattern: torch.Tensor) -> torch.Tensor:
@@ -311,11 +322,11 @@ class DeepseekV3Attention(nn.Module):
     def apply_causal_mask(
         scores: torch.Tensor, past: int, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """-inf where a query would see a later key or a padding key (TL's convention)."""
+        """-inf where a query would see a later key or a padding key (TL's convention), IN PLACE on `scores`."""
         n_q, n_k = scores.shape[-2:]
         if past + n_q != n_k:
             raise ValueError(f"{n_q} new queries + {past} cached positions != {n_k} keys; the cache is inconsistent.")
         hide = causal_hide(n_q, past, scores.device)
         if attention_mask is not None:
             hide = hide | ~attention_mask.to(scores.device).bool()[:, None, None, :]
-        return scores.masked_fill(hide, float("-inf"))
+        return scores.masked_fill_(hide, float("-inf"))

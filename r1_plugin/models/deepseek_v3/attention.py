@@ -59,6 +59,11 @@ def causal_hide(n_q: int, past: int, device: torch.device) -> torch.Tensor:
         return torch.ones(n_q, past + n_q, dtype=torch.bool, device=device).triu_(past + 1)
 
 
+def records_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records an op on these tensors (then no `out=` writes, which it cannot differentiate)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def latent_norm(cfg: DeepseekV3HookedConfig, length: int) -> RMSNorm:
     """RMSNorm over a latent (q_lora_rank or kv_lora_rank wide) with HF's fixed eps of 1e-6."""
     norm = RMSNorm(cfg, length=length)
@@ -126,19 +131,25 @@ class DeepseekV3Attention(nn.Module):
     def rotate_heads(self, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, hook: HookPoint) -> torch.Tensor:
         """[batch, pos, head, nope + rope] with its rope part rotated (cos/sin [batch, pos, rope/2])."""
         nope, rope = t.split([self.cfg.qk_nope_head_dim, self.cfg.qk_rope_head_dim], dim=-1)
-        return self.assemble(hook, nope, *self.rotary.halves(rope, cos[:, :, None], sin[:, :, None]))
+        cos, sin = cos[:, :, None], sin[:, :, None]
+        if records_grad(t):
+            return torch.cat([nope, *self.rotary.halves(rope, cos, sin)], dim=-1)
+        out = self.assemble(hook, nope, width=t.shape[-1])
+        self.rotary.rotate_into(rope, cos, sin, out[..., nope.shape[-1] :])
+        return out
 
-    def assemble(self, hook: HookPoint, *parts: torch.Tensor) -> torch.Tensor:
-        """Concatenate [batch, pos, head, *] parts (broadcast over heads) on the last dim, for `hook` to see.
+    def assemble(self, hook: HookPoint, *parts: torch.Tensor, width: int | None = None) -> torch.Tensor:
+        """Concatenate [batch, pos, head, *] parts (broadcast over heads) on the last dim, for `hook` to see; with
+        `width`, a wider result whose remaining columns the caller fills.
 
         Unless `hook` is observed (or autograd records), the memory is laid out head-major, as the score matmul
         reads it, which saves it a copy; a hook sees an ordinary contiguous [batch, pos, head, d] tensor. Either way
         the matmul gets the same contiguous head-major operand, so observing never changes the numbers.
         """
         batch, n, h = parts[0].shape[:3]
-        if torch.is_grad_enabled() and any(p.requires_grad for p in parts):
+        if records_grad(*parts):
             return torch.cat([p.expand(batch, n, h, -1) for p in parts], dim=-1)
-        width = sum(p.shape[-1] for p in parts)
+        width = sum(p.shape[-1] for p in parts) if width is None else width
         if is_observed(hook):
             out = parts[0].new_empty(batch, n, h, width)
         else:
@@ -185,12 +196,20 @@ class DeepseekV3Attention(nn.Module):
         k_rope = self.hook_k_rope(k_rope)
 
         past = 0 if entry is None else entry.length
-        pos = self.positions(batch, n_new, past, attention_mask, x.device)
-        cos, sin = self.rotary.cos_sin(pos, q.dtype, past + n_new)  # [batch, pos, rope/2]
+        if attention_mask is None:  # positions past..past+n_new-1 in every row: a slice of the table
+            cos, sin = self.rotary.cos_sin_range(past, past + n_new, batch, q.dtype, x.device)  # [batch, pos, rope/2]
+        else:
+            pos = self.positions(batch, n_new, past, attention_mask, x.device)
+            cos, sin = self.rotary.cos_sin(pos, q.dtype, past + n_new)
         q = self.hook_rot_q(self.rotate_heads(q, cos, sin, self.hook_rot_q))
         # What the cache stores for these positions: the latent and the rotated shared rope key.
-        rotated_rope = self.rotary.apply(k_rope, cos, sin)
-        new_latent = torch.cat([kv_latent, rotated_rope], dim=-1)
+        if records_grad(kv_latent, k_rope):
+            new_latent = torch.cat([kv_latent, self.rotary.apply(k_rope, cos, sin)], dim=-1)
+        else:  # written in place: no concatenation
+            new_latent = kv_latent.new_empty(batch, n_new, cfg.kv_lora_rank + cfg.qk_rope_head_dim)
+            new_latent[..., : cfg.kv_lora_rank].copy_(kv_latent)
+            self.rotary.rotate_into(k_rope, cos, sin, new_latent[..., cfg.kv_lora_rank :])
+        rotated_rope = new_latent[..., cfg.kv_lora_rank :]
         # Per-head K/V of the current positions only, as in TransformerLens; an edit to them is detected only
         # where it has to outlive this forward (a cache that stores), never by changing how anything is computed.
         watch = entry is not None and not entry.frozen

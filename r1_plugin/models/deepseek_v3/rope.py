@@ -82,6 +82,15 @@ class DeepseekRotary:
         pair = self.table(n_positions, positions.device)[positions]  # [*positions.shape, 2, rope_dim/2]
         return pair[..., 0, :].to(dtype), pair[..., 1, :].to(dtype)
 
+    def cos_sin_range(
+        self, start: int, stop: int, batch: int, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`cos_sin` of positions start..stop-1 for every row ([batch, stop - start, rope_dim/2]): a view of the
+        table, no lookup (the unpadded case)."""
+        pair = self.table(stop, device)[start:stop]
+        cos, sin = pair[None, :, 0, :].expand(batch, -1, -1), pair[None, :, 1, :].expand(batch, -1, -1)
+        return cos.to(dtype), sin.to(dtype)
+
     def halves(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,6 +100,16 @@ class DeepseekRotary:
         else:
             x1, x2 = x.chunk(2, dim=-1)
         return x1 * cos - x2 * sin, x2 * cos + x1 * sin
+
+    def rotate_into(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor) -> None:
+        """Write rotated x [..., rope_dim] into `out` (any strides; no autograd): the numbers of `apply`."""
+        if self.interleave:
+            x1, x2 = x[..., 0::2], x[..., 1::2]
+        else:
+            x1, x2 = x.chunk(2, dim=-1)
+        first, second = out.chunk(2, dim=-1)
+        torch.sub(x1 * cos, x2 * sin, out=first)
+        torch.add(x2 * cos, x1 * sin, out=second)
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotate x [..., rope_dim]; interleaved pairs (x0,x1),(x2,x3) or halves, output in half-split order."""

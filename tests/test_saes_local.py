@@ -1,4 +1,4 @@
-"""SAEs loaded by path (`r1_plugin.saes.sae_folders`): a SAELens folder, or a release folder described by sae.yaml."""
+"""SAEs loaded by path (`r1_plugin.saes.local`): a SAELens folder, or a release folder described by sae.yaml."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sae_lens.saes.sae import SAEMetadata
 
 from r1_plugin.demo import assets
 from r1_plugin.saes.goodfire import load_pt_weights_only
-from r1_plugin.saes.sae_folders import SAEPathError, load_sae_from_path
+from r1_plugin.saes.local import SAEPathError, load_sae_from_path
 
 
 def test_release_folder_loads_goodfire_weights_with_its_config() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 from r1_plugin.errors import UnsupportedArchitectureError
 from r1_plugin.models.hf_config import get as _get
 from r1_plugin.models.hf_config import rope_parameters
-from r1_plugin.models.model_names import SUPPORTED_ARCHITECTURES
+from r1_plugin.models.registry import SUPPORTED_ARCHITECTURES
 
 
 def _dense_decoder_config(hf_config: Any) -> dict[str, Any]:

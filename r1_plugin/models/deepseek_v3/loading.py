@@ -43,14 +43,14 @@ PROCESSING_HELP = (
 
 def deepseek_official_name(model_name: str) -> str | None:
     """The HF id (or expanded local folder) when `model_name` is a DeepSeek-V3 model r1_plugin loads, else None."""
-    from r1_plugin.models import local_folders, model_names
+    from r1_plugin.models import local, registry
 
     if not isinstance(model_name, str):
         return None
-    folder = local_folders.local_folder(model_name)
+    folder = local.local_folder(model_name)
     if folder is not None:
-        return str(folder) if local_folders.folder_architecture(folder) == ARCHITECTURE else None
-    spec = model_names.lookup(model_name)
+        return str(folder) if local.folder_architecture(folder) == ARCHITECTURE else None
+    spec = registry.lookup(model_name)
     return spec.hf_id if spec is not None and spec.architecture == ARCHITECTURE else None
 
 
@@ -68,7 +68,7 @@ class CheckpointFiles:
 
     def __init__(self, name: str, hub_kwargs: dict[str, Any]) -> None:
         self.name = name
-        # Local folders arrive absolute (r1_plugin.models.local_folders); a relative name is a hub id even if a folder of
+        # Local folders arrive absolute (r1_plugin.models.local); a relative name is a hub id even if a folder of
         # that name happens to exist in the working directory.
         self.local = Path(name) if Path(name).is_absolute() and Path(name).is_dir() else None
         self.hub_kwargs = {k: v for k, v in hub_kwargs.items() if k in _HUB_KWARGS}
@@ -206,7 +206,7 @@ def destinations(key: str, cfg: DeepseekV3HookedConfig) -> list[Destination] | N
 def target_device(name: str, cfg: DeepseekV3HookedConfig) -> torch.device:
     """Pipeline split (TL's, or cfg.device_plan's by bytes): embed with block 0, block i on its device, final norm
     and unembed with the last block."""
-    from r1_plugin.models.device_plan import block_device
+    from r1_plugin.models.placement import block_device
 
     if name.startswith("blocks."):
         return block_device(int(name.split(".")[1]), cfg)
@@ -630,7 +630,7 @@ def load_pretrained(
             "(r1_plugin._patches.tl_deepseek.apply()) before loading."
         )
     cfg.keep_fp8 = bool(keep_fp8) and bool(hf_config.get("quantization_config"))
-    from r1_plugin.models.device_plan import place_model
+    from r1_plugin.models.placement import place_model
 
     place_model(cfg, hf_config, official_name, memory_per_device)
     with torch.device("meta"):

@@ -266,7 +266,7 @@ def test_no_httpfs_anywhere_is_a_clear_error(no_extension_dir, monkeypatch):
     message = str(err.value)
     assert "no duckdb-extension-httpfs wheel is installed" in message
     assert f"INSTALL httpfs from {repository} failed" in message
-    assert f'pip install "duckdb-extension-httpfs=={duckdb.__version__}"' in message
+    assert remote.install_hint() in message and "pip install" in remote.install_hint()
     assert "r1-plugin features download" in message and "\n" not in message.strip()
     # a duckdb newer than any wheel (2.x): told that the repository is the way, and which pair PyPI has
     monkeypatch.setattr(remote, "EXTENSION_MODULE", "duckdb_extension_httpfs")
@@ -287,7 +287,7 @@ def test_pyproject_admits_duckdb_2_and_pins_the_test_pair_in_dev():
 
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     runtime = {r.name: r for r in map(Requirement, project["dependencies"])}
-    assert {"1.4.0", "1.5.5", "2.0.1"} <= set(runtime["duckdb"].specifier.filter(["1.4.0", "1.5.5", "2.0.1"]))
+    assert {"1.5.0", "1.5.5", "2.0.1"} <= set(runtime["duckdb"].specifier.filter(["1.5.0", "1.5.5", "2.0.1"]))
     assert "duckdb-extension-httpfs" not in runtime  # no exact runtime pin that downgrades a user's duckdb
     dev = {r.name: r for r in map(Requirement, project["optional-dependencies"]["dev"])}
     pair = f"=={remote.NEWEST_HTTPFS_WHEEL}"

@@ -86,7 +86,10 @@ def test_get_announcing_more_than_head_never_completes(served, tmp_path):
     assert fetch(url, target).read_bytes() == DATA[:25_000]  # honest about 25000: complete at 25000
     source.write_bytes(DATA)
     os.utime(source, ns=(time.time_ns() + 10**9,) * 2)
-    srv.faults.head, srv.faults.body_limit = "ok", 25_000  # now HEAD 40000, GET Content-Length 40000, body 25000
+    srv.faults.head, srv.faults.body_limit = (
+        "ok",
+        25_000,
+    )  # now HEAD 40000, GET Content-Length 40000, body 25000
     with pytest.raises(dl.DownloadError, match=f"got 25000 of {SIZE} bytes"):
         fetch(url, target, check_remote=True)
     assert target.read_bytes() == DATA[:25_000]  # the old complete file is untouched until the new one is
@@ -99,7 +102,11 @@ def test_head_refused_or_without_length_falls_back_to_a_ranged_get(served, tmp_p
         srv.reset()
         assert fetch(url, tmp_path / name).read_bytes() == DATA
         log = [(r.method, r.range, r.status) for r in srv.log()]
-        assert log == [("HEAD", None, 405 if head == "405" else 200), ("GET", "bytes=0-0", 206), ("GET", None, 200)]
+        assert log == [
+            ("HEAD", None, 405 if head == "405" else 200),
+            ("GET", "bytes=0-0", 206),
+            ("GET", None, 200),
+        ]
 
 
 # --- HTTP and network failures: one DownloadError each ---------------------------------------------------------
@@ -133,7 +140,9 @@ def test_http_and_network_failures_are_download_errors(served, tmp_path, monkeyp
         assert "\n" not in message and not target.exists()
     srv.faults.status = None
     srv.latency = 1.5  # answers later than the deadline
-    with pytest.raises(dl.DownloadError, match=r"no answer from .* for 0\.3 s \(timed out\).*--stall-timeout"):
+    with pytest.raises(
+        dl.DownloadError, match=r"no answer from .* for 0\.3 s \(timed out\).*--stall-timeout"
+    ):
         fetch(url, target, stall_timeout=0.3)
 
 
@@ -309,7 +318,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("no mount command to make a size-limited tmpfs")
     disk = tmp_path / "disk"
     disk.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
     try:

@@ -58,7 +58,12 @@ def test_normal_download_and_resume(served, tmp_path: Path) -> None:
     ]
     assert not dl.part_path(target).exists() and not dl.version_path(target).exists()
     record = json.loads(dl.record_path(target).read_text())
-    assert record == {"url": url, "size": len(OLD), "etag": srv.etag(KEY), "last_modified": record["last_modified"]}
+    assert record == {
+        "url": url,
+        "size": len(OLD),
+        "etag": srv.etag(KEY),
+        "last_modified": record["last_modified"],
+    }
     srv.reset()
     dl.download_file(url, target, progress=False, stall_timeout=5)  # complete: verified from the record
     assert srv.log() == []

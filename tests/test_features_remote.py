@@ -219,9 +219,9 @@ def no_extension_dir(tmp_path, monkeypatch) -> Path:
 def test_httpfs_from_the_matching_wheel_needs_no_network(no_extension_dir):
     con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False})
     assert remote.load_httpfs(con) == "wheel"  # the repository is a closed port: no network was needed
-    assert con.execute("SELECT loaded FROM duckdb_extensions() WHERE extension_name = 'httpfs'").fetchall() == [
-        (True,)
-    ]
+    assert con.execute(
+        "SELECT loaded FROM duckdb_extensions() WHERE extension_name = 'httpfs'"
+    ).fetchall() == [(True,)]
     con.close()
     assert not list(no_extension_dir.rglob("*.duckdb_extension"))  # nothing installed anywhere
 
@@ -244,7 +244,9 @@ def test_httpfs_from_the_repository_when_no_wheel_matches(
     files, server, no_extension_dir, extension_repository, monkeypatch
 ):
     repo, key = extension_repository
-    monkeypatch.setattr(remote, "EXTENSION_MODULE", "no_such_module_r1_plugin_httpfs")  # no wheel (duckdb 2.x)
+    monkeypatch.setattr(
+        remote, "EXTENSION_MODULE", "no_such_module_r1_plugin_httpfs"
+    )  # no wheel (duckdb 2.x)
     monkeypatch.setattr(remote, "EXTENSION_REPOSITORY", repo.url)
     url = f"{server.url}/logic/logic-1.ddb"
     with FeatureDB(activations=files["ddb"]) as local, FeatureDB(activations=url) as db:

@@ -264,7 +264,10 @@ def network_error(url: str, exc: BaseException, timeout: float) -> DownloadError
 
 
 def _open(
-    url: str, timeout: float, method: str = "GET", headers: Mapping[str, str] | None = None,
+    url: str,
+    timeout: float,
+    method: str = "GET",
+    headers: Mapping[str, str] | None = None,
     tolerate: tuple[int, ...] = (),
 ) -> http.client.HTTPResponse | int:
     """The response to one request, or the status if it is one of `tolerate`; any other HTTP or network
@@ -326,7 +329,11 @@ def _say(message: str) -> None:
 
 def no_space(path: Path, exc: OSError, kept: Path | None = None) -> DownloadError:
     """The DownloadError for a full disk (or quota) while writing `path`; says what is kept."""
-    keep = f"; {kept} ({kept.stat().st_size} bytes) is kept and resumes" if kept is not None and kept.is_file() else ""
+    keep = (
+        f"; {kept} ({kept.stat().st_size} bytes) is kept and resumes"
+        if kept is not None and kept.is_file()
+        else ""
+    )
     return DownloadError(
         f"no space left on {path.parent} (writing {path.name}: {exc.strerror or exc}): free some space and run "
         f"again{keep}"
@@ -365,7 +372,9 @@ def _write_record(file: Path, url: str, version: RemoteVersion, kept: Path | Non
         tmp.unlink(missing_ok=True)
         if _is_full(exc):
             raise no_space(file, exc, kept) from exc
-        raise DownloadError(f"cannot write {file}: {exc.strerror or exc}; check the folder's permissions") from exc
+        raise DownloadError(
+            f"cannot write {file}: {exc.strerror or exc}; check the folder's permissions"
+        ) from exc
 
 
 def _write_version(path: Path, url: str, version: RemoteVersion) -> None:
@@ -407,20 +416,28 @@ def _verified(url: str, path: Path, timeout: float, check_remote: bool) -> bool:
         return False
     recorded_url, version = record
     if size != version.size:
-        _say(f"{path.name}: {size} bytes, but {version.size} were verified when it was downloaded (changed or "
-             "damaged since): downloading it again")
+        _say(
+            f"{path.name}: {size} bytes, but {version.size} were verified when it was downloaded (changed or "
+            "damaged since): downloading it again"
+        )
         record_path(path).unlink()
         return False
     if recorded_url == url and not check_remote:
         return True
     current = remote_version(url, timeout)
-    same = version.same_file(current) if version.validator and current.validator else current.size == version.size
+    same = (
+        version.same_file(current)
+        if version.validator and current.validator
+        else current.size == version.size
+    )
     if same:
         if recorded_url != url:
             _write_record(record_path(path), url, version)
         return True
-    _say(f"{path.name}: the remote file changed since it was downloaded ({version.validator} -> "
-         f"{current.validator}, {version.size} -> {current.size} bytes): downloading the new version")
+    _say(
+        f"{path.name}: the remote file changed since it was downloaded ({version.validator} -> "
+        f"{current.validator}, {version.size} -> {current.size} bytes): downloading the new version"
+    )
     record_path(path).unlink()
     return False
 
@@ -472,12 +489,16 @@ def download_file(
         )
     if offset:
         if started is None or started.validator is None:
-            _say(f"{path.name}: the partial download has no recorded ETag/Last-Modified, so it cannot be checked "
-                 "against the remote file; starting over")
+            _say(
+                f"{path.name}: the partial download has no recorded ETag/Last-Modified, so it cannot be checked "
+                "against the remote file; starting over"
+            )
             offset = 0
         elif not started.same_file(current):
-            _say(f"{path.name}: the remote file changed since the partial download started "
-                 f"({started.validator} -> {current.validator}); starting over")
+            _say(
+                f"{path.name}: the remote file changed since the partial download started "
+                f"({started.validator} -> {current.validator}); starting over"
+            )
             offset = 0
         else:
             offset = resume_offset(offset, current.size)
@@ -489,7 +510,12 @@ def download_file(
 
 
 def _fetch(
-    url: str, path: Path, offset: int, started: RemoteVersion | None, current: RemoteVersion, progress: bool,
+    url: str,
+    path: Path,
+    offset: int,
+    started: RemoteVersion | None,
+    current: RemoteVersion,
+    progress: bool,
     stall: float,
 ) -> None:
     """One GET into `path`.part: appended from `offset` if the server confirms the same file, else from 0;
@@ -529,9 +555,13 @@ def _fetch(
             expected = started.size
         else:
             if offset:
-                _say(f"{path.name}: the remote file changed since the partial download started "
-                     "(the server sent the whole file); starting over")
-            if sent.etag and current.etag and sent.etag != current.etag:  # changed between the HEAD and this GET
+                _say(
+                    f"{path.name}: the remote file changed since the partial download started "
+                    "(the server sent the whole file); starting over"
+                )
+            if (
+                sent.etag and current.etag and sent.etag != current.etag
+            ):  # changed between the HEAD and this GET
                 if length is None:
                     raise DownloadError(
                         f"{url}: the file changed while the download started (ETag {current.etag} -> {sent.etag}) "
@@ -540,7 +570,9 @@ def _fetch(
                 expected, version = length, sent
             else:  # the size the server announced for this version; the GET's own length only limits the body
                 expected = current.size
-                version = sent if sent.validator else RemoteVersion(expected, current.etag, current.last_modified)
+                version = (
+                    sent if sent.validator else RemoteVersion(expected, current.etag, current.last_modified)
+                )
             _write_version(path, url, RemoteVersion(expected, version.etag, version.last_modified))
         assert expected is not None
         _stream(url, response, part, mode, start, expected, length, progress, stall)
@@ -554,8 +586,15 @@ def _fetch(
 
 
 def _stream(
-    url: str, response: http.client.HTTPResponse, part: Path, mode: str, start: int, expected: int,
-    length: int | None, progress: bool, stall: float,
+    url: str,
+    response: http.client.HTTPResponse,
+    part: Path,
+    mode: str,
+    start: int,
+    expected: int,
+    length: int | None,
+    progress: bool,
+    stall: float,
 ) -> None:
     """Copy the body into `part` in chunks of at most CHUNK bytes, each written as it arrives."""
     from tqdm.auto import tqdm

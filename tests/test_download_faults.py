@@ -276,6 +276,25 @@ def test_file_without_a_record_is_checked_once_online(served, tmp_path):
         fetch(url, target)
 
 
+def test_finished_file_and_a_mirror(served, tmp_path, capsys):
+    srv, url, source = served
+    target = tmp_path / "autointerp.db"
+    fetch(url, target)
+    with RangeServer({KEY: source}, max_requests=10) as mirror:  # the same file: other ETags, same size
+        assert fetch(f"{mirror.url}/{KEY}", target).read_bytes() == DATA
+        assert [r.method for r in mirror.log()] == ["HEAD"]  # checked once, not fetched again
+        record = json.loads(dl.record_path(target).read_text())
+        assert record["url"] == f"{mirror.url}/{KEY}"
+        mirror.reset()
+        fetch(f"{mirror.url}/{KEY}", target)
+        assert mirror.log() == []  # recorded: offline from now on
+    other = tmp_path / "served" / "other.db"
+    other.write_bytes(DATA + b"x")
+    with RangeServer({KEY: other}, max_requests=10) as mirror:  # a mirror whose file differs in size
+        assert fetch(f"{mirror.url}/{KEY}", target).read_bytes() == DATA + b"x"
+    assert "downloading it from there" in capsys.readouterr().err
+
+
 def test_changed_remote_file_after_download(served, tmp_path, capsys):
     srv, url, source = served
     target = tmp_path / "autointerp.db"

@@ -425,19 +425,25 @@ def _verified(url: str, path: Path, timeout: float, check_remote: bool) -> bool:
     if recorded_url == url and not check_remote:
         return True
     current = remote_version(url, timeout)
-    same = (
+    if recorded_url != url:  # another server (a mirror): its ETags are its own, so only the size can match
+        if current.size == version.size:
+            _write_record(record_path(path), url, current)
+            return True
+        _say(
+            f"{path.name}: downloaded from {recorded_url} ({version.size} bytes), but {url} announces "
+            f"{current.size}: downloading it from there"
+        )
+    elif (
         version.same_file(current)
         if version.validator and current.validator
         else current.size == version.size
-    )
-    if same:
-        if recorded_url != url:
-            _write_record(record_path(path), url, version)
+    ):
         return True
-    _say(
-        f"{path.name}: the remote file changed since it was downloaded ({version.validator} -> "
-        f"{current.validator}, {version.size} -> {current.size} bytes): downloading the new version"
-    )
+    else:
+        _say(
+            f"{path.name}: the remote file changed since it was downloaded ({version.validator} -> "
+            f"{current.validator}, {version.size} -> {current.size} bytes): downloading the new version"
+        )
     record_path(path).unlink()
     return False
 

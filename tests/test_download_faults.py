@@ -377,4 +377,12 @@ def test_full_disk_before_the_first_byte_leaves_nothing(small_disk, served):
             pass
     with pytest.raises(dl.DownloadError, match=f"no space left on {small_disk}"):
         fetch(url, small_disk / "autointerp.db")
-    assert os.listdir(small_disk) == ["filler"]  # no temporary file, no empty .part
+    assert os.listdir(small_disk) == ["filler"]  # no temporary record file, no empty .part
+    (small_disk / "filler").unlink()
+    with (small_disk / "filler").open("wb", buffering=0) as fh:  # room for the record, not for one byte more
+        fh.write(b"\0" * (256 * 1024 - 4096))
+    with pytest.raises(
+        dl.DownloadError, match=f"no space left on {small_disk} \\(writing autointerp.db.part:"
+    ):
+        fetch(url, small_disk / "autointerp.db")
+    assert os.listdir(small_disk) == ["filler"]  # the record of an empty .part is removed with it

@@ -642,6 +642,9 @@ def _stream(
                     view = view[out.write(view) :]
             except OSError as exc:
                 if _is_full(exc):
+                    if part.stat().st_size == 0:  # nothing to resume: leave nothing behind
+                        out.close()
+                        _discard(part.with_name(part.name[:-5]))
                     raise no_space(part, exc, part) from exc
                 raise DownloadError(f"cannot write {part}: {exc.strerror or exc}; {part} is kept") from exc
             got += len(chunk)

@@ -120,3 +120,22 @@ def test_old_timeout_keyword_still_works(served, tmp_path: Path) -> None:
     _, url, _ = served
     with pytest.warns(DeprecationWarning, match="stall_timeout"):
         assert dl.download_file(url, tmp_path / "f", progress=False, timeout=5).read_bytes() == OLD
+
+
+def test_file_changing_between_head_and_get(served, tmp_path: Path, monkeypatch, capsys) -> None:
+    """The HEAD saw one version, the GET brings another (a race with the uploader)."""
+    srv, url, source = served
+    target = tmp_path / "file.ddb"
+    old_head = dl.remote_version(url)
+    interrupted(srv, url, target)
+    replace_file(source, NEW)  # a new version of the same size
+    srv.faults.honour_if_range = False  # and a careless server: it answers the resume from the new file
+    monkeypatch.setattr(dl, "remote_version", lambda *a, **k: old_head)  # the HEAD still saw the old one
+    with pytest.raises(dl.DownloadError, match="another version of the file.*discarded: run again"):
+        dl.download_file(url, target, progress=False, stall_timeout=5)
+    assert not dl.part_path(target).exists() and not target.exists()  # no mixture kept
+    # from 0, the GET's ETag differs from the HEAD's: the GET's own size and ETag are what is verified
+    replace_file(source, NEW + b"++")  # 2 bytes longer than the HEAD said
+    assert dl.download_file(url, target, progress=False, stall_timeout=5).read_bytes() == NEW + b"++"
+    record = json.loads(dl.record_path(target).read_text())
+    assert (record["size"], record["etag"]) == (len(NEW) + 2, srv.etag(KEY))

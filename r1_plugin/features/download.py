@@ -565,9 +565,8 @@ def _fetch(
                     f"{path.name}: the remote file changed since the partial download started "
                     "(the server sent the whole file); starting over"
                 )
-            if (
-                sent.etag and current.etag and sent.etag != current.etag
-            ):  # changed between the HEAD and this GET
+            changed = bool(sent.etag and current.etag and sent.etag != current.etag)  # since the HEAD
+            if changed:
                 if length is None:
                     raise DownloadError(
                         f"{url}: the file changed while the download started (ETag {current.etag} -> {sent.etag}) "

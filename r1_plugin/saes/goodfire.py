@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from r1_plugin.errors import MissingFromCacheError, R1PluginError, is_missing_file_error
+from r1_plugin.errors import R1PluginError, missing_from_cache
 from r1_plugin.saes import cache
 
 CONVERSION_FUNC = "goodfire_r1"
@@ -123,12 +123,8 @@ def download(repo_id: str, filename: str, force_download: bool = False) -> Path:
     """`hf_hub_download` with a clear error naming the repo/file and how to fetch it when it is not cached offline."""
     from huggingface_hub import hf_hub_download
 
-    try:
+    with missing_from_cache(repo_id, filename):
         return Path(hf_hub_download(repo_id=repo_id, filename=filename, force_download=force_download))
-    except Exception as exc:
-        if is_missing_file_error(exc):
-            raise MissingFromCacheError(repo_id, filename) from exc
-        raise
 
 
 def load_pt_weights_only(path: str | Path) -> dict[str, torch.Tensor]:

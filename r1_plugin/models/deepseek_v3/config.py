@@ -10,7 +10,8 @@ from transformer_lens.config.hooked_transformer_config import HookedTransformerC
 
 from r1_plugin.errors import UnsupportedArchitectureError
 from r1_plugin.models.hf_config import get as _get
-from r1_plugin.models.hf_config import rope_parameters
+from r1_plugin.models.hf_config import int_field, positive_field, rope_parameters
+from r1_plugin.values import InvalidValueError, finite
 
 ARCHITECTURE = "DeepseekV3ForCausalLM"
 
@@ -54,6 +55,7 @@ class DeepseekV3HookedConfig(HookedTransformerConfig):
         self.positional_embedding_type = "rotary"
         self.d_head = self.v_head_dim
         self.rotary_dim = self.qk_rope_head_dim
+        self._validate()
         if self.softmax_scale < 0:
             scale = self.qk_head_dim**-0.5
             if self.use_yarn_rope and self.yarn_mscale_all_dim:
@@ -61,7 +63,6 @@ class DeepseekV3HookedConfig(HookedTransformerConfig):
             self.softmax_scale = scale
         self.attn_scale = 1.0 / self.softmax_scale
         self.use_attn_scale = True
-        self._validate()
         super().__post_init__()
         self.n_params = self.count_block_params()
 
@@ -90,19 +91,35 @@ class DeepseekV3HookedConfig(HookedTransformerConfig):
         return min(self.fp8_experts_per_chunk, self.num_experts or 0) * per
 
     def _validate(self) -> None:
-        """Reject configs whose maths this implementation does not reproduce, saying what is wrong."""
+        """Reject configs whose maths this implementation does not reproduce (the same rules as validate_config,
+        read from this config's TransformerLens field names)."""
         if self.num_experts is None or self.experts_per_token is None:
-            raise ValueError("DeepseekV3HookedConfig needs num_experts (n_routed_experts) and experts_per_token.")
-        if self.num_experts % self.n_group:
-            raise ValueError(f"n_routed_experts={self.num_experts} is not divisible by n_group={self.n_group}.")
-        if self.num_experts // self.n_group < 2:
-            raise ValueError("group-limited routing scores each group by its top-2 experts: need >= 2 per group.")
-        if not 1 <= self.topk_group <= self.n_group:
-            raise ValueError(f"topk_group={self.topk_group} must be in [1, n_group={self.n_group}].")
-        if self.experts_per_token > self.topk_group * (self.num_experts // self.n_group):
-            raise ValueError("num_experts_per_tok exceeds the experts available in the topk_group selected groups.")
-        if self.qk_rope_head_dim % 2:
-            raise ValueError(f"qk_rope_head_dim={self.qk_rope_head_dim} must be even for rotary embeddings.")
+            raise InvalidValueError(
+                "DeepseekV3HookedConfig needs num_experts (n_routed_experts) and experts_per_token."
+            )
+        validate_config(self.hf_fields(), "DeepseekV3HookedConfig")
+
+    def hf_fields(self) -> dict[str, Any]:
+        """This config's architecture fields under HF's config.json names (what validate_config checks)."""
+        fields: dict[str, Any] = {
+            "hidden_size": self.d_model, "num_hidden_layers": self.n_layers, "num_attention_heads": self.n_heads if self.n_heads != -1 else self.d_model // self.d_head,
+            "intermediate_size": self.d_mlp, "moe_intermediate_size": self.d_mlp_moe,
+            "q_lora_rank": self.q_lora_rank, "kv_lora_rank": self.kv_lora_rank,
+            "qk_nope_head_dim": self.qk_nope_head_dim, "qk_rope_head_dim": self.qk_rope_head_dim,
+            "v_head_dim": self.v_head_dim, "n_routed_experts": self.num_experts,
+            "num_experts_per_tok": self.experts_per_token, "n_shared_experts": self.n_shared_experts,
+            "n_group": self.n_group, "topk_group": self.topk_group, "first_k_dense_replace": self.first_k_dense_replace,
+            "rms_norm_eps": self.eps, "rope_theta": self.rotary_base, "routed_scaling_factor": self.routed_scaling_factor,
+            "max_position_embeddings": self.n_ctx,
+            "vocab_size": self.d_vocab if self.d_vocab != -1 else None,  # -1: TransformerLens sets it from the tokenizer
+        }
+        if self.use_yarn_rope:
+            fields["rope_scaling"] = {
+                "type": "yarn", "factor": self.yarn_factor, "beta_fast": self.yarn_beta_fast,
+                "beta_slow": self.yarn_beta_slow, "mscale": self.yarn_mscale, "mscale_all_dim": self.yarn_mscale_all_dim,
+                "original_max_position_embeddings": self.yarn_original_max_position_embeddings,
+            }
+        return fields
 
     def count_block_params(self) -> int:
         """Exact parameter count of the blocks (embeddings, final norm and unembedding excluded, as in TL)."""
@@ -124,24 +141,119 @@ class DeepseekV3HookedConfig(HookedTransformerConfig):
 
 
 
-def hf_to_tl_config_dict(hf_config: Any, official_name: str) -> dict[str, Any]:
-    """Convert an HF DeepseekV3 config (object or config.json dict) to DeepseekV3HookedConfig keyword arguments."""
+def validate_config(hf_config: Any, where: str = "config.json") -> None:
+    """Refuse a DeepSeek-V3 config (config.json dict or transformers config object) that this architecture cannot
+    run, naming the field, its value and the allowed range; `where` (model name or path) leads each message.
+
+    Values that are wrong (a count of 0, a negative eps, n_group 0, a [0, 0] FP8 block) raise InvalidValueError;
+    settings of another architecture (other routing, activation, rope type or quantisation) raise
+    UnsupportedArchitectureError. Called by every DeepSeek-V3 load path before anything is built.
+    """
+    # Settings of architectures r1_plugin does not implement.
     scoring = _get(hf_config, "scoring_func", "sigmoid")
     topk_method = _get(hf_config, "topk_method", "noaux_tc")
     if scoring != "sigmoid" or topk_method != "noaux_tc":
         raise UnsupportedArchitectureError(
-            f"{official_name}: scoring_func={scoring!r}, topk_method={topk_method!r}; r1_plugin implements "
+            f"{where}: scoring_func={scoring!r}, topk_method={topk_method!r}; r1_plugin implements "
             "DeepSeek-V3 routing (sigmoid scores, noaux_tc group-limited top-k) like transformers' DeepseekV3."
         )
-    if _get(hf_config, "moe_layer_freq", 1) != 1:
-        raise UnsupportedArchitectureError(f"{official_name}: moe_layer_freq != 1 is not supported.")
+    if (_get(hf_config, "moe_layer_freq", 1) or 1) != 1:
+        raise UnsupportedArchitectureError(
+            f"{where}: moe_layer_freq={_get(hf_config, 'moe_layer_freq')!r} is not supported (allowed: 1, every "
+            "layer from first_k_dense_replace on is MoE, as in every DeepSeek-V3 release)."
+        )
     if (_get(hf_config, "hidden_act", "silu") or "silu") != "silu":
-        raise UnsupportedArchitectureError(f"{official_name}: hidden_act must be 'silu'.")
-    n_heads = _get(hf_config, "num_attention_heads")
-    n_kv = _get(hf_config, "num_key_value_heads") or n_heads
-    if n_kv != n_heads:
-        raise UnsupportedArchitectureError(f"{official_name}: MLA needs num_key_value_heads == num_attention_heads.")
+        raise UnsupportedArchitectureError(f"{where}: hidden_act must be 'silu', got {_get(hf_config, 'hidden_act')!r}.")
+    # Sizes: every width and count the weights are built from.
+    int_field(hf_config, "num_hidden_layers", where, 1)
+    heads = int_field(hf_config, "num_attention_heads", where, 1)
+    n_kv = _get(hf_config, "num_key_value_heads")
+    if n_kv is not None and n_kv != heads:
+        raise UnsupportedArchitectureError(
+            f"{where}: config field `num_key_value_heads`={n_kv!r} must equal num_attention_heads={heads} (MLA)."
+        )
+    for key in ("hidden_size", "kv_lora_rank", "qk_nope_head_dim", "v_head_dim", "moe_intermediate_size",
+                "max_position_embeddings"):
+        int_field(hf_config, key, where, 1)
+    int_field(hf_config, "vocab_size", where, 1, optional=True, why="null: taken from the tokenizer")
+    int_field(hf_config, "q_lora_rank", where, 1, optional=True, why="null for a full-rank q_proj")
+    rope_dim = int_field(hf_config, "qk_rope_head_dim", where, 2)
+    if rope_dim and rope_dim % 2:
+        raise InvalidValueError(
+            f"{where}: config field `qk_rope_head_dim`={rope_dim} must be even (rotary embeddings rotate pairs)."
+        )
+    dense = int_field(hf_config, "first_k_dense_replace", where, 0, optional=True) or 0
+    if dense:
+        int_field(hf_config, "intermediate_size", where, 1, why="the dense MLP of the first_k_dense_replace layers")
+    int_field(hf_config, "n_shared_experts", where, 0, optional=True)
+    # Routing: group-limited top-k over n_group groups of experts.
+    experts = int_field(hf_config, "n_routed_experts", where, 1)
+    groups = int_field(hf_config, "n_group", where, 1, experts, optional=True, why="null means 1") or 1
+    if experts % groups:
+        raise InvalidValueError(
+            f"{where}: config field `n_routed_experts`={experts} must be divisible by n_group={groups} (experts are "
+            "split into equal groups)."
+        )
+    if experts // groups < 2:
+        raise InvalidValueError(
+            f"{where}: n_routed_experts={experts} / n_group={groups} leaves {experts // groups} expert per group; "
+            "group-limited routing scores each group by its top-2 experts, so each group needs >= 2."
+        )
+    topk_group = int_field(hf_config, "topk_group", where, 1, groups, optional=True, why=f"n_group={groups}") or 1
+    available = topk_group * (experts // groups)
+    int_field(hf_config, "num_experts_per_tok", where, 1, available,
+              why=f"the experts in the topk_group={topk_group} selected groups of {experts // groups}")
+    positive_field(hf_config, "routed_scaling_factor", where, 1.0)
+    # Norms and rotary embeddings.
+    positive_field(hf_config, "rms_norm_eps", where, 1e-6, why="RMSNorm divides by sqrt(mean(x^2) + eps)")
+    rope = rope_parameters(hf_config)
+    positive_field(rope, "rope_theta", where)
+    rope_type = str(rope.get("rope_type", "default")).lower()
+    if rope_type == "yarn":
+        scaling = f"{where} rope_scaling"
+        for key in ("factor", "beta_fast", "beta_slow"):
+            if rope.get(key) is not None:
+                positive_field(rope, key, scaling)
+        int_field(rope, "original_max_position_embeddings", scaling, 1, optional=True)
+        for key in ("mscale", "mscale_all_dim", "attention_factor"):
+            if rope.get(key) is not None:
+                finite(f"{scaling}: field `{key}`", rope[key])
+    elif rope_type not in ("default", "none"):
+        raise UnsupportedArchitectureError(
+            f"{where}: rope type {rope_type!r} is not supported for DeepSeek-V3 (use 'default' or 'yarn')."
+        )
+    _validate_quantization(hf_config, where)
 
+
+def _validate_quantization(hf_config: Any, where: str) -> None:
+    """quantization_config: absent, or DeepSeek's block-wise FP8 with a block of two positive integers."""
+    quant = _get(hf_config, "quantization_config")
+    if not quant:
+        return
+    quant = quant if isinstance(quant, dict) else (quant.to_dict() if hasattr(quant, "to_dict") else vars(quant))
+    method = quant.get("quant_method")
+    if method not in ("fp8", None):
+        raise UnsupportedArchitectureError(
+            f"{where}: quant_method {method!r} is not supported; r1_plugin reads unquantised (bf16/fp16/fp32) "
+            "and block-wise FP8 (DeepSeek's release format) checkpoints."
+        )
+    if quant.get("fmt") not in (None, "e4m3"):
+        raise UnsupportedArchitectureError(f"{where}: FP8 format {quant.get('fmt')!r} is not supported (allowed: e4m3).")
+    block = quant.get("weight_block_size")
+    if block is None:
+        return
+    if not isinstance(block, (list, tuple)) or len(block) != 2:
+        raise InvalidValueError(
+            f"{where}: quantization_config `weight_block_size` must be two integers [rows, cols], got {block!r}"
+        )
+    for axis, size in zip(("rows", "cols"), block):
+        int_field({"weight_block_size": size}, "weight_block_size", f"{where}: quantization_config ({axis})", 1)
+
+
+def hf_to_tl_config_dict(hf_config: Any, official_name: str) -> dict[str, Any]:
+    """Convert an HF DeepseekV3 config (object or config.json dict) to DeepseekV3HookedConfig keyword arguments."""
+    validate_config(hf_config, official_name)
+    n_heads = _get(hf_config, "num_attention_heads")
     rope = rope_parameters(hf_config)
     rope_type = str(rope.get("rope_type", "default")).lower()
     max_pos = _get(hf_config, "max_position_embeddings")
@@ -152,7 +264,7 @@ def hf_to_tl_config_dict(hf_config: Any, official_name: str) -> dict[str, Any]:
         "n_layers": _get(hf_config, "num_hidden_layers"),
         "n_ctx": max_pos,
         "d_mlp": _get(hf_config, "intermediate_size"),
-        "d_vocab": _get(hf_config, "vocab_size"),
+        "d_vocab": _none_as(_get(hf_config, "vocab_size"), -1),  # -1: TransformerLens takes it from the tokenizer
         "eps": _get(hf_config, "rms_norm_eps", 1e-6),
         "act_fn": "silu",
         "normalization_type": "RMS",
@@ -175,12 +287,12 @@ def hf_to_tl_config_dict(hf_config: Any, official_name: str) -> dict[str, Any]:
         "d_mlp_moe": _get(hf_config, "moe_intermediate_size"),
         "num_experts": _get(hf_config, "n_routed_experts"),
         "experts_per_token": _get(hf_config, "num_experts_per_tok"),
-        "n_shared_experts": _get(hf_config, "n_shared_experts", 0) or 0,
-        "n_group": _get(hf_config, "n_group", 1) or 1,
-        "topk_group": _get(hf_config, "topk_group", 1) or 1,
+        "n_shared_experts": _none_as(_get(hf_config, "n_shared_experts"), 0),
+        "n_group": _none_as(_get(hf_config, "n_group"), 1),
+        "topk_group": _none_as(_get(hf_config, "topk_group"), 1),
         "norm_topk_prob": bool(_get(hf_config, "norm_topk_prob", True)),
         "routed_scaling_factor": float(_get(hf_config, "routed_scaling_factor", 1.0)),
-        "first_k_dense_replace": _get(hf_config, "first_k_dense_replace", 0) or 0,
+        "first_k_dense_replace": _none_as(_get(hf_config, "first_k_dense_replace"), 0),
     }
     if rope_type == "yarn":
         factor = rope.get("factor")
@@ -204,9 +316,10 @@ def hf_to_tl_config_dict(hf_config: Any, official_name: str) -> dict[str, Any]:
             cfg["yarn_attention_factor"] = yarn_get_mscale(factor, mscale) / yarn_get_mscale(factor, mscale_all)
         else:
             cfg["yarn_attention_factor"] = yarn_get_mscale(factor)
-    elif rope_type not in ("default", "none"):
-        raise UnsupportedArchitectureError(
-            f"{official_name}: rope type {rope_type!r} is not supported for DeepSeek-V3 (use 'default' or 'yarn')."
-        )
     cfg["tokenizer_name"] = official_name
     return cfg
+
+
+def _none_as(value: Any, default: Any) -> Any:
+    """`value`, or `default` when the field is null (0 stays 0: validate_config has refused it where it is wrong)."""
+    return default if value is None else value

@@ -487,6 +487,22 @@ def test_damaged_copy_is_rebuilt_and_switch_turns_copies_off(small_saes: dict, s
     assert not copy.exists()
 
 
+def test_copy_errors_other_than_damage_propagate_and_keep_the_copy(small_saes: dict, monkeypatch: pytest.MonkeyPatch):
+    """Only a damaged or unreadable copy falls back to the original (issue #21): out of memory is not 'damaged'."""
+    SAE.from_pretrained("goodfire-deepseek-r1-logic", "layer_37")
+    (copy,) = (repo_folder(REPO) / "r1_plugin" / "safetensors").glob("*.safetensors")
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("cannot allocate 800 MiB")
+
+    monkeypatch.setattr(cache, "load_file", out_of_memory)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(MemoryError):
+            SAE.from_pretrained("goodfire-deepseek-r1-logic", "layer_37")
+    assert copy.is_file()
+
+
 def test_copy_path_outside_hf_cache(tmp_path: Path):
     loose = tmp_path / "sae.pt"
     loose.write_bytes(b"x")

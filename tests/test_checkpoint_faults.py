@@ -1,4 +1,4 @@
-"""Damaged DeepSeek-V3 checkpoints and impossible configs: each is refused naming the file (or field), what is wrong
+"""Damaged DeepSeek-V3 checkpoints and impossible configs (DeepSeek-V3 and the distills): each is refused naming the
 and what to do, before any weight is read where possible (issue #20 items 5 and 6)."""
 
 from __future__ import annotations
@@ -178,3 +178,42 @@ def test_bad_config_is_refused_at_load_before_any_weight(
     with pytest.raises(InvalidValueError, match=rf"`{field}`.*got {value}"):
         HookedTransformer.from_pretrained_no_processing(str(folder), device="cpu")
     assert not opened_shards
+
+
+DISTILL_BAD = [
+    ("r1-distill-qwen-1.5b.json", "rms_norm_eps", -1e-6, "> 0"),
+    ("r1-distill-qwen-1.5b.json", "rms_norm_eps", 0, "> 0"),
+    ("r1-distill-qwen-1.5b.json", "rope_theta", 0, "> 0"),
+    ("r1-distill-qwen-1.5b.json", "num_key_value_heads", 5, "must divide num_attention_heads=12"),
+    ("r1-distill-qwen-1.5b.json", "num_key_value_heads", 0, "from 1 to 12"),
+    ("r1-distill-qwen-1.5b.json", "num_hidden_layers", -1, ">= 1"),
+    ("r1-distill-qwen-1.5b.json", "hidden_size", 1537, "not divisible by num_attention_heads=12"),
+    ("r1-distill-llama-8b.json", "rope_scaling", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0,
+                                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+     "`high_freq_factor`=4.0 must be greater than `low_freq_factor`=4.0"),
+    ("r1-distill-llama-8b.json", "rope_scaling", {"rope_type": "llama3", "factor": 0, "low_freq_factor": 1.0,
+                                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+     "`factor` (allowed: a finite number > 0) must be > 0, got 0"),
+]
+
+
+@pytest.mark.parametrize(("file", "field", "value", "words"), DISTILL_BAD,
+                         ids=[f"{f}:{k}={v}" for f, k, v, _ in DISTILL_BAD])
+def test_distill_config_values_that_give_wrong_numbers_are_refused(
+    r1_configs: Path, file: str, field: str, value: object, words: str
+) -> None:
+    from r1_plugin.models.configs import hf_to_tl_config
+
+    config = json.loads((r1_configs / file).read_text())
+    hf_to_tl_config(dict(config), "distill")  # the published config converts
+    config[field] = value
+    with pytest.raises(InvalidValueError) as info:
+        hf_to_tl_config(config, "distill")
+    assert str(info.value).startswith("distill") and words in str(info.value), str(info.value)
+
+
+def test_all_published_distill_configs_pass(r1_configs: Path) -> None:
+    from r1_plugin.models.configs import validate_dense_config
+
+    for path in sorted(r1_configs.glob("r1-distill-*.json")):
+        validate_dense_config(json.loads(path.read_text()), path.name)

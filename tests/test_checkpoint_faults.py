@@ -1,5 +1,5 @@
-"""Damaged DeepSeek-V3 checkpoints and impossible configs (DeepSeek-V3 and the distills): each is refused naming the
-and what to do, before any weight is read where possible (issue #20 items 5 and 6)."""
+"""Damaged DeepSeek-V3 checkpoints and impossible configs (DeepSeek-V3 and the distills): each is refused naming
+the file (or field), what is wrong and what to do, before any weight is read where possible (#20 items 5, 6)."""
 
 from __future__ import annotations
 

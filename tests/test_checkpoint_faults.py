@@ -125,7 +125,7 @@ def test_validate_config_names_field_value_and_range(field: str, value: object, 
         hf_to_tl_config_dict(config, "my-ckpt")
 
 
-@pytest.mark.parametrize(("field", "value"), [("scoring_func", "softmax"), ("hidden_act", "gelu"), ("moe_layer_freq", 2),
+@pytest.mark.parametrize(("field", "value"), [("scoring_func", "softmax"), ("hidden_act", "gelu"), ("moe_layer_freq", 2), ("moe_layer_freq", 0),
                                               ("num_key_value_heads", 2),
                                               ("quantization_config", {"quant_method": "gptq"})])
 def test_other_architectures_are_unsupported_not_invalid(field: str, value: object) -> None:

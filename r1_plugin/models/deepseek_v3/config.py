@@ -157,7 +157,7 @@ def validate_config(hf_config: Any, where: str = "config.json") -> None:
             f"{where}: scoring_func={scoring!r}, topk_method={topk_method!r}; r1_plugin implements "
             "DeepSeek-V3 routing (sigmoid scores, noaux_tc group-limited top-k) like transformers' DeepseekV3."
         )
-    if (_get(hf_config, "moe_layer_freq", 1) or 1) != 1:
+    if _none_as(_get(hf_config, "moe_layer_freq"), 1) != 1:
         raise UnsupportedArchitectureError(
             f"{where}: moe_layer_freq={_get(hf_config, 'moe_layer_freq')!r} is not supported (allowed: 1, every "
             "layer from first_k_dense_replace on is MoE, as in every DeepSeek-V3 release)."

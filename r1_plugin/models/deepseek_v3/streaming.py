@@ -14,12 +14,12 @@ import tqdm.auto as tqdm
 from r1_plugin.errors import CheckpointError
 from r1_plugin.models.deepseek_v3.checkpoint_files import CheckpointFiles
 from r1_plugin.models.deepseek_v3.config import DeepseekV3HookedConfig, validate_config
-from r1_plugin.models.deepseek_v3.fp8 import dequantize_blockwise, is_fp8
+from r1_plugin.models.deepseek_v3.fp8 import FP8_DTYPES, dequantize_blockwise, is_fp8
 from r1_plugin.models.deepseek_v3.fp8_weights import fp8_layout, keep_fp8_weight, select_rows, tl_view
 from r1_plugin.models.deepseek_v3.weight_names import destinations, published_shape
 
 # Checkpoint dtypes that hold weights (FP8 with its weight_scale_inv); anything else would be cast silently.
-WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.float8_e4m3fn)
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, *FP8_DTYPES)
 
 
 def target_device(name: str, cfg: DeepseekV3HookedConfig) -> torch.device:
@@ -133,7 +133,7 @@ class StreamingLoader:
         problem = None
         shape = published_shape(key, self.cfg)
         if tensor.dtype not in WEIGHT_DTYPES:
-            problem = f"stores {key} as {tensor.dtype}, which is not a weight dtype (float32/16, bfloat16, FP8 e4m3)"
+            problem = f"stores {key} as {tensor.dtype}, which is not a weight dtype (float32/16/64, bfloat16, FP8)"
         elif is_fp8(tensor) and scale is None:
             problem = f"stores {key} in FP8 without its weight_scale_inv"
         elif shape is not None and tuple(tensor.shape) != shape:

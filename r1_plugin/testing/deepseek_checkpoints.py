@@ -355,7 +355,7 @@ def random_fp8_model(
     from transformer_lens import HookedTransformer
 
     from r1_plugin.models.deepseek_v3.config import DeepseekV3HookedConfig, hf_to_tl_config_dict
-    from r1_plugin.models.deepseek_v3.loading import StreamingLoader
+    from r1_plugin.models.deepseek_v3.streaming import StreamingLoader
 
     config = dict(config)
     config["quantization_config"] = {

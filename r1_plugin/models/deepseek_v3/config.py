@@ -149,7 +149,15 @@ def validate_config(hf_config: Any, where: str = "config.json") -> None:
     settings of another architecture (other routing, activation, rope type or quantisation) raise
     UnsupportedArchitectureError. Called by every DeepSeek-V3 load path before anything is built.
     """
-    # Settings of architectures r1_plugin does not implement.
+    _validate_sizes(hf_config, where)
+    _refuse_other_architectures(hf_config, where)
+    _validate_routing(hf_config, where)
+    _validate_norm_and_rope(hf_config, where)
+    _validate_quantization(hf_config, where)
+
+
+def _refuse_other_architectures(hf_config: Any, where: str) -> None:
+    """Settings of architectures r1_plugin does not implement: routing, activation, MoE layout, GQA."""
     scoring = _get(hf_config, "scoring_func", "sigmoid")
     topk_method = _get(hf_config, "topk_method", "noaux_tc")
     if scoring != "sigmoid" or topk_method != "noaux_tc":
@@ -164,16 +172,17 @@ def validate_config(hf_config: Any, where: str = "config.json") -> None:
         )
     if (_get(hf_config, "hidden_act", "silu") or "silu") != "silu":
         raise UnsupportedArchitectureError(f"{where}: hidden_act must be 'silu', got {_get(hf_config, 'hidden_act')!r}.")
-    # Sizes: every width and count the weights are built from.
-    int_field(hf_config, "num_hidden_layers", where, 1)
-    heads = int_field(hf_config, "num_attention_heads", where, 1)
-    n_kv = _get(hf_config, "num_key_value_heads")
+    heads, n_kv = _get(hf_config, "num_attention_heads"), _get(hf_config, "num_key_value_heads")
     if n_kv is not None and n_kv != heads:
         raise UnsupportedArchitectureError(
-            f"{where}: config field `num_key_value_heads`={n_kv!r} must equal num_attention_heads={heads} (MLA)."
+            f"{where}: config field `num_key_value_heads`={n_kv!r} must equal num_attention_heads={heads!r} (MLA)."
         )
-    for key in ("hidden_size", "kv_lora_rank", "qk_nope_head_dim", "v_head_dim", "moe_intermediate_size",
-                "max_position_embeddings"):
+
+
+def _validate_sizes(hf_config: Any, where: str) -> None:
+    """Every width and count the weights are built from: positive integers (rope dims even)."""
+    for key in ("num_hidden_layers", "num_attention_heads", "hidden_size", "kv_lora_rank", "qk_nope_head_dim",
+                "v_head_dim", "moe_intermediate_size", "max_position_embeddings"):
         int_field(hf_config, key, where, 1)
     int_field(hf_config, "vocab_size", where, 1, optional=True, why="null: taken from the tokenizer")
     int_field(hf_config, "q_lora_rank", where, 1, optional=True, why="null for a full-rank q_proj")
@@ -186,7 +195,10 @@ def validate_config(hf_config: Any, where: str = "config.json") -> None:
     if dense:
         int_field(hf_config, "intermediate_size", where, 1, why="the dense MLP of the first_k_dense_replace layers")
     int_field(hf_config, "n_shared_experts", where, 0, optional=True)
-    # Routing: group-limited top-k over n_group groups of experts.
+
+
+def _validate_routing(hf_config: Any, where: str) -> None:
+    """Group-limited top-k: n_group equal groups of >= 2 experts, topk_group of them chosen, k experts among those."""
     experts = int_field(hf_config, "n_routed_experts", where, 1)
     groups = int_field(hf_config, "n_group", where, 1, experts, optional=True, why="null means 1") or 1
     if experts % groups:
@@ -204,7 +216,10 @@ def validate_config(hf_config: Any, where: str = "config.json") -> None:
     int_field(hf_config, "num_experts_per_tok", where, 1, available,
               why=f"the experts in the topk_group={topk_group} selected groups of {experts // groups}")
     positive_field(hf_config, "routed_scaling_factor", where, 1.0)
-    # Norms and rotary embeddings.
+
+
+def _validate_norm_and_rope(hf_config: Any, where: str) -> None:
+    """RMSNorm eps and the rotary settings (default or YaRN) must be finite and positive where they divide."""
     positive_field(hf_config, "rms_norm_eps", where, 1e-6, why="RMSNorm divides by sqrt(mean(x^2) + eps)")
     rope = rope_parameters(hf_config)
     positive_field(rope, "rope_theta", where)
@@ -222,7 +237,6 @@ def validate_config(hf_config: Any, where: str = "config.json") -> None:
         raise UnsupportedArchitectureError(
             f"{where}: rope type {rope_type!r} is not supported for DeepSeek-V3 (use 'default' or 'yarn')."
         )
-    _validate_quantization(hf_config, where)
 
 
 def _validate_quantization(hf_config: Any, where: str) -> None:

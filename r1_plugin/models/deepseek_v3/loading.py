@@ -33,6 +33,7 @@ from r1_plugin.models.deepseek_v3.weight_processing import (
     center_unembed_weights,
     fold_layer_norms,
     load_and_process_into,
+    refuse_refactor,
 )
 
 __all__ = [
@@ -59,6 +60,21 @@ def deepseek_official_name(model_name: str) -> str | None:
         return str(folder) if local.folder_architecture(folder) == ARCHITECTURE else None
     spec = registry.lookup(model_name)
     return spec.hf_id if spec is not None and spec.architecture == ARCHITECTURE else None
+
+
+def _check_keywords(kwargs: dict[str, Any], official_name: str) -> None:
+    """Refuse keywords that mean nothing here (TypeError, as Python would) and quantised loading (ValueError);
+    drops the harmless load_in_* flags."""
+    unknown = sorted(set(kwargs) - set(_ACCEPTED_KWARGS))
+    if unknown:
+        raise TypeError(
+            f"from_pretrained() got unexpected keyword argument(s) {unknown} for DeepSeek-V3 model {official_name}; "
+            "see docs/models-deepseek.md for the accepted arguments (e.g. keep_fp8, n_devices, first_n_layers, "
+            "memory_per_device)."
+        )
+    for key in ("load_in_8bit", "load_in_4bit"):
+        if kwargs.pop(key, False):
+            raise ValueError(f"{key} is not supported for DeepSeek-V3; FP8 checkpoints are dequantised to `dtype`.")
 
 
 def load_pretrained(
@@ -102,11 +118,7 @@ def load_pretrained(
     import transformer_lens.loading_from_pretrained as loading
     from transformer_lens.HookedTransformer import DTYPE_FROM_STRING
 
-    if refactor_factored_attn_matrices:
-        raise ValueError(
-            "refactor_factored_attn_matrices is not defined for MLA (queries and keys come from low-rank latents "
-            "with a shared rope key, not per-head W_Q/W_K). " + PROCESSING_HELP
-        )
+    refuse_refactor(refactor_factored_attn_matrices)
     if any(v is not None for v in (checkpoint_index, checkpoint_value, checkpoint_label)):
         raise ValueError(f"{official_name} has no training checkpoints; drop checkpoint_index/checkpoint_value.")
     if hf_model is not None:
@@ -114,16 +126,7 @@ def load_pretrained(
             "hf_model is not used for DeepSeek-V3: r1_plugin streams the safetensors shards itself (an HF model "
             "of R1 would need ~1.3 TB of RAM). Pass the model name or checkpoint folder only."
         )
-    unknown = sorted(set(from_pretrained_kwargs) - set(_ACCEPTED_KWARGS))
-    if unknown:
-        raise TypeError(
-            f"from_pretrained() got unexpected keyword argument(s) {unknown} for DeepSeek-V3 model {official_name}; "
-            "see docs/models-deepseek.md for the accepted arguments (e.g. keep_fp8, n_devices, first_n_layers, "
-            "memory_per_device)."
-        )
-    for key in ("load_in_8bit", "load_in_4bit"):
-        if from_pretrained_kwargs.pop(key, False):
-            raise ValueError(f"{key} is not supported for DeepSeek-V3; FP8 checkpoints are dequantised to `dtype`.")
+    _check_keywords(from_pretrained_kwargs, official_name)
     if isinstance(dtype, str):
         dtype = DTYPE_FROM_STRING[dtype]
     dtype = from_pretrained_kwargs.pop("torch_dtype", dtype)

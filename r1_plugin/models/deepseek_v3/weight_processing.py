@@ -15,6 +15,15 @@ PROCESSING_HELP = (
 )
 
 
+def refuse_refactor(refactor_factored_attn_matrices: bool) -> None:
+    """refactor_factored_attn_matrices has no meaning for MLA: refuse it, saying how to load instead."""
+    if refactor_factored_attn_matrices:
+        raise ValueError(
+            "refactor_factored_attn_matrices is not defined for MLA (queries and keys come from low-rank latents "
+            "with a shared rope key, not per-head W_Q/W_K). " + PROCESSING_HELP
+        )
+
+
 @torch.no_grad()
 def fold_layer_norms(model: nn.Module, norm_weights: dict[str, torch.Tensor]) -> None:
     """Fold ln1/ln2/ln_final RMSNorm weights into the matrices that read their output (exact for RMSNorm).
@@ -95,11 +104,7 @@ def load_and_process_into(
     """
     from transformer_lens.components import RMSNormPre
 
-    if refactor_factored_attn_matrices:
-        raise ValueError(
-            "refactor_factored_attn_matrices is not defined for MLA (queries and keys come from low-rank latents "
-            "with a shared rope key, not per-head W_Q/W_K). " + PROCESSING_HELP
-        )
+    refuse_refactor(refactor_factored_attn_matrices)
     from r1_plugin.models.deepseek_v3.fp8_weights import has_fp8_weights
 
     if fold_ln and has_fp8_weights(model):

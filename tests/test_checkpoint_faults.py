@@ -217,3 +217,20 @@ def test_all_published_distill_configs_pass(r1_configs: Path) -> None:
 
     for path in sorted(r1_configs.glob("r1-distill-*.json")):
         validate_dense_config(json.loads(path.read_text()), path.name)
+
+
+def test_fp8_weight_without_its_scale_names_shard_and_tensor(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "fp8"
+    write_tiny_checkpoint(config=tiny_config(num_hidden_layers=2), seed=6, folder=folder, storage="fp8", n_shards=2)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    key = "model.layers.1.self_attn.o_proj.weight_scale_inv"
+    shard = index["weight_map"].pop(key)
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    tensors = load_file(folder / shard)
+    del tensors[key]
+    save_file(tensors, folder / shard, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=rf"{shard}: stores model.layers.1.self_attn.o_proj.weight in FP8, but "
+                                              rf"the checkpoint has no {key}.*hf download"):
+        HookedTransformer.from_pretrained_no_processing(str(folder), device="cpu")

@@ -234,3 +234,33 @@ def test_fp8_weight_without_its_scale_names_shard_and_tensor(tmp_path: Path) -> 
     with pytest.raises(CheckpointError, match=rf"{shard}: stores model.layers.1.self_attn.o_proj.weight in FP8, but "
                                               rf"the checkpoint has no {key}.*hf download"):
         HookedTransformer.from_pretrained_no_processing(str(folder), device="cpu")
+
+
+def test_validate_config_needs_no_transformer_lens() -> None:
+    """The bridge loader calls validate_config under TransformerLens 4 too: its module imports no TransformerLens."""
+    import subprocess
+    import sys
+
+    import r1_plugin.models.deepseek_v3.config_checks as checks
+
+    code = f"""
+import importlib.abc, importlib.util, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("transformer_lens", "torch"):
+            raise ImportError("blocked " + name)
+sys.meta_path.insert(0, Block())
+spec = importlib.util.spec_from_file_location("config_checks", {str(checks.__file__)!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+config = {json.dumps(tiny_config(vocab_size=300))!r}
+import json
+module.validate_config(json.loads(config), "x")
+try:
+    module.validate_config({{**json.loads(config), "n_group": 0}}, "x")
+except ValueError as exc:
+    print("refused:", exc)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "refused: x: config field `n_group`" in out.stdout

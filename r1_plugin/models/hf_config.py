@@ -14,6 +14,12 @@ def get(hf_config: Any, key: str, default: Any = None) -> Any:
     return getattr(hf_config, key, default)
 
 
+def get_nonnull(hf_config: Any, key: str, default: Any) -> Any:
+    """Field `key`, or `default` when it is absent or null (a 0 stays 0: null means "the default", 0 does not)."""
+    value = get(hf_config, key)
+    return default if value is None else value
+
+
 def rope_parameters(hf_config: Any) -> dict[str, Any]:
     """The rope settings whether the config uses transformers 5's `rope_parameters` or the older top-level keys."""
     params = dict(get(hf_config, "rope_parameters") or {})

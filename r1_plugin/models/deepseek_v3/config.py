@@ -8,10 +8,12 @@ from typing import Any
 
 from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
 
-from r1_plugin.errors import UnsupportedArchitectureError
+from r1_plugin.models.deepseek_v3.config_checks import validate_config
 from r1_plugin.models.hf_config import get as _get
-from r1_plugin.models.hf_config import int_field, positive_field, rope_parameters
-from r1_plugin.values import InvalidValueError, finite
+from r1_plugin.models.hf_config import get_nonnull, rope_parameters
+from r1_plugin.values import InvalidValueError
+
+__all__ = ["ARCHITECTURE", "DeepseekV3HookedConfig", "hf_to_tl_config_dict", "validate_config", "yarn_get_mscale"]
 
 ARCHITECTURE = "DeepseekV3ForCausalLM"
 
@@ -141,129 +143,6 @@ class DeepseekV3HookedConfig(HookedTransformerConfig):
 
 
 
-def validate_config(hf_config: Any, where: str = "config.json") -> None:
-    """Refuse a DeepSeek-V3 config (config.json dict or transformers config object) that this architecture cannot
-    run, naming the field, its value and the allowed range; `where` (model name or path) leads each message.
-
-    Values that are wrong (a count of 0, a negative eps, n_group 0, a [0, 0] FP8 block) raise InvalidValueError;
-    settings of another architecture (other routing, activation, rope type or quantisation) raise
-    UnsupportedArchitectureError. Called by every DeepSeek-V3 load path before anything is built.
-    """
-    _validate_sizes(hf_config, where)
-    _refuse_other_architectures(hf_config, where)
-    _validate_routing(hf_config, where)
-    _validate_norm_and_rope(hf_config, where)
-    _validate_quantization(hf_config, where)
-
-
-def _refuse_other_architectures(hf_config: Any, where: str) -> None:
-    """Settings of architectures r1_plugin does not implement: routing, activation, MoE layout, GQA."""
-    scoring = _get(hf_config, "scoring_func", "sigmoid")
-    topk_method = _get(hf_config, "topk_method", "noaux_tc")
-    if scoring != "sigmoid" or topk_method != "noaux_tc":
-        raise UnsupportedArchitectureError(
-            f"{where}: scoring_func={scoring!r}, topk_method={topk_method!r}; r1_plugin implements "
-            "DeepSeek-V3 routing (sigmoid scores, noaux_tc group-limited top-k) like transformers' DeepseekV3."
-        )
-    if _none_as(_get(hf_config, "moe_layer_freq"), 1) != 1:
-        raise UnsupportedArchitectureError(
-            f"{where}: moe_layer_freq={_get(hf_config, 'moe_layer_freq')!r} is not supported (allowed: 1, every "
-            "layer from first_k_dense_replace on is MoE, as in every DeepSeek-V3 release)."
-        )
-    if (_get(hf_config, "hidden_act", "silu") or "silu") != "silu":
-        raise UnsupportedArchitectureError(f"{where}: hidden_act must be 'silu', got {_get(hf_config, 'hidden_act')!r}.")
-    heads, n_kv = _get(hf_config, "num_attention_heads"), _get(hf_config, "num_key_value_heads")
-    if n_kv is not None and n_kv != heads:
-        raise UnsupportedArchitectureError(
-            f"{where}: config field `num_key_value_heads`={n_kv!r} must equal num_attention_heads={heads!r} (MLA)."
-        )
-
-
-def _validate_sizes(hf_config: Any, where: str) -> None:
-    """Every width and count the weights are built from: positive integers (rope dims even)."""
-    for key in ("num_hidden_layers", "num_attention_heads", "hidden_size", "kv_lora_rank", "qk_nope_head_dim",
-                "v_head_dim", "moe_intermediate_size", "max_position_embeddings"):
-        int_field(hf_config, key, where, 1)
-    int_field(hf_config, "vocab_size", where, 1, optional=True, why="null: taken from the tokenizer")
-    int_field(hf_config, "q_lora_rank", where, 1, optional=True, why="null for a full-rank q_proj")
-    rope_dim = int_field(hf_config, "qk_rope_head_dim", where, 2)
-    if rope_dim and rope_dim % 2:
-        raise InvalidValueError(
-            f"{where}: config field `qk_rope_head_dim`={rope_dim} must be even (rotary embeddings rotate pairs)."
-        )
-    dense = int_field(hf_config, "first_k_dense_replace", where, 0, optional=True) or 0
-    if dense:
-        int_field(hf_config, "intermediate_size", where, 1, why="the dense MLP of the first_k_dense_replace layers")
-    int_field(hf_config, "n_shared_experts", where, 0, optional=True)
-
-
-def _validate_routing(hf_config: Any, where: str) -> None:
-    """Group-limited top-k: n_group equal groups of >= 2 experts, topk_group of them chosen, k experts among those."""
-    experts = int_field(hf_config, "n_routed_experts", where, 1)
-    groups = int_field(hf_config, "n_group", where, 1, experts, optional=True, why="null means 1") or 1
-    if experts % groups:
-        raise InvalidValueError(
-            f"{where}: config field `n_routed_experts`={experts} must be divisible by n_group={groups} (experts are "
-            "split into equal groups)."
-        )
-    if experts // groups < 2:
-        raise InvalidValueError(
-            f"{where}: n_routed_experts={experts} / n_group={groups} leaves {experts // groups} expert per group; "
-            "group-limited routing scores each group by its top-2 experts, so each group needs >= 2."
-        )
-    topk_group = int_field(hf_config, "topk_group", where, 1, groups, optional=True, why=f"n_group={groups}") or 1
-    available = topk_group * (experts // groups)
-    int_field(hf_config, "num_experts_per_tok", where, 1, available,
-              why=f"the experts in the topk_group={topk_group} selected groups of {experts // groups}")
-    positive_field(hf_config, "routed_scaling_factor", where, 1.0)
-
-
-def _validate_norm_and_rope(hf_config: Any, where: str) -> None:
-    """RMSNorm eps and the rotary settings (default or YaRN) must be finite and positive where they divide."""
-    positive_field(hf_config, "rms_norm_eps", where, 1e-6, why="RMSNorm divides by sqrt(mean(x^2) + eps)")
-    rope = rope_parameters(hf_config)
-    positive_field(rope, "rope_theta", where)
-    rope_type = str(rope.get("rope_type", "default")).lower()
-    if rope_type == "yarn":
-        scaling = f"{where} rope_scaling"
-        for key in ("factor", "beta_fast", "beta_slow"):
-            if rope.get(key) is not None:
-                positive_field(rope, key, scaling)
-        int_field(rope, "original_max_position_embeddings", scaling, 1, optional=True)
-        for key in ("mscale", "mscale_all_dim", "attention_factor"):
-            if rope.get(key) is not None:
-                finite(f"{scaling}: field `{key}`", rope[key])
-    elif rope_type not in ("default", "none"):
-        raise UnsupportedArchitectureError(
-            f"{where}: rope type {rope_type!r} is not supported for DeepSeek-V3 (use 'default' or 'yarn')."
-        )
-
-
-def _validate_quantization(hf_config: Any, where: str) -> None:
-    """quantization_config: absent, or DeepSeek's block-wise FP8 with a block of two positive integers."""
-    quant = _get(hf_config, "quantization_config")
-    if not quant:
-        return
-    quant = quant if isinstance(quant, dict) else (quant.to_dict() if hasattr(quant, "to_dict") else vars(quant))
-    method = quant.get("quant_method")
-    if method not in ("fp8", None):
-        raise UnsupportedArchitectureError(
-            f"{where}: quant_method {method!r} is not supported; r1_plugin reads unquantised (bf16/fp16/fp32) "
-            "and block-wise FP8 (DeepSeek's release format) checkpoints."
-        )
-    if quant.get("fmt") not in (None, "e4m3"):
-        raise UnsupportedArchitectureError(f"{where}: FP8 format {quant.get('fmt')!r} is not supported (allowed: e4m3).")
-    block = quant.get("weight_block_size")
-    if block is None:
-        return
-    if not isinstance(block, (list, tuple)) or len(block) != 2:
-        raise InvalidValueError(
-            f"{where}: quantization_config `weight_block_size` must be two integers [rows, cols], got {block!r}"
-        )
-    for axis, size in zip(("rows", "cols"), block):
-        int_field({"weight_block_size": size}, "weight_block_size", f"{where}: quantization_config ({axis})", 1)
-
-
 def hf_to_tl_config_dict(hf_config: Any, official_name: str) -> dict[str, Any]:
     """Convert an HF DeepseekV3 config (object or config.json dict) to DeepseekV3HookedConfig keyword arguments."""
     validate_config(hf_config, official_name)
@@ -278,7 +157,7 @@ def hf_to_tl_config_dict(hf_config: Any, official_name: str) -> dict[str, Any]:
         "n_layers": _get(hf_config, "num_hidden_layers"),
         "n_ctx": max_pos,
         "d_mlp": _get(hf_config, "intermediate_size"),
-        "d_vocab": _none_as(_get(hf_config, "vocab_size"), -1),  # -1: TransformerLens takes it from the tokenizer
+        "d_vocab": get_nonnull(hf_config, "vocab_size", -1),  # -1: TransformerLens takes it from the tokenizer
         "eps": _get(hf_config, "rms_norm_eps", 1e-6),
         "act_fn": "silu",
         "normalization_type": "RMS",
@@ -301,12 +180,12 @@ def hf_to_tl_config_dict(hf_config: Any, official_name: str) -> dict[str, Any]:
         "d_mlp_moe": _get(hf_config, "moe_intermediate_size"),
         "num_experts": _get(hf_config, "n_routed_experts"),
         "experts_per_token": _get(hf_config, "num_experts_per_tok"),
-        "n_shared_experts": _none_as(_get(hf_config, "n_shared_experts"), 0),
-        "n_group": _none_as(_get(hf_config, "n_group"), 1),
-        "topk_group": _none_as(_get(hf_config, "topk_group"), 1),
+        "n_shared_experts": get_nonnull(hf_config, "n_shared_experts", 0),
+        "n_group": get_nonnull(hf_config, "n_group", 1),
+        "topk_group": get_nonnull(hf_config, "topk_group", 1),
         "norm_topk_prob": bool(_get(hf_config, "norm_topk_prob", True)),
         "routed_scaling_factor": float(_get(hf_config, "routed_scaling_factor", 1.0)),
-        "first_k_dense_replace": _none_as(_get(hf_config, "first_k_dense_replace"), 0),
+        "first_k_dense_replace": get_nonnull(hf_config, "first_k_dense_replace", 0),
     }
     if rope_type == "yarn":
         factor = rope.get("factor")
@@ -332,8 +211,3 @@ def hf_to_tl_config_dict(hf_config: Any, official_name: str) -> dict[str, Any]:
             cfg["yarn_attention_factor"] = yarn_get_mscale(factor)
     cfg["tokenizer_name"] = official_name
     return cfg
-
-
-def _none_as(value: Any, default: Any) -> Any:
-    """`value`, or `default` when the field is null (0 stays 0: validate_config has refused it where it is wrong)."""
-    return default if value is None else value

@@ -264,3 +264,26 @@ except ValueError as exc:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "refused: x: config field `n_group`" in out.stdout
+
+
+def test_hub_repo_without_a_shard_its_index_names(hf_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Online, the hub answers 404 for a shard the index lists: an error naming the repo and the file."""
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    name = "deepseek-ai/DeepSeek-V3"
+    ck = write_tiny_checkpoint(name, tiny_config(num_hidden_layers=2), seed=4, n_shards=2)
+    shard = sorted(n for n in ck.files if n.endswith(".safetensors"))[-1]
+    original = huggingface_hub.hf_hub_download
+
+    def download(repo_id: str, filename: str, **kwargs: object) -> str:
+        if filename == shard:
+            url = f"https://huggingface.co/{repo_id}/resolve/main/{filename}"
+            response = httpx2.Response(404, request=httpx2.Request("GET", url))
+            raise RemoteEntryNotFoundError(f"404 Client Error. Entry Not Found for url: {url}", response=response)
+        return original(repo_id, filename, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    with pytest.raises(CheckpointError, match=rf"{name} has no file {shard}: the checkpoint's index names a file"):
+        HookedTransformer.from_pretrained_no_processing(name, device="cpu")

@@ -63,9 +63,17 @@ class CheckpointFiles:
                 )
             return path
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import RemoteEntryNotFoundError
 
         with missing_from_cache(self.name, filename):
-            return Path(hf_hub_download(self.name, filename, **self.hub_kwargs))
+            try:
+                return Path(hf_hub_download(self.name, filename, **self.hub_kwargs))
+            except RemoteEntryNotFoundError as exc:  # the hub answered: the repo has no such file
+                revision = self.hub_kwargs.get("revision")
+                raise CheckpointError(
+                    f"{self.name}{f' at revision {revision}' if revision else ''} has no file {filename}: the "
+                    "checkpoint's index names a file the repo does not hold, or the name or revision is wrong"
+                ) from exc
 
     def exists(self, filename: str) -> bool:
         """Whether the checkpoint has `filename` (without downloading weights)."""
@@ -76,6 +84,8 @@ class CheckpointFiles:
             return True
         except MissingFromCacheError:
             self.cache_misses.append(filename)
+            return False
+        except CheckpointError:  # the hub says the repo has no such file
             return False
         except (FileNotFoundError, OSError):
             return False

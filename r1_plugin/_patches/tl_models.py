@@ -33,7 +33,7 @@ from r1_plugin.errors import (
     UnknownModelError,
     UnsupportedArchitectureError,
     hub_offline,
-    is_missing_file_error,
+    missing_from_cache,
 )
 from r1_plugin.models import configs, local, registry
 
@@ -111,12 +111,8 @@ def load_hf_config(name: str, *args: Any, **kwargs: Any) -> Any:
 
     allowed = dict(kwargs)
     allowed.setdefault("token", os.environ.get("HF_TOKEN") or None)
-    try:
+    with missing_from_cache(name, "config.json"):
         return AutoConfig.from_pretrained(name, *args, **allowed)
-    except Exception as exc:
-        if is_missing_file_error(exc):
-            raise MissingFromCacheError(name, "config.json") from exc
-        raise
 
 
 def r1_family_name(model_name: Any) -> str | None:
@@ -169,12 +165,8 @@ def _patch_get_pretrained_state_dict() -> None:
 
     @functools.wraps(original)
     def get_pretrained_state_dict(official_model_name: str, *args: Any, **kwargs: Any) -> Any:
-        try:
+        with missing_from_cache(official_model_name, "model weights (*.safetensors)"):
             return original(official_model_name, *args, **kwargs)
-        except Exception as exc:
-            if is_missing_file_error(exc):
-                raise MissingFromCacheError(official_model_name, "model weights (*.safetensors)") from exc
-            raise
 
     loading.get_pretrained_state_dict = mark(get_pretrained_state_dict, original)
 
@@ -213,12 +205,8 @@ class _AutoTokenizerWithClearErrors:
     def from_pretrained(self, name: str, *args: Any, **kwargs: Any) -> Any:
         if tokenizer_missing_offline(name, kwargs.get("revision"), kwargs.get("cache_dir")):
             raise MissingFromCacheError(name, "tokenizer files (tokenizer.json, tokenizer_config.json)")
-        try:
+        with missing_from_cache(name, "tokenizer files (tokenizer.json, tokenizer_config.json)"):
             return self._auto.from_pretrained(name, *args, **kwargs)
-        except Exception as exc:
-            if is_missing_file_error(exc):
-                raise MissingFromCacheError(name, "tokenizer files (tokenizer.json, tokenizer_config.json)") from exc
-            raise
 
     def __getattr__(self, item: str) -> Any:
         return getattr(self._auto, item)

@@ -22,35 +22,32 @@ QWEN = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 PROMPTS = [f"Okay, so the user asked about {n} plus {n * 7}. Let me check step {n}." for n in range(14)]
 SUBPROCESS_TIMEOUT = 240
 
-# One script for every subprocess: a tiny model + seeded SAE, one thread (the same floats in every process),
-# then the action named on the command line. `kill_at` SIGKILLs the process itself at a chosen point.
+# One script for the killed processes: `harvest` (a tiny model + seeded SAE, as `model_and_sae` builds them) or
+# `merge`, SIGKILLing itself at `kill_at`. Torch's default thread count, like the test process, so the floats
+# (and the DB) are the same in both.
 SCRIPT = textwrap.dedent(
     """
     import json, os, signal, sys
-    import torch
-    torch.set_num_threads(1)
-    from sae_lens import StandardSAEConfig
-    from sae_lens.saes.standard_sae import StandardSAE
-    from transformer_lens import HookedTransformer
-    import r1_plugin.features.harvest as H
-    from r1_plugin.testing.distill_checkpoints import write_tiny_distill
+    import r1_plugin.features.harvest
+    H = sys.modules["r1_plugin.features.harvest"]  # the package shadows the module with its function
 
     action, out, kill_at = sys.argv[1], sys.argv[2], sys.argv[3]
-    prompts = json.loads(sys.argv[4])
 
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
 
     if action == "harvest":
-        write_tiny_distill("%(model)s")
+        import torch
+        from sae_lens import StandardSAEConfig
+        from sae_lens.saes.standard_sae import StandardSAE
+        from transformer_lens import HookedTransformer
+
         model = HookedTransformer.from_pretrained_no_processing("%(model)s", device="cpu")
         cfg = StandardSAEConfig(d_in=model.cfg.d_model, d_sae=24, apply_b_dec_to_input=False)
         cfg.metadata.hook_name = "blocks.1.hook_resid_post"
         sae = StandardSAE(cfg)
-        gen = torch.Generator().manual_seed(1)
         with torch.no_grad():
-            sae.W_enc.copy_(torch.randn(sae.W_enc.shape, generator=gen) * 0.3)
-            sae.b_enc.copy_(torch.randn(sae.b_enc.shape, generator=gen) * 0.2 - 0.3)
+            sae.W_enc.copy_(torch.randn(sae.W_enc.shape, generator=torch.Generator().manual_seed(1)) * 0.3)
         batches = []
         def on_batch(done):
             batches.append(done)
@@ -64,20 +61,18 @@ SCRIPT = textwrap.dedent(
                 if writes.count("state.pt") == 2 and path.name == "state.pt":
                     die()
             H._atomic_write_bytes = write
-        r = H.harvest(model, sae.eval(), prompts, out, top_k=4, batch_size=2, checkpoint_every=2, chunk_size=16,
-                      progress=False, on_batch=on_batch)
-        print(json.dumps({"batches": batches, "tokens": r.tokens}))
+        H.harvest(model, sae.eval(), json.loads(sys.argv[4]), out, progress=False, on_batch=on_batch,
+                  **json.loads(sys.argv[5]))
     else:
-        if kill_at == "inside_merge":
-            real = H._write_merged
-            def write(con, *args):
-                con.execute("CREATE TABLE started AS SELECT 1")
-                con.execute("CHECKPOINT")
-                die()
-            H._write_merged = write
-        H.merge_shards(out, sys.argv[5], overwrite=True)
+        def write(con, *args):
+            con.execute("CREATE TABLE started AS SELECT 1")
+            con.execute("CHECKPOINT")
+            die()
+        H._write_merged = write
+        H.merge_shards(out, sys.argv[4], overwrite=True)
     """
 ) % {"model": QWEN}
+KWARGS = dict(top_k=4, batch_size=2, checkpoint_every=2, chunk_size=16)
 
 
 def run_script(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -98,43 +93,53 @@ def tables(path: Path) -> dict[str, list[tuple]]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict[str, list[tuple]]:
-    """An uninterrupted harvest + merge, in a subprocess like the killed runs."""
+def model_and_sae(hf_cache):
+    import torch
+    from sae_lens import StandardSAEConfig
+    from sae_lens.saes.standard_sae import StandardSAE
+    from transformer_lens import HookedTransformer
+
+    from r1_plugin.testing.distill_checkpoints import write_tiny_distill
+
+    write_tiny_distill(QWEN)
+    model = HookedTransformer.from_pretrained_no_processing(QWEN, device="cpu")
+    cfg = StandardSAEConfig(d_in=model.cfg.d_model, d_sae=24, apply_b_dec_to_input=False)
+    cfg.metadata.hook_name = "blocks.1.hook_resid_post"
+    sae = StandardSAE(cfg)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(sae.W_enc.shape, generator=torch.Generator().manual_seed(1)) * 0.3)
+    return model, sae.eval()
+
+
+@pytest.fixture(scope="module")
+def reference(model_and_sae, tmp_path_factory) -> tuple[Path, dict[str, list[tuple]]]:
+    """An uninterrupted harvest (its shards) and its merged tables."""
     root = tmp_path_factory.mktemp("reference")
-    done = run_script(root, "harvest", str(root / "shards"), "never", json.dumps(PROMPTS))
-    assert done.returncode == 0, done.stderr[-3000:]
-    merged = run_script(root, "merge", str(root / "shards"), "never", "[]", str(root / "ref.ddb"))
-    assert merged.returncode == 0, merged.stderr[-3000:]
-    return tables(root / "ref.ddb")
+    harvest(*model_and_sae, PROMPTS, root / "shards", progress=False, **KWARGS)
+    return root / "shards", tables(merge_shards(root / "shards", root / "ref.ddb"))
 
 
 @pytest.mark.parametrize("kill_at", ["after_batch_3", "between_state_and_progress"])
-def test_sigkilled_harvest_resumes_to_the_same_db(reference, tmp_path: Path, kill_at: str) -> None:
+def test_sigkilled_harvest_resumes_to_the_same_db(model_and_sae, reference, tmp_path: Path, kill_at: str) -> None:
     shards = tmp_path / "shards"
-    killed = run_script(tmp_path, "harvest", str(shards), kill_at, json.dumps(PROMPTS))
+    killed = run_script(tmp_path, "harvest", str(shards), kill_at, json.dumps(PROMPTS), json.dumps(KWARGS))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     progress = json.loads((next(shards.glob("shard-*")) / "progress.json").read_text())
     assert 0 < progress["done"] < len(PROMPTS) and not progress["complete"]
-    resumed = run_script(tmp_path, "harvest", str(shards), "never", json.dumps(PROMPTS))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    batches = json.loads(resumed.stdout.strip().splitlines()[-1])["batches"]
+    batches: list[int] = []
+    harvest(*model_and_sae, PROMPTS, shards, progress=False, on_batch=batches.append, **KWARGS)
     assert batches[0] > 2 and batches[-1] == len(PROMPTS)  # it continued, it did not start over
-    merged = run_script(tmp_path, "merge", str(shards), "never", "[]", str(tmp_path / "h.ddb"))
-    assert merged.returncode == 0, merged.stderr[-3000:]
-    assert tables(tmp_path / "h.ddb") == reference  # exactly, one thread in every process
+    assert tables(merge_shards(shards, tmp_path / "h.ddb")) == reference[1]  # exactly
 
 
 def test_sigkilled_merge_leaves_the_old_db_and_reruns(reference, tmp_path: Path) -> None:
-    shards, out = tmp_path / "shards", tmp_path / "h.ddb"
-    assert run_script(tmp_path, "harvest", str(shards), "never", json.dumps(PROMPTS)).returncode == 0
+    shards, out = reference[0], tmp_path / "h.ddb"
     out.write_bytes(b"an older database the user keeps")
-    killed = run_script(tmp_path, "merge", str(shards), "inside_merge", "[]", str(out))
+    killed = run_script(tmp_path, "merge", str(shards), "inside_merge", str(out))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert out.read_bytes() == b"an older database the user keeps"  # never half-replaced
     assert (tmp_path / "h.ddb.tmp").exists()  # SIGKILL leaves the temporary DB; the rerun removes it
-    again = run_script(tmp_path, "merge", str(shards), "never", "[]", str(out))
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert tables(out) == reference
+    assert tables(merge_shards(shards, out, overwrite=True)) == reference[1]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("h.ddb")) == ["h.ddb"]
 
 
@@ -166,25 +171,6 @@ def fill(disk: Path) -> Path:
         except OSError:
             pass
     return filler
-
-
-@pytest.fixture(scope="module")
-def model_and_sae(hf_cache):
-    import torch
-    from sae_lens import StandardSAEConfig
-    from sae_lens.saes.standard_sae import StandardSAE
-    from transformer_lens import HookedTransformer
-
-    from r1_plugin.testing.distill_checkpoints import write_tiny_distill
-
-    write_tiny_distill(QWEN)
-    model = HookedTransformer.from_pretrained_no_processing(QWEN, device="cpu")
-    cfg = StandardSAEConfig(d_in=model.cfg.d_model, d_sae=24, apply_b_dec_to_input=False)
-    cfg.metadata.hook_name = "blocks.1.hook_resid_post"
-    sae = StandardSAE(cfg)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.randn(sae.W_enc.shape, generator=torch.Generator().manual_seed(1)) * 0.3)
-    return model, sae.eval()
 
 
 def leftovers(folder: Path) -> list[str]:

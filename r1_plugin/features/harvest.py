@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -135,23 +136,37 @@ def tokenize_prompt(model: Any, prompt: str, prepend_bos: bool = True) -> list[i
 
 def resolve_hook_name(model: Any, hook_name: str) -> str:
     """The name under which `model` exposes `hook_name`: itself, or its TransformerLens alias/canonical twin
-    (`blocks.N.hook_resid_post` <-> a TransformerBridge's `blocks.N.hook_out`, from the component's own
-    `hook_aliases`). A model without a `hook_dict` is trusted; a name it lacks is a FeatureDBError."""
+    (`blocks.N.hook_resid_post` <-> `blocks.N.hook_out`), from the block's own `hook_aliases` (a
+    TransformerBridge's) or TransformerLens's block alias table (for a HookedTransformer given a canonical name).
+    A model without a `hook_dict` is trusted; a name it has under neither spelling is a FeatureDBError."""
     hook_dict = getattr(model, "hook_dict", None)
     if hook_dict is None or hook_name in hook_dict:
         return hook_name
-    owner, _, leaf = hook_name.rpartition(".")
-    try:
-        component = model.get_submodule(owner) if owner else model
-    except AttributeError:
-        component = None
-    aliases = dict(getattr(component, "hook_aliases", None) or {})
-    aliases.update({target: alias for alias, target in list(aliases.items()) if isinstance(target, str)})
-    twin = aliases.get(leaf)
-    if isinstance(twin, str) and f"{owner}.{twin}".lstrip(".") in hook_dict:
-        return f"{owner}.{twin}".lstrip(".")
+    match = re.fullmatch(r"(blocks\.\d+)\.(.+)", hook_name)
+    if match is not None:
+        owner, rest = match.groups()
+        for twin in _alias_twins(model, owner, rest):
+            if f"{owner}.{twin}" in hook_dict:
+                return f"{owner}.{twin}"
+    leaf = hook_name.rsplit(".", 1)[-1]
     near = [h for h in hook_dict if h.endswith(leaf)][:5]
     raise FeatureDBError(f"hook {hook_name!r} is not a hook point of this model (e.g. {near or list(hook_dict)[:5]})")
+
+
+def _alias_twins(model: Any, owner: str, rest: str) -> list[str]:
+    """Other spellings of hook `rest` of block `owner`: the alias's target, or the aliases of a target."""
+    try:
+        aliases = getattr(model.get_submodule(owner), "hook_aliases", None)
+    except AttributeError:
+        aliases = None
+    if not aliases:
+        try:
+            from transformer_lens.model_bridge.generalized_components.block import BlockBridge
+        except ImportError:  # a TransformerLens without the bridge: nothing to translate
+            return []
+        aliases = BlockBridge.hook_aliases
+    pairs = [(alias, target) for alias, target in aliases.items() if isinstance(target, str)]
+    return [target for alias, target in pairs if alias == rest] + [alias for alias, target in pairs if target == rest]
 
 
 def model_device(model: Any) -> Any:

@@ -224,3 +224,25 @@ def test_full_disk_during_merge_is_one_clear_error(model_and_sae, small_disk: Pa
     assert "no space left on" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     filler.unlink()
     assert tables(merge_shards(tmp_path / "shards", small_disk / "h.ddb")) == reference
+
+
+def test_unwritable_output_is_one_line_not_called_damaged(reference, tmp_path: Path, capsys) -> None:
+    """Merging onto a read-only disk (root ignores file modes, so a read-only tmpfs): exit 2, one line that says
+    there is no permission to write, and not "is the file damaged? fetch it again"."""
+    from r1_plugin.cli import main
+
+    if os.geteuid() != 0:
+        pytest.skip("a read-only output is simulated with a read-only tmpfs, and mounting one needs root")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True,
+                             text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        assert main(["features", "merge", str(reference[0]), "-o", str(ro / "h.ddb")]) == 2
+        err = capsys.readouterr().err
+        assert "Read-only file system" in err and "no permission to write there" in err
+        assert "damaged" not in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)

@@ -238,8 +238,8 @@ def _remove(paths: Iterable[Path]) -> None:
     for path in paths:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        elif path.exists() or path.is_symlink():  # (unlinking a missing file on a read-only disk is EROFS)
+            path.unlink()
 
 
 @contextmanager

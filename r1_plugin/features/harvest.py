@@ -7,6 +7,11 @@ run resumes where it stopped and several machines can each harvest one shard (`s
 the same prompt list. `merge_shards` lets DuckDB merge the shards into one `.ddb` with the `tokens`,
 `activations` and `autointerp` tables that `FeatureDB` reads.
 
+Every call into the model goes through the "model calls" section below (`tokenize_prompt`, `resolve_hook_name`,
+`hook_activations`, `model_device`, `model_name`): a HookedTransformer runs each batch in query chunks over its
+KV cache (memory linear in prompt length), a TransformerBridge in one forward. A full disk is a
+`NoSpaceLeftError` that leaves no temporary file and keeps the last checkpoint.
+
 Shard directory layout (`<out_dir>/shard-<i>-of-<n>/`):
 
     progress.json             fingerprint, prompt range, prompts done, complete flag

@@ -188,3 +188,32 @@ def test_every_patch_raises_patch_target_error_through_require(delete: str, patc
     assert result["forward"] is (patch != "tl_generation")
 
 
+
+
+def test_registries_are_written_only_from_the_patch_layer_and_the_demo_class_only_on_request() -> None:
+    """No module outside r1_plugin/_patches/ writes TransformerLens's or SAELens's registries; the demo's tied
+    top-k SAE class is registered by `_patches.sae_lens_demo` only when asked, never by `register()`."""
+    import re
+
+    from test_isolation import REPO
+
+    writes = re.compile(r"register_sae_class|register_sae_training_class|SAE_CLASS_REGISTRY|SAE_TRAINING_CLASS_REGISTRY"
+                        r"|NAMED_PRETRAINED_SAE_(LOADERS|CONFIG_GETTERS)|register_adapter|\.OFFICIAL_MODEL_NAMES\.")
+    offenders = [str(path.relative_to(REPO)) for path in sorted((REPO / "r1_plugin").rglob("*.py"))
+                 if "_patches" not in path.parts and writes.search(path.read_text(encoding="utf-8"))]
+    assert offenders == []
+    proc = run_python("""
+        import json
+        import r1_plugin
+        r1_plugin.register()
+        from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
+        before = "r1_plugin_tied_topk" in SAE_CLASS_REGISTRY or "r1_plugin_tied_topk" in SAE_TRAINING_CLASS_REGISTRY
+        from r1_plugin._patches.sae_lens_demo import register_tied_topk
+        name = register_tied_topk()
+        again = register_tied_topk()
+        print(json.dumps({"before": before, "name": name, "again": again,
+                          "after": [name in SAE_CLASS_REGISTRY, name in SAE_TRAINING_CLASS_REGISTRY]}))
+    """)
+    result = last_json(proc)
+    assert result == {"before": False, "name": "r1_plugin_tied_topk", "again": "r1_plugin_tied_topk",
+                      "after": [True, True]}

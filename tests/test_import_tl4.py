@@ -90,3 +90,40 @@ def test_doctor_says_which_patches_apply_and_register_works_without_sae_lens() -
         assert "skipped: sae_lens is not installed" in result["light"]
     else:
         assert result["status"]["sae_lens"] == "applied"
+
+
+# Modules that cannot exist without what they patch or wrap: HookedTransformer (gone in TL 4) or SAELens.
+NEEDS_HOOKED_TRANSFORMER = {"r1_plugin._patches._hooked", "r1_plugin._patches.tl_models", "r1_plugin._patches.tl_deepseek"}
+NEEDS_SAE_LENS = {"r1_plugin._patches.sae_lens", "r1_plugin.saes.batch_topk"}
+# Not yet importable under TL 4, to be fixed by their owners (issue #19): the DeepSeek-V3 package's __init__ imports
+# its HookedTransformerConfig subclass, so its FP8 and loading submodules (and the test checkpoints built with them)
+# cannot be imported on TL 4. When one is fixed this test fails until it is taken off this list.
+KNOWN_TL4_GAPS = {"r1_plugin.models.deepseek_v3", "r1_plugin.testing.deepseek_checkpoints"}
+
+
+def test_every_module_imports_except_those_whose_library_is_missing() -> None:
+    """Importing each r1_plugin module in a fresh process: under TL 3.9 with SAELens all import; under TL 4 exactly
+    the HookedTransformer patch modules, the SAELens ones (SAELens is not installed there) and the listed known
+    gaps fail, each with ModuleNotFoundError."""
+    proc = run_python("""
+        import importlib, json, pkgutil, warnings
+        warnings.simplefilter("ignore")
+        import r1_plugin
+        failed = {}
+        for info in pkgutil.walk_packages(r1_plugin.__path__, "r1_plugin."):
+            try:
+                importlib.import_module(info.name)
+            except Exception as exc:
+                failed[info.name] = type(exc).__name__
+        print(json.dumps(failed))
+    """)
+    failed = last_json(proc)
+    expected: set[str] = set()
+    if TL4:
+        expected |= NEEDS_HOOKED_TRANSFORMER | KNOWN_TL4_GAPS
+    try:
+        metadata.version("sae-lens")
+    except metadata.PackageNotFoundError:
+        expected |= NEEDS_SAE_LENS
+    assert set(failed) == expected, {"unexpected": set(failed) - expected, "now importable": expected - set(failed)}
+    assert set(failed.values()) <= {"ModuleNotFoundError"}, failed

@@ -193,14 +193,32 @@ def test_every_patch_raises_patch_target_error_through_require(delete: str, patc
 def test_registries_are_written_only_from_the_patch_layer_and_the_demo_class_only_on_request() -> None:
     """No module outside r1_plugin/_patches/ writes TransformerLens's or SAELens's registries; the demo's tied
     top-k SAE class is registered by `_patches.sae_lens_demo` only when asked, never by `register()`."""
-    import re
+    import ast
 
     from test_isolation import REPO
 
-    writes = re.compile(r"register_sae_class|register_sae_training_class|SAE_CLASS_REGISTRY|SAE_TRAINING_CLASS_REGISTRY"
-                        r"|NAMED_PRETRAINED_SAE_(LOADERS|CONFIG_GETTERS)|register_adapter|\.OFFICIAL_MODEL_NAMES\.")
-    offenders = [str(path.relative_to(REPO)) for path in sorted((REPO / "r1_plugin").rglob("*.py"))
-                 if "_patches" not in path.parts and writes.search(path.read_text(encoding="utf-8"))]
+    registries = {"SAE_CLASS_REGISTRY", "SAE_TRAINING_CLASS_REGISTRY", "NAMED_PRETRAINED_SAE_LOADERS",
+                  "NAMED_PRETRAINED_SAE_CONFIG_GETTERS", "OFFICIAL_MODEL_NAMES", "MODEL_ALIASES"}
+    registering = {"register_sae_class", "register_sae_training_class", "register_adapter"}
+    mutators = {"update", "setdefault", "pop", "append", "insert", "extend", "clear", "__setitem__"}
+
+    def name(node: ast.AST) -> str:
+        return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+
+    offenders = []
+    for path in sorted((REPO / "r1_plugin").rglob("*.py")):
+        if "_patches" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            calls = isinstance(node, ast.Call) and (
+                name(node.func) in registering
+                or (isinstance(node.func, ast.Attribute) and node.func.attr in mutators
+                    and name(node.func.value) in registries))
+            stores = isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)) and any(
+                isinstance(t, ast.Subscript) and name(t.value) in registries
+                for t in (node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]))
+            if calls or stores:
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert offenders == []
     proc = run_python("""
         import json

@@ -83,7 +83,8 @@ class FeatureDB:
         try:
             labels_file = connection.local_labels_file(self._con, self.labels_path, self.activations_path, cache_dir)
             self._has_activations = self.activations_path is not None
-            if self._has_activations:
+            self._token_has_id = False  # whether the tokens table has token ids (the `token` column)
+            if self.activations_path is not None:
                 self._token_has_id = connection.attach_activations(self._con, self.activations_path)
             self._has_labels = load_labels(self._con, labels_file, self.activations_path)
             self._reads_mark = remote.remote_reads(self._con)[1] if self.is_remote else 0

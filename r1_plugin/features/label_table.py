@@ -14,8 +14,8 @@ from r1_plugin.features.remote import sql_literal
 from r1_plugin.features.schema import (
     LABELS_SCHEMA,
     OPTIONAL_LABEL_COLUMNS,
-    REQUIRED_COLUMNS,
     FeatureDBError,
+    check_columns,
     check_table,
     detect_format,
     schema_hint,
@@ -92,12 +92,7 @@ def _load_sqlite_labels(con: duckdb.DuckDBPyConnection, path: Path) -> None:
                 f"expected {schema_hint(LABELS_SCHEMA)}"
             )
         cols = [r[1] for r in src.execute("PRAGMA table_info(autointerp)")]
-        missing = [c for c in REQUIRED_COLUMNS["autointerp"] if c not in cols]
-        if missing:
-            raise FeatureDBError(
-                f"table 'autointerp' in {path} lacks column(s) {missing} (has {cols}); "
-                f"expected {schema_hint(LABELS_SCHEMA)}"
-            )
+        check_columns("autointerp", cols, path, LABELS_SCHEMA)
         present = [c for c in LABELS_SCHEMA["autointerp"] if c in cols]
         rows = src.execute(f"SELECT {', '.join(present)} FROM autointerp").fetchall()  # noqa: S608 (constants)
     frame = pd.DataFrame(rows, columns=present)

@@ -6,6 +6,7 @@ file `<sae>[-10|-1|-0-1].ddb` (DuckDB); `LABELS_SCHEMA` and `ACTIVATIONS_SCHEMA`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -89,9 +90,16 @@ def check_table(
     cols = table_columns(con, database, table)
     if not cols:
         raise FeatureDBError(f"{path} has no table '{kind}'; expected Goodfire's schema: {schema_hint(schema)}")
+    check_columns(kind, cols, path, schema)
+
+
+def check_columns(
+    kind: str, cols: Sequence[str], path: Path | str | None, schema: dict[str, tuple[str, ...]]
+) -> None:
+    """Raise a FeatureDBError naming the expected columns if table `kind` (with `cols`) lacks a required one."""
     missing = [c for c in REQUIRED_COLUMNS[kind] if c not in cols]
     if missing:
         raise FeatureDBError(
-            f"table '{kind}' in {path} lacks column(s) {missing} (has {cols}); "
+            f"table '{kind}' in {path} lacks column(s) {missing} (has {list(cols)}); "
             f"expected {schema_hint({kind: schema[kind]})}"
         )

@@ -158,7 +158,7 @@ def sae_source(args: argparse.Namespace, required: bool = False) -> tuple[str | 
     if path is not None:
         if release is not None:
             raise ModelArgsError("give the SAE as --sae-release/--sae-id or as --sae-path (exactly one)")
-        from r1_plugin.saes.local import check_sae_path
+        from r1_plugin.saes.sae_folders import check_sae_path
 
         return None, sae_id, str(check_sae_path(path))
     if (release is None) != (sae_id is None):
@@ -189,7 +189,7 @@ def load_sae_from_args(
 
     def load(on: str) -> Any:
         if path is not None:
-            from r1_plugin.saes.local import load_sae_from_path
+            from r1_plugin.saes.sae_folders import load_sae_from_path
 
             return load_sae_from_path(path, sae_id, device=on, dtype=dtype)
         return SAE.from_pretrained(release, sae_id, device=on, dtype=dtype)

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_plan(args: argparse.Namespace) -> int:
     """Print the plan table (and what would fit when it does not)."""
-    from r1_plugin.models.placement import plan_devices
+    from r1_plugin.models.device_plan import plan_devices
 
     try:
         plan = plan_devices(

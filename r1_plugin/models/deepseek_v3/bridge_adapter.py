@@ -13,6 +13,10 @@ three defects measured against transformers fixed. Registered by `r1_plugin._pat
    `mlp.gate.hook_expert_indices` and `mlp.gate.hook_topk_weights` ([batch*pos, k]: the chosen experts and their
    final weights, normalised and scaled), aliased as `mlp.hook_expert_indices` / `mlp.hook_topk_weights`, the names
    and shapes of the HookedTransformer R1's hooks. Editing them changes what the experts receive.
+4. KV cache (found here, with transformers 5.25): transformers now passes the cache to attention as `cache`, not
+   `past_key_values`, so TransformerLens's MLA forward never saw it: each decode step attended to itself alone and
+   cached generation diverged from uncached after the prompt. The cache is handed over under the old name; the
+   bridge then caches per-head K and V (its own attention), not transformers' latent.
 """
 
 from __future__ import annotations
@@ -47,7 +51,10 @@ class CausalMLAAttentionBridge(MLAAttentionBridge):
     whose hook_z is split by v_head_dim."""
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Pass a causal additive mask when transformers passed none (sdpa fast path) or a boolean one."""
+        """Pass a causal additive mask when transformers passed none (sdpa fast path) or a boolean one, and the
+        KV cache under the name TransformerLens's MLA forward reads."""
+        if "cache" in kwargs and kwargs.get("past_key_values") is None:
+            kwargs["past_key_values"] = kwargs.pop("cache")  # transformers >= 5.25 passes the cache as `cache`
         mask = kwargs.get("attention_mask")
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         if isinstance(hidden, torch.Tensor) and (mask is None or mask.dtype == torch.bool):
@@ -66,7 +73,7 @@ class CausalMLAAttentionBridge(MLAAttentionBridge):
         conversion = getattr(getattr(o, "hook_in", None), "hook_conversion", None)
         if hf_attn is None or o is None or not v_head_dim or conversion is None:
             return
-        n_heads = int(hf_attn.config.num_attention_heads)
+        n_heads = int(self.config.n_heads)
         o.hook_in.hook_conversion = type(conversion)(n_heads, int(v_head_dim))
 
 

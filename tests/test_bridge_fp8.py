@@ -1,0 +1,157 @@
+"""TransformerBridge.boot_transformers(..., keep_fp8=...) on an R1-format FP8 folder: FP8 kept in memory (or
+dequantised once), computing in the requested dtype, with transformers' numbers on the exactly dequantised weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import r1_plugin  # noqa: F401  (applies the patches when transformer_lens is imported)
+from r1_plugin.models.deepseek_v3.fp8 import dequantize_blockwise
+from r1_plugin.models.deepseek_v3.fp8_weights import Fp8Weight, resident_bytes
+from r1_plugin.testing.deepseek_checkpoints import hf_reference_model, tiny_config, write_tiny_checkpoint
+
+pytestmark = pytest.mark.bridge
+FP8 = torch.float8_e4m3fn
+BLOCK = (16, 16)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict, dict]:
+    """3 layers (1 dense, 2 MoE), 2 shards, 16x16 blocks (partial blocks in kv_a_proj and d_model 48)."""
+    folder = tmp_path_factory.mktemp("bridge_fp8") / "ckpt"
+    config = tiny_config(num_hidden_layers=3)
+    written = write_tiny_checkpoint(config=config, seed=1, storage="fp8", n_shards=2, block_size=BLOCK, folder=folder)
+    return str(folder), written.config, written.tensors
+
+
+def dequantised(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The checkpoint dequantised exactly in float32 (the reference every path must equal)."""
+    out = {}
+    for key, value in tensors.items():
+        if key.endswith("_scale_inv"):
+            continue
+        out[key] = (dequantize_blockwise(value, tensors[key + "_scale_inv"], BLOCK, torch.float32)
+                    if value.dtype == FP8 else value.float())
+    return out
+
+
+def boot(path: str, **kwargs: object) -> object:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return TransformerBridge.boot_transformers(path, device="cpu", **kwargs)
+
+
+def tokens(config: dict, shape: tuple[int, int] = (2, 11)) -> torch.Tensor:
+    return torch.randint(2, config["vocab_size"], shape, generator=torch.Generator().manual_seed(4))
+
+
+@pytest.fixture(scope="module")
+def pair(ckpt: tuple[str, dict, dict]) -> tuple[object, object]:
+    path = ckpt[0]
+    return boot(path, dtype=torch.float32, keep_fp8=True), boot(path, dtype=torch.float32, keep_fp8=False)
+
+
+def test_float32_logits_equal_transformers_on_exact_dequantisation(
+    pair: tuple[object, object], ckpt: tuple[str, dict, dict]
+) -> None:
+    _, config, tensors = ckpt
+    reference = hf_reference_model(config, dequantised(tensors))
+    toks = tokens(config)
+    with torch.no_grad():
+        expected = reference(toks).logits
+        kept, plain = pair[0](toks), pair[1](toks)  # type: ignore[operator]
+    assert kept.dtype == plain.dtype == torch.float32
+    assert torch.equal(kept, plain)  # difference exactly 0
+    assert torch.equal(kept, expected)
+
+
+def test_fp8_weights_stay_fp8_only_with_keep_fp8(pair: tuple[object, object]) -> None:
+    kept, plain = (b.original_model for b in pair)  # type: ignore[attr-defined]
+    fp8_kept = [m for m in kept.modules() if isinstance(m, Fp8Weight)]
+    # per layer: q_a, q_b, kv_a, kv_b, o (5) + dense gate/up/down (3) or shared gate/up/down + expert stacks (3 + 2)
+    assert len(fp8_kept) == 5 * 3 + 3 + 2 * 5
+    assert all(m.parametrizations[a].original.dtype == FP8  # type: ignore[index]
+               for m in kept.modules() for a in getattr(m, "parametrizations", {}))
+    assert not any(isinstance(m, Fp8Weight) for m in plain.modules())
+    assert not any(p.dtype == FP8 for p in plain.parameters())
+    assert resident_bytes(kept.model.layers) < 0.4 * resident_bytes(plain.model.layers)
+    # reading a kept weight gives the dequantised float32 matrix the plain model stores
+    assert torch.equal(kept.model.layers[1].mlp.experts.gate_up_proj, plain.model.layers[1].mlp.experts.gate_up_proj)
+
+
+def test_bfloat16_is_kept_and_both_paths_agree(ckpt: tuple[str, dict, dict]) -> None:
+    path, config, _ = ckpt
+    kept, plain = boot(path, dtype=torch.bfloat16, keep_fp8=True), boot(path, dtype=torch.bfloat16)
+    toks = tokens(config)
+    with torch.no_grad():
+        a, b = kept(toks), plain(toks)  # type: ignore[operator]
+    assert kept.original_model.model.layers[0].self_attn.q_a_proj.weight.dtype == torch.bfloat16  # type: ignore[attr-defined]
+    assert torch.equal(a, b)
+
+
+def test_float32_is_not_silently_bf16(ckpt: tuple[str, dict, dict]) -> None:
+    """The default (keep_fp8 not given) is the exact float32 dequantisation too, not transformers' bf16 one."""
+    path, config, tensors = ckpt
+    bridge = boot(path, dtype=torch.float32)
+    assert {p.dtype for p in bridge.original_model.parameters()} == {torch.float32}  # type: ignore[attr-defined]
+    bf16_weights = {k: v.to(torch.bfloat16).float() for k, v in dequantised(tensors).items()}
+    toks = tokens(config)
+    with torch.no_grad():
+        ours = bridge(toks)  # type: ignore[operator]
+        bf16 = hf_reference_model(config, bf16_weights)(toks).logits
+        exact = hf_reference_model(config, dequantised(tensors))(toks).logits
+    assert torch.equal(ours, exact)
+    assert (bf16 - exact).abs().max() > 1e-3  # what the silent bf16 dequantisation would have cost
+
+
+def test_cached_generation_equals_uncached(pair: tuple[object, object], ckpt: tuple[str, dict, dict]) -> None:
+    bridge = pair[0]
+    toks = tokens(ckpt[1], (1, 7))
+    with torch.no_grad():
+        cached = bridge.generate(toks, max_new_tokens=5, do_sample=False, use_past_kv_cache=True, verbose=False)  # type: ignore[attr-defined]
+        uncached = bridge.generate(toks, max_new_tokens=5, do_sample=False, use_past_kv_cache=False, verbose=False)  # type: ignore[attr-defined]
+    assert torch.equal(cached, uncached)
+
+
+def test_explicit_device_map_is_honoured(ckpt: tuple[str, dict, dict], pair: tuple[object, object]) -> None:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    path, config, _ = ckpt
+    device_map = {"model.embed_tokens": "cpu", "model.layers": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu",
+                  "lm_head": "cpu"}
+    bridge = TransformerBridge.boot_transformers(path, dtype=torch.float32, keep_fp8=True, device_map=device_map)
+    assert bridge.original_model.hf_device_map == device_map  # type: ignore[attr-defined]
+    toks = tokens(config)
+    with torch.no_grad():
+        assert torch.equal(bridge(toks), pair[0](toks))  # type: ignore[operator]
+
+
+def test_device_map_missing_a_module_is_an_error(ckpt: tuple[str, dict, dict]) -> None:
+    from r1_plugin.models.deepseek_v3.bridge_loading import BridgeLoadError
+
+    with pytest.raises(BridgeLoadError, match="places no module containing model.embed_tokens"):
+        from transformer_lens.model_bridge import TransformerBridge
+
+        TransformerBridge.boot_transformers(ckpt[0], keep_fp8=True, device_map={"lm_head": "cpu"})
+
+
+def test_unknown_keyword_and_keep_fp8_on_other_models_are_errors(ckpt: tuple[str, dict, dict], tmp_path: Path) -> None:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    with pytest.raises(TypeError, match="keep_fp9"):
+        TransformerBridge.boot_transformers(ckpt[0], keep_fp9=True)
+    with pytest.raises(ValueError, match="keep_fp8=True applies to DeepSeek-V3"):
+        TransformerBridge.boot_transformers(str(tmp_path), keep_fp8=True)
+
+
+def test_unquantised_deepseek_folder_takes_the_stock_path(tmp_path: Path) -> None:
+    config = tiny_config(num_hidden_layers=2)
+    written = write_tiny_checkpoint(config=config, seed=2, storage="float32", folder=tmp_path / "f32")
+    bridge = boot(str(written.snapshot), dtype=torch.float32, keep_fp8=True)  # nothing FP8 to keep
+    toks = tokens(config)
+    with torch.no_grad():
+        expected = hf_reference_model(config, written.tensors)(toks).logits
+        assert (bridge(toks) - expected).abs().max() < 1e-5  # type: ignore[operator]

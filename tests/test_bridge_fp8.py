@@ -27,6 +27,12 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict, dict]:
     return str(folder), written.config, written.tensors
 
 
+def eager_experts(model: object) -> object:
+    """transformers' model with its eager experts loop, the one the bridge's R1 runs (see bridge_loading)."""
+    model.config._experts_implementation = "eager"  # type: ignore[attr-defined]
+    return model
+
+
 def dequantised(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The checkpoint dequantised exactly in float32 (the reference every path must equal)."""
     out = {}
@@ -58,7 +64,7 @@ def test_float32_logits_equal_transformers_on_exact_dequantisation(
     pair: tuple[object, object], ckpt: tuple[str, dict, dict]
 ) -> None:
     _, config, tensors = ckpt
-    reference = hf_reference_model(config, dequantised(tensors))
+    reference = eager_experts(hf_reference_model(config, dequantised(tensors)))
     toks = tokens(config)
     with torch.no_grad():
         expected = reference(toks).logits
@@ -101,8 +107,8 @@ def test_float32_is_not_silently_bf16(ckpt: tuple[str, dict, dict]) -> None:
     toks = tokens(config)
     with torch.no_grad():
         ours = bridge(toks)  # type: ignore[operator]
-        bf16 = hf_reference_model(config, bf16_weights)(toks).logits
-        exact = hf_reference_model(config, dequantised(tensors))(toks).logits
+        bf16 = eager_experts(hf_reference_model(config, bf16_weights))(toks).logits
+        exact = eager_experts(hf_reference_model(config, dequantised(tensors)))(toks).logits
     assert torch.equal(ours, exact)
     assert (bf16 - exact).abs().max() > 1e-3  # what the silent bf16 dequantisation would have cost
 
@@ -155,3 +161,25 @@ def test_unquantised_deepseek_folder_takes_the_stock_path(tmp_path: Path) -> Non
     with torch.no_grad():
         expected = hf_reference_model(config, written.tensors)(toks).logits
         assert (bridge(toks) - expected).abs().max() < 1e-5  # type: ignore[operator]
+
+
+def test_routed_experts_dequantised_one_at_a_time_only_when_used(
+    pair: tuple[object, object], ckpt: tuple[str, dict, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bridge, config = pair[0], ckpt[1]
+    calls: list[tuple[tuple[int, ...], int | None]] = []
+    original = Fp8Weight.dequantize
+
+    def spy(self: Fp8Weight, weight: torch.Tensor, experts: torch.Tensor | None = None) -> torch.Tensor:
+        calls.append((tuple(weight.shape), None if experts is None else experts.numel()))
+        return original(self, weight, experts)
+
+    monkeypatch.setattr(Fp8Weight, "dequantize", spy)
+    toks = tokens(config, (1, 3))
+    _, cache = bridge.run_with_cache(toks)  # type: ignore[attr-defined]
+    n_experts = config["n_routed_experts"]
+    stacked = [c for c in calls if len(c[0]) == 3]
+    assert stacked and all(n == 1 for _, n in stacked)  # never the whole [E, ...] stack at once
+    used = sum(cache[f"blocks.{i}.mlp.hook_expert_indices"].unique().numel()
+               for i in range(config["first_k_dense_replace"], config["num_hidden_layers"]))
+    assert len(stacked) == 2 * used < 2 * n_experts * 2  # gate_up and down of each used expert, once per forward

@@ -57,20 +57,38 @@ def device_of(name: str, device: torch.device, device_map: dict[str, Any] | None
     return torch.device(f"cuda:{target}" if isinstance(target, int) else target)
 
 
-def _fp8_experts_cached(experts: nn.Module) -> None:
-    """Dequantise a keep_fp8 expert stack once per forward, not once per expert the loop indexes.
+def _fp8_experts_forward(experts: nn.Module) -> None:
+    """Give a keep_fp8 expert stack a forward that dequantises each routed expert only when it receives tokens.
 
-    transformers' experts loop reads `self.gate_up_proj[expert]` for every expert that got tokens; each read of a
-    parametrized attribute dequantises the whole stack. This instance's forward runs inside
-    `parametrize.cached()`, which keeps one dequantised copy for the duration of the call.
+    transformers' experts forward reads `self.gate_up_proj[expert]`; on a parametrized stack each read dequantises
+    all E experts (R1: 256 x 3 x 2048 x 7168 numbers per layer, ~68 GB of float32 + bf16 transient). This
+    forward takes the same steps in the same order as transformers' eager loop (experts in id order, tokens as
+    `torch.where` lists them, the same linear / activation / weighting / index_add_), with each used expert
+    dequantised alone (`Fp8Weight.dequantize(experts=...)`, the same product): the numbers are bit-identical to the
+    dequantise-on-load model (tested) and the transient is one expert.
     """
-    from torch.nn.utils import parametrize
+    from r1_plugin.models.deepseek_v3.fp8_weights import fp8_parts
 
-    original = experts.forward
+    gate_up, down = fp8_parts(experts, "gate_up_proj"), fp8_parts(experts, "down_proj")
+    if gate_up is None or down is None:
+        raise BridgeLoadError(f"{type(experts).__name__}: expected FP8 gate_up_proj and down_proj stacks.")
+    n_experts = int(experts.num_experts)  # type: ignore[arg-type]
+    act = experts.act_fn
 
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        with parametrize.cached():
-            return original(*args, **kwargs)
+    def forward(hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(hidden_states)
+        for expert in torch.unique(top_k_index).tolist():  # the experts that got tokens, as transformers loops
+            if expert >= n_experts:
+                continue
+            top_k_pos, token_idx = torch.where((top_k_index == expert).t())
+            ids = torch.tensor([expert], device=hidden_states.device)
+            w_gate_up = gate_up[1].dequantize(gate_up[0], experts=ids)[0]
+            w_down = down[1].dequantize(down[0], experts=ids)[0]
+            gate, up = nn.functional.linear(hidden_states[token_idx], w_gate_up).chunk(2, dim=-1)
+            current = nn.functional.linear(act(gate) * up, w_down)
+            current = current * top_k_weights[token_idx, top_k_pos, None]
+            out.index_add_(0, token_idx, current.to(out.dtype))
+        return out
 
     experts.forward = forward  # type: ignore[method-assign]
 
@@ -162,7 +180,7 @@ class BridgeCheckpointLoader:
             keep_fp8_weight(experts, "down_proj", torch.stack([d[0] for d in down]).to(device),
                             torch.stack([d[1] for d in down]).to(device, torch.float32),  # type: ignore[misc]
                             self.block, self.dtype, "hf", name=prefix + ".down_proj")
-            _fp8_experts_cached(experts)
+            _fp8_experts_forward(experts)
         else:
             def plain(part: tuple[torch.Tensor, torch.Tensor | None], name: str) -> torch.Tensor:
                 w, s = part
@@ -243,6 +261,9 @@ def build_hf_model(
     for key, value in (hf_config_overrides or {}).items():
         setattr(config, key, value)
     config._attn_implementation = "eager"  # what boot_transformers asks transformers for (hooks need eager)
+    # transformers' eager experts loop (not its default grouped_mm, which reads every expert's weights at once):
+    # the keep_fp8 forward takes its exact steps expert by expert, so both keep_fp8 settings give the same numbers.
+    config._experts_implementation = "eager"
     with torch.device("meta"):
         model = DeepseekV3ForCausalLM(config)
     model.eval()

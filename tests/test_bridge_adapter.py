@@ -62,7 +62,7 @@ def tokens(config: dict, shape: tuple[int, int] = (2, 10)) -> torch.Tensor:
 def test_adapter_is_registered_through_the_factory() -> None:
     from transformer_lens.factories.architecture_adapter_factory import ArchitectureAdapterFactory
 
-    from r1_plugin.models.deepseek_v3.bridge_adapter import R1BridgeAdapter
+    from r1_plugin.models.r1_bridge.adapter import R1BridgeAdapter
 
     assert ArchitectureAdapterFactory._adapters[ARCH] is R1BridgeAdapter
     assert issubclass(R1BridgeAdapter, stock())

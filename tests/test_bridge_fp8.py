@@ -136,7 +136,7 @@ def test_explicit_device_map_is_honoured(ckpt: tuple[str, dict, dict], pair: tup
 
 
 def test_device_map_missing_a_module_is_an_error(ckpt: tuple[str, dict, dict]) -> None:
-    from r1_plugin.models.deepseek_v3.bridge_loading import BridgeLoadError
+    from r1_plugin.models.r1_bridge.loading import BridgeLoadError
 
     with pytest.raises(BridgeLoadError, match="places no module containing model.embed_tokens"):
         from transformer_lens.model_bridge import TransformerBridge

@@ -4,7 +4,7 @@
    R1-format FP8 folder on a machine without FP8 kernels as bf16, ignoring the requested float32, and on FP8 GPUs
    computes with FP8 matmuls; both differ from the exact dequantisation). For a DeepSeek-V3 checkpoint whose
    config.json declares block-wise FP8, the wrapper builds transformers' DeepseekV3ForCausalLM itself
-   (`r1_plugin.models.deepseek_v3.bridge_loading`: FP8 kept e4m3 with keep_fp8=True, else dequantised once, in
+   (`r1_plugin.models.r1_bridge.loading`: FP8 kept e4m3 with keep_fp8=True, else dequantised once, in
    `dtype`, scale shapes checked) and passes it to the stock method as `hf_model=`. `device_map` / `n_devices` /
    `max_memory` keep their meaning (resolved by TransformerLens's own `resolve_device_map`, dispatched with
    accelerate). Everything else, and every other model, goes to the stock method unchanged (*args/**kwargs
@@ -28,15 +28,15 @@ _ADAPTER_STATE: dict[str, Any] = {}  # "stock": the adapter class TransformerLen
 
 def fp8_r1_checkpoint(model_name: Any) -> dict[str, Any] | None:
     """config.json of a DeepSeek-V3 checkpoint (folder or hub id r1_plugin knows) that declares FP8, else None."""
-    from r1_plugin.models.deepseek_v3.loading import CheckpointFiles, deepseek_official_name
+    from r1_plugin.models.r1_bridge.loading import r1_checkpoint
 
-    official = deepseek_official_name(model_name) if isinstance(model_name, str) else None
-    if official is None:
-        return None
     try:
-        raw = CheckpointFiles(official, {}).config()
+        found = r1_checkpoint(model_name)
     except (FileNotFoundError, OSError):
+        return None  # not readable here: the stock method reports it
+    if found is None:
         return None
+    raw = found[1]
     return raw if (raw.get("quantization_config") or {}).get("quant_method") == "fp8" else None
 
 
@@ -52,9 +52,9 @@ def _wrap_boot(original: Callable[..., Any], takes_cls: bool) -> Callable[..., A
         model_name = call["model_name"]
         if not (call["hf_model"] is None and call["load_weights"] and fp8_r1_checkpoint(model_name) is not None):
             if keep_fp8:
-                from r1_plugin.models.deepseek_v3.loading import deepseek_official_name
+                from r1_plugin.models.r1_bridge.loading import r1_checkpoint
 
-                if not isinstance(model_name, str) or deepseek_official_name(model_name) is None:
+                if r1_checkpoint(model_name) is None:
                     raise ValueError(
                         f"keep_fp8=True applies to DeepSeek-V3/R1 FP8 checkpoints; {model_name!r} is not one. "
                         "Drop keep_fp8 (R1's distills are not FP8)."
@@ -69,7 +69,7 @@ def _boot_fp8(original: Callable[..., Any], lead: tuple[Any, ...], call: dict[st
     """Build the FP8 R1 model in the requested dtype and hand it to the stock boot as hf_model."""
     from transformer_lens.utilities.multi_gpu import resolve_device_map
 
-    from r1_plugin.models.deepseek_v3.bridge_loading import build_hf_model
+    from r1_plugin.models.r1_bridge.loading import build_hf_model
 
     model_name = call["model_name"]
     if call.get("checkpoint_index") is not None or call.get("checkpoint_value") is not None:
@@ -108,7 +108,7 @@ def apply() -> None:
     require(ArchitectureAdapterFactory, "register_adapter", "tl_bridge")
     require(ArchitectureAdapterFactory, "_adapters", "tl_bridge")
     descriptor = require(TransformerBridge, "boot_transformers", "tl_bridge")
-    from r1_plugin.models.deepseek_v3.bridge_adapter import R1BridgeAdapter
+    from r1_plugin.models.r1_bridge.adapter import R1BridgeAdapter
 
     kind = type(descriptor)
     if kind not in (staticmethod, classmethod):

@@ -25,10 +25,38 @@ from r1_plugin.models.deepseek_v3.fp8_weights import keep_fp8_weight
 _EXPERT_RE = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
 SCALE_SUFFIX = "_scale_inv"
+ARCHITECTURE = "DeepseekV3ForCausalLM"
 
 
 class BridgeLoadError(R1PluginError, ValueError):
     """An R1-format checkpoint that cannot be built as a DeepseekV3ForCausalLM for the bridge."""
+
+
+def r1_checkpoint(model_name: Any) -> tuple[str, dict[str, Any]] | None:
+    """(local folder or hub id, config.json) when `model_name` names a DeepSeek-V3 checkpoint, else None.
+
+    Without TransformerLens's HookedTransformer (this runs on every `boot_transformers` call, under TL 4 too) and
+    with transformers' rule for names: an existing folder is the checkpoint (its config.json must say
+    DeepseekV3ForCausalLM); otherwise a name r1_plugin's registry maps to DeepSeek-V3 (its config.json from the HF
+    cache, downloaded if needed, as the stock boot would).
+    """
+    from pathlib import Path
+
+    from r1_plugin.models import registry
+    from r1_plugin.models.placement import read_config
+
+    if not isinstance(model_name, str):
+        return None
+    folder = Path(model_name).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            return None
+        raw = read_config(folder)[0]
+        return (str(folder.absolute()), raw) if (raw.get("architectures") or [""])[0] == ARCHITECTURE else None
+    spec = registry.lookup(model_name)
+    if spec is None or spec.architecture != ARCHITECTURE:
+        return None
+    return spec.hf_id, read_config(spec.hf_id)[0]
 
 
 def fp8_quantization(raw_config: dict[str, Any]) -> dict[str, Any] | None:
@@ -249,13 +277,18 @@ def build_hf_model(
     import tqdm.auto as tqdm
     from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
-    from r1_plugin.models.deepseek_v3.loading import CheckpointFiles, deepseek_official_name, open_safetensors
+    try:  # the TransformerLens-independent home of the checkpoint reader (works under TL 4), where it exists
+        from r1_plugin.models.deepseek_v3.checkpoint_files import CheckpointFiles, open_safetensors
+    except ImportError:
+        from r1_plugin.models.deepseek_v3.loading import CheckpointFiles, open_safetensors
 
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.itemsize == 1:
         raise BridgeLoadError(f"dtype must be a torch float dtype to compute in (float32, bfloat16, float16), "
                               f"not {dtype!r}.")
-    official = deepseek_official_name(name_or_folder) or name_or_folder
-    files = CheckpointFiles(official, {} if revision is None else {"revision": revision})
+    found = r1_checkpoint(name_or_folder)
+    if found is None:
+        raise BridgeLoadError(f"{name_or_folder!r} is not a DeepSeek-V3/R1 checkpoint (folder or known hub id).")
+    files = CheckpointFiles(found[0], {} if revision is None else {"revision": revision})
     raw = files.config()
     config = DeepseekV3Config.from_dict({k: v for k, v in raw.items() if k != "quantization_config"})
     for key, value in (hf_config_overrides or {}).items():

@@ -2,18 +2,18 @@
 three defects measured against transformers fixed. Registered by `r1_plugin._patches.tl_bridge` through
 `ArchitectureAdapterFactory.register_adapter` (never by replacing TransformerLens code).
 
-1. Causality: the bridge re-implements MLA attention and adds transformers' mask only when one is passed. A model
+1. Causality (TransformerLens < 4.3 only; 4.3 fixed it): the bridge re-implements MLA attention and adds transformers' mask only when one is passed. A model
    whose attention is sdpa (transformers' default, e.g. an `hf_model=` loaded by the user) gets no mask for an
    unpadded batch, since sdpa's kernel would apply `is_causal`; every position then attended to the future (logits
    off by 3.3 on a tiny model). `CausalMLAAttentionBridge` builds the causal mask (offset by the KV cache) when
    none or a boolean one comes in.
-2. `attn.hook_z` (o_proj's input, [batch, pos, n_heads, v_head_dim] in HookedTransformer) was split by the config's
+2. (still in 4.3) `attn.hook_z` (o_proj's input, [batch, pos, n_heads, v_head_dim] in HookedTransformer) was split by the config's
    d_head, which is qk_rope_head_dim for DeepSeek-V3: [.., 6, 8] instead of [.., 4, 12] on the tiny model.
-3. Router hooks: `mlp.gate.hook_out` gives only the pre-sigmoid router logits. `DeepseekRouterBridge` adds
+3. (still in 4.3) Router hooks: `mlp.gate.hook_out` gives only the pre-sigmoid router logits. `DeepseekRouterBridge` adds
    `mlp.gate.hook_expert_indices` and `mlp.gate.hook_topk_weights` ([batch*pos, k]: the chosen experts and their
    final weights, normalised and scaled), aliased as `mlp.hook_expert_indices` / `mlp.hook_topk_weights`, the names
    and shapes of the HookedTransformer R1's hooks. Editing them changes what the experts receive.
-4. KV cache (found here, with transformers 5.25): transformers now passes the cache to attention as `cache`, not
+4. (still in 4.3) KV cache, found here with transformers 5.25: transformers now passes the cache to attention as `cache`, not
    `past_key_values`, so TransformerLens's MLA forward never saw it: each decode step attended to itself alone and
    cached generation diverged from uncached after the prompt. The cache is handed over under the old name; the
    bridge then caches per-head K and V (its own attention), not transformers' latent.
@@ -32,6 +32,16 @@ from transformer_lens.model_bridge.supported_architectures.deepseek_v3 import De
 ROUTER_HOOKS = ("hook_expert_indices", "hook_topk_weights")
 
 
+def stock_mla_is_causal() -> bool:
+    """Whether this TransformerLens's MLA bridge builds the causal mask itself when none comes in (4.3 and later;
+    measured: 4.3.0 gives transformers' logits with an sdpa hf_model, 3.9 does not)."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    return Version(Version(version("transformer-lens")).base_version) >= Version("4.3")
+
+
 def causal_mask(attention_mask: torch.Tensor | None, q_len: int, past: int, dtype: torch.dtype,
                 device: torch.device) -> torch.Tensor:
     """Additive [.., q_len, past + q_len] mask: causal (offset by `past` cached positions), plus a given boolean
@@ -47,8 +57,11 @@ def causal_mask(attention_mask: torch.Tensor | None, q_len: int, past: int, dtyp
 
 
 class CausalMLAAttentionBridge(MLAAttentionBridge):
-    """MLA attention that is causal whatever attention implementation the wrapped model was loaded with, and
-    whose hook_z is split by v_head_dim."""
+    """MLA attention that is causal whatever attention implementation the wrapped model was loaded with, sees
+    transformers' KV cache, and whose hook_z is split by v_head_dim."""
+
+    # Only where TransformerLens does not do it already (a float mask is authoritative there too, but not needed).
+    synthesise_causal_mask = not stock_mla_is_causal()
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Pass a causal additive mask when transformers passed none (sdpa fast path) or a boolean one, and the
@@ -57,7 +70,7 @@ class CausalMLAAttentionBridge(MLAAttentionBridge):
             kwargs["past_key_values"] = kwargs.pop("cache")  # transformers >= 5.25 passes the cache as `cache`
         mask = kwargs.get("attention_mask")
         hidden = kwargs.get("hidden_states", args[0] if args else None)
-        if isinstance(hidden, torch.Tensor) and (mask is None or mask.dtype == torch.bool):
+        if self.synthesise_causal_mask and isinstance(hidden, torch.Tensor) and (mask is None or mask.dtype == torch.bool):
             cache = kwargs.get("past_key_values")
             layer = getattr(self.original_component, "layer_idx", 0)
             past = int(cache.get_seq_length(layer)) if cache is not None else 0

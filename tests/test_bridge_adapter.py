@@ -71,6 +71,8 @@ def test_adapter_is_registered_through_the_factory() -> None:
 def test_sdpa_hf_model_is_causal(ckpt: tuple[str, dict, object]) -> None:
     from transformers import DeepseekV3ForCausalLM
 
+    from r1_plugin.models.r1_bridge.adapter import stock_mla_is_causal
+
     path, config, reference = ckpt
     toks = tokens(config)
     with torch.no_grad():
@@ -79,7 +81,10 @@ def test_sdpa_hf_model_is_causal(ckpt: tuple[str, dict, object]) -> None:
             hf = DeepseekV3ForCausalLM.from_pretrained(path, dtype=torch.float32)
             assert hf.config._attn_implementation == "sdpa"
             broken = boot(path, hf_model=hf)(toks)  # type: ignore[operator]
-        assert (broken - expected).abs().max() > 0.5  # the defect: attention sees the future
+        if stock_mla_is_causal():  # TransformerLens 4.3 fixed it: nothing of ours runs for it there
+            assert (broken - expected).abs().max() < 1e-4
+        else:
+            assert (broken - expected).abs().max() > 0.5  # the defect: attention sees the future
         hf = DeepseekV3ForCausalLM.from_pretrained(path, dtype=torch.float32)
         bridge = boot(path, hf_model=hf)
         fixed = bridge(toks)  # type: ignore[operator]
@@ -137,17 +142,27 @@ def by_expert(indices: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tenso
     return indices.gather(-1, order), weights.gather(-1, order)
 
 
-def test_router_hooks_match_transformers_and_hooked_transformer(ckpt: tuple[str, dict, object]) -> None:
+def hooked_router_hooks(path: str, toks: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """The HookedTransformer R1's router hooks on the same weights (None under TransformerLens 4: no HookedTransformer)."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformer_lens.HookedTransformer") is None:
+        return None
     from transformer_lens import HookedTransformer
 
+    hooked = HookedTransformer.from_pretrained_no_processing(path, device="cpu", dtype=torch.float32, progress=False)
+    _, cache = hooked.run_with_cache(toks, names_filter=lambda name: "expert_indices" in name or "topk" in name)
+    return dict(cache)
+
+
+def test_router_hooks_match_transformers_and_hooked_transformer(ckpt: tuple[str, dict, object]) -> None:
     path, config, reference = ckpt
     toks = tokens(config)
     with adapter(stock()):
         _, stock_cache = boot(path).run_with_cache(toks)  # type: ignore[attr-defined]
     assert not [k for k in stock_cache if "expert_indices" in k or "topk" in k]  # the defect: logits only
     _, cache = boot(path).run_with_cache(toks)  # type: ignore[attr-defined]
-    hooked = HookedTransformer.from_pretrained_no_processing(path, device="cpu", dtype=torch.float32, progress=False)
-    _, hooked_cache = hooked.run_with_cache(toks)
+    hooked_cache = hooked_router_hooks(path, toks)
     expected = router_outputs(reference, toks)
     assert sorted(expected) == list(range(config["first_k_dense_replace"], config["num_hidden_layers"]))
     for i, (weights, indices) in expected.items():
@@ -156,6 +171,8 @@ def test_router_hooks_match_transformers_and_hooked_transformer(ckpt: tuple[str,
             assert cache[name].shape == (toks.numel(), k)
         assert torch.equal(cache[f"blocks.{i}.mlp.hook_expert_indices"], indices)
         assert torch.equal(cache[f"blocks.{i}.mlp.hook_topk_weights"], weights)
+        if hooked_cache is None:
+            continue
         ours = by_expert(cache[f"blocks.{i}.mlp.hook_expert_indices"], cache[f"blocks.{i}.mlp.hook_topk_weights"])
         theirs = by_expert(hooked_cache[f"blocks.{i}.mlp.hook_expert_indices"],
                            hooked_cache[f"blocks.{i}.mlp.hook_topk_weights"])

@@ -153,6 +153,32 @@ def test_unknown_keyword_and_keep_fp8_on_other_models_are_errors(ckpt: tuple[str
         TransformerBridge.boot_transformers(str(tmp_path), keep_fp8=True)
 
 
+def test_n_devices_and_hf_model_with_keep_fp8(ckpt: tuple[str, dict, dict]) -> None:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if not torch.cuda.is_available():  # resolved by TransformerLens itself, as for any model
+        with pytest.raises(ValueError, match="n_devices=2 requires CUDA"):
+            TransformerBridge.boot_transformers(ckpt[0], keep_fp8=True, n_devices=2)
+    with pytest.raises(ValueError, match="with hf_model=... the model you pass is used as it is"):
+        TransformerBridge.boot_transformers(ckpt[0], keep_fp8=True, hf_model=torch.nn.Linear(1, 1))
+
+
+def test_compatibility_mode_without_processing_keeps_fp8(ckpt: tuple[str, dict, dict]) -> None:
+    """HookedTransformer's aliases on a keep_fp8 bridge; weight processing needs dequantised weights (TL refuses)."""
+    path, config, _ = ckpt
+    bridge = boot(path, dtype=torch.float32, keep_fp8=True)
+    toks = tokens(config)
+    with torch.no_grad():
+        before = bridge(toks)  # type: ignore[operator]
+        bridge.enable_compatibility_mode(no_processing=True)  # type: ignore[attr-defined]
+        _, cache = bridge.run_with_cache(toks)  # type: ignore[attr-defined]
+        assert torch.equal(bridge(toks), before)  # type: ignore[operator]
+    assert torch.equal(cache["blocks.2.hook_resid_post"], cache["blocks.2.hook_out"])
+    assert cache["blocks.2.mlp.hook_expert_indices"].shape == (toks.numel(), config["num_experts_per_tok"])
+    with pytest.raises(NotImplementedError, match="float8_e4m3fn"):
+        boot(path, dtype=torch.float32, keep_fp8=True).enable_compatibility_mode()  # type: ignore[attr-defined]
+
+
 def test_unquantised_deepseek_folder_takes_the_stock_path(tmp_path: Path) -> None:
     config = tiny_config(num_hidden_layers=2)
     written = write_tiny_checkpoint(config=config, seed=2, storage="float32", folder=tmp_path / "f32")

@@ -50,6 +50,9 @@ def _wrap_boot(original: Callable[..., Any], takes_cls: bool) -> Callable[..., A
         call = bind(original, *args, **kwargs)  # a bad call (unknown keyword...) fails here as the stock one would
         lead = args[:1] if takes_cls else ()
         model_name = call["model_name"]
+        if keep_fp8 is not None and call["hf_model"] is not None:
+            raise ValueError("keep_fp8 applies when boot_transformers loads the checkpoint; with hf_model=... the model "
+                             "you pass is used as it is. Drop one of them.")
         if not (call["hf_model"] is None and call["load_weights"] and fp8_r1_checkpoint(model_name) is not None):
             if keep_fp8:
                 from r1_plugin.models.r1_bridge.loading import r1_checkpoint

@@ -105,7 +105,7 @@ def apply() -> None:
     from transformer_lens.factories.architecture_adapter_factory import ArchitectureAdapterFactory
     from transformer_lens.model_bridge import TransformerBridge
 
-    from r1_plugin._patches._marks import is_patched, mark, require
+    from r1_plugin._patches._marks import is_patched, keep, mark, replace, require
     from r1_plugin.errors import PatchTargetError
 
     require(ArchitectureAdapterFactory, "register_adapter", "tl_bridge")
@@ -120,8 +120,9 @@ def apply() -> None:
     original = descriptor.__func__
     if not is_patched(original):
         wrapper = mark(_wrap_boot(original, takes_cls=kind is classmethod), original)
-        TransformerBridge.boot_transformers = kind(wrapper)  # type: ignore[method-assign]
+        replace(TransformerBridge, "boot_transformers", kind(wrapper))
     current = ArchitectureAdapterFactory._adapters.get(ARCHITECTURE)
     if current is not R1BridgeAdapter:
         _ADAPTER_STATE.setdefault("stock", current)
+        keep(ArchitectureAdapterFactory._adapters)  # restored if this patch module fails after this point
         ArchitectureAdapterFactory.register_adapter(ARCHITECTURE, R1BridgeAdapter)

@@ -290,6 +290,9 @@ def build_hf_model(
         raise BridgeLoadError(f"{name_or_folder!r} is not a DeepSeek-V3/R1 checkpoint (folder or known hub id).")
     files = CheckpointFiles(found[0], {} if revision is None else {"revision": revision})
     raw = files.config()
+    from r1_plugin.models.deepseek_v3.config_checks import validate_config
+
+    validate_config(raw, where=found[0])  # the same config checks as the HookedTransformer path
     config = DeepseekV3Config.from_dict({k: v for k, v in raw.items() if k != "quantization_config"})
     for key, value in (hf_config_overrides or {}).items():
         setattr(config, key, value)

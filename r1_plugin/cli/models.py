@@ -31,6 +31,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     plan.add_argument("--first-n-layers", type=int, default=None, help="load only the first N layers")
     plan.add_argument("--kv-cache-tokens", type=int, default=0, help="tokens of latent KV cache per sequence")
     plan.add_argument("--batch", type=int, default=1, help="sequences in the KV cache / forward")
+    plan.add_argument("--backend", default="hooked", choices=["hooked", "bridge"],
+                      help="size r1_plugin's HookedTransformer (latent KV cache, default) or TransformerBridge "
+                           "(transformers' layout, per-head K/V cache: 71x the latent for R1)")
     return parser
 
 
@@ -53,6 +56,7 @@ def run_plan(args: argparse.Namespace) -> int:
         plan = plan_devices(
             args.model, args.n_devices, args.memory, dtype=args.dtype, keep_fp8=args.keep_fp8,
             first_n_layers=args.first_n_layers, kv_cache_tokens=args.kv_cache_tokens, batch=args.batch,
+            backend=args.backend,
         )
     except R1PluginError:
         raise

@@ -13,6 +13,7 @@ only when given, so a flag left out means exactly what leaving the keyword out m
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +207,74 @@ def load_sae_from_args(
             hook_name = ""
     target = hook_device(model, hook_name)
     return sae if target.type == "cpu" else sae.to(target)
+
+
+_D_MODEL_HOOK = re.compile(r"(^|\.)(hook_resid_(pre|mid|post)|hook_attn_out|hook_mlp_out|hook_embed)$")
+
+
+def model_config_from_args(args: argparse.Namespace) -> Any:
+    """The HookedTransformerConfig `--model` and the flags give, from its config alone (no weight is read)."""
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+    kwargs = {k: v for k, v in model_kwargs_from_args(args).items() if k in ("n_devices", "first_n_layers")}
+    return get_pretrained_model_config(args.model, **kwargs)
+
+
+def load_sae_before_model(
+    args: argparse.Namespace, release: str | None, sae_id: str | None, path: str | None, hook_name: str | None = None
+) -> Any:
+    """The SAE, loaded on the CPU and checked against the model's config before the (slow) model load.
+
+    Raises ModelArgsError when the SAE reads a layer the model does not load (--first-n-layers) or a
+    d_model-wide hook with another width (`d_in`); `place_sae` then moves it next to the block it reads.
+    """
+    from r1_plugin.steering.sae_directions import sae_hook_name
+
+    cfg = model_config_from_args(args)
+    dtype = getattr(args, "sae_dtype", None) or getattr(args, "dtype", None) or str(cfg.dtype).removeprefix("torch.")
+    if path is not None:
+        from r1_plugin.saes.local import load_sae_from_path
+
+        sae = load_sae_from_path(path, sae_id, device="cpu", dtype=dtype)
+    else:
+        from sae_lens import SAE
+
+        sae = SAE.from_pretrained(release, sae_id, device="cpu", dtype=dtype)
+    try:
+        hook = hook_name or sae_hook_name(sae)
+    except ValueError:
+        return sae  # no hook to compare: the harvest names the problem
+    name = path or f"{release}/{sae_id}"
+    layer = hook_layer(hook)
+    if layer is not None and layer >= cfg.n_layers:
+        raise ModelArgsError(
+            f"the SAE {name} reads {hook}, but {args.model} loads {cfg.n_layers} layer(s)"
+            + (" (--first-n-layers)" if getattr(args, "first_n_layers", None) else "")
+            + f": load at least {layer + 1} layers, or pick an SAE of this model"
+        )
+    d_in = int(sae.cfg.d_in)
+    if _D_MODEL_HOOK.search(hook) and d_in != cfg.d_model:
+        raise ModelArgsError(
+            f"the SAE {name} reads vectors of width d_in={d_in} at {hook}, but {args.model} has "
+            f"d_model={cfg.d_model}: this SAE belongs to another model (check --sae-release/--sae-id/--sae-path "
+            "and --model)"
+        )
+    return sae
+
+
+def place_sae(args: argparse.Namespace, model: Any, sae: Any, hook_name: str | None = None) -> Any:
+    """`sae` (from `load_sae_before_model`) on --sae-device / --sae-dtype, by default the model's dtype and the
+    device of the block it reads, as `load_sae_from_args` places it."""
+    dtype = getattr(args, "sae_dtype", None) or str(model.cfg.dtype).removeprefix("torch.")
+    device = getattr(args, "sae_device", None)
+    if device is None:
+        from r1_plugin.steering.sae_directions import sae_hook_name
+
+        try:
+            hook_name = hook_name or sae_hook_name(sae)
+        except ValueError:
+            hook_name = ""
+        device = hook_device(model, hook_name)
+    import torch
+
+    return sae.to(device=device, dtype=getattr(torch, dtype))

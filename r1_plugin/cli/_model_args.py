@@ -1,7 +1,7 @@
 """Model-loading flags shared by every `r1-plugin` command that loads a model, with from_pretrained's meanings.
 
     add_model_args(parser)            # --model --dtype --device --n-devices --first-n-layers --keep-fp8
-                                      # --sae-device --sae-dtype
+                                      # --memory-per-device --sae-device --sae-dtype
     model = load_model_from_args(args)              # HookedTransformer.from_pretrained_no_processing(...)
     sae = load_sae_from_args(args, model, release, sae_id)    # or path=... for an SAE on disk
     add_sae_source_args(group); release, sae_id, path = sae_source(args)   # --sae-release/--sae-id/--sae-path
@@ -38,18 +38,59 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_model_args(parser: argparse.ArgumentParser, *, model: bool = True, sae: bool = True) -> None:
-    """Add the model-loading flags (and `--model` unless `model=False`; the SAE flags unless `sae=False`)."""
+def memory_size(text: str) -> int:
+    """argparse type: bytes from '141GB', '80GiB', '512 MiB' or a number of bytes (r1_plugin.plan_devices' reading)."""
+    from r1_plugin.models.placement import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except (ValueError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of a flag: stores into the new flag's dest and prints a one-line warning on stderr."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str = "", **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        import sys
+
+        print(f"{parser.prog}: warning: {option_string} is deprecated, use {self.new} "
+              "(the old spelling goes in the next release)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_model_args(
+    parser: argparse.ArgumentParser,
+    *,
+    model: bool = True,
+    sae: bool = True,
+    device: bool = True,
+    model_default: str | None = None,
+) -> None:
+    """Add the model-loading flags (and `--model` unless `model=False`; the SAE flags unless `sae=False`; --device
+    unless `device=False`, for commands that place nothing). With `model_default`, --model is optional."""
     group = parser.add_argument_group(
         "model loading (the keywords of HookedTransformer.from_pretrained; left out = its default)"
     )
     if model:
-        group.add_argument("--model", required=True, help="model name (HF id or alias) TransformerLens can load")
+        group.add_argument(
+            "--model", required=model_default is None, default=model_default,
+            help="model name (HF id or alias) TransformerLens can load, or a checkpoint folder"
+            + (" (default: %(default)s)" if model_default is not None else ""),
+        )  # fmt: skip
     group.add_argument(
         "--dtype", choices=DTYPES, default=None,
         help="weights and activations dtype (default: TransformerLens's float32; R1: bfloat16)",
     )
-    group.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: TransformerLens's choice)")
+    if device:
+        group.add_argument(
+            "--device", default=None, help="torch device, e.g. cuda:0 (default: TransformerLens's choice)"
+        )
     group.add_argument(
         "--n-devices", type=positive_int, default=None, metavar="N",
         help="split the blocks over N CUDA devices, starting at --device (default 1)",
@@ -62,6 +103,11 @@ def add_model_args(parser: argparse.ArgumentParser, *, model: bool = True, sae: 
         "--keep-fp8", action="store_true",
         help="keep FP8 checkpoint weights in FP8 in memory, dequantised per forward (R1 on one 8-GPU node)",
     )
+    group.add_argument(
+        "--memory-per-device", type=memory_size, default=None, metavar="SIZE",
+        help="memory of each device for the byte-balanced block plan, e.g. 141GB, 80GiB (DeepSeek-V3/R1; "
+        "default: each device's total memory)",
+    )  # fmt: skip
     if sae:
         group.add_argument(
             "--sae-device", default=None,
@@ -75,7 +121,7 @@ def add_model_args(parser: argparse.ArgumentParser, *, model: bool = True, sae: 
 def model_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The from_pretrained keywords the flags give (only those given)."""
     kwargs: dict[str, Any] = {}
-    for flag in ("dtype", "device", "n_devices", "first_n_layers"):
+    for flag in ("dtype", "device", "n_devices", "first_n_layers", "memory_per_device"):
         value = getattr(args, flag, None)
         if value is not None:
             kwargs[flag] = value

@@ -22,6 +22,13 @@ def debug() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def command_name(args: argparse.Namespace) -> str:
+    """`r1-plugin <command> [<action>]` as the user typed it, for error lines."""
+    action = next((getattr(args, dest) for dest in ("features_command", "experiment", "models_action", "saes_command")
+                   if isinstance(getattr(args, dest, None), str)), None)
+    return " ".join(part for part in ("r1-plugin", args.command, action) if part)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser. With `command`, only that subcommand's full parser is built (the others are bare
     names), so a command that needs no model imports no model code: `add_parser` may import what its options
@@ -69,12 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         from r1_plugin.cli._errors import INTERRUPTED_EXIT
 
-        print(f"r1-plugin {args.command}: interrupted", file=sys.stderr)
+        print(f"{command_name(args)}: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
     except Exception as exc:
         if debug():
             raise
-        return report_failure(f"r1-plugin {args.command}", exc, args)
+        return report_failure(command_name(args), exc, args)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def report_failure(prog: str, exc: BaseException, args: argparse.Namespace | Non
     return USAGE_EXIT
 
 
-def _database_message(kind: str, exc: BaseException, hint: str) -> str:
+def _database_message(kind: str, exc: BaseException, hint: str, given: list[str] | None = None) -> str:
     """One line for a database error: in use, not openable/writable, a bad value, or damaged (`hint`)."""
     first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
     low = str(exc).lower()
@@ -69,7 +69,8 @@ def _database_message(kind: str, exc: BaseException, hint: str) -> str:
     if any(word in low for word in _UNWRITABLE):
         return f"cannot open or write the {kind} database: {first} (check the path and its permissions)"
     if type(exc).__name__ == "ConversionException":
-        return f"a value in the {kind} data has the wrong type: {first}{hint.replace('damaged', 'malformed')}"
+        files = ", ".join(given or []) or f"the {kind} database"
+        return f"cannot read {files}: a value has the wrong type ({first}); feature ids must be integers"
     return f"cannot read the {kind} database: {one_line(exc)}{hint}"
 
 
@@ -94,9 +95,9 @@ def input_error_message(exc: BaseException, args: argparse.Namespace | None = No
     if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
         exc, (sqlite3.ProgrammingError, sqlite3.InterfaceError)
     ):
-        return _database_message("SQLite", exc, hint)
+        return _database_message("SQLite", exc, hint, given)
     if type(exc).__module__.lstrip("_").startswith("duckdb") and name in _DUCKDB_FILE_ERRORS:
-        return _database_message("DuckDB", exc, hint)
+        return _database_message("DuckDB", exc, hint, given)
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         where = getattr(exc, "filename", None)
         return f"no space left on the device{f' writing {where}' if where else ''}: free some space and run again"

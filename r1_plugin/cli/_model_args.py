@@ -43,9 +43,12 @@ def memory_size(text: str) -> int:
     from r1_plugin.models.placement import parse_bytes
 
     try:
-        return parse_bytes(text)
+        size = parse_bytes(text)
     except (ValueError, TypeError) as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return size
 
 
 class DeprecatedAlias(argparse.Action):

@@ -95,7 +95,7 @@ def check_out_dir(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise OutputPathError(f"{path} exists and is not a folder: give a folder for the output")
-    _check_writable(path)
+    _check_folder(path, path)
     return path
 
 
@@ -104,17 +104,21 @@ def check_out_file(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         raise OutputPathError(f"{path} is a folder: give a file name for the output")
-    _check_writable(path.parent if not path.exists() else path)
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise OutputPathError(f"cannot write {path}: permission denied")
+        return path
+    _check_folder(path.parent, path)
     return path
 
 
-def _check_writable(path: Path) -> None:
-    """Raise OutputPathError unless `path` (or the folder it would be made in) can be written."""
-    base = _nearest_existing(path)
-    if base != path and not base.is_dir():
-        raise OutputPathError(f"cannot create {path}: {base} is a file, not a folder")
-    if not os.access(base, os.W_OK | (os.X_OK if base.is_dir() else 0)):
-        raise OutputPathError(f"cannot write {path}: {base} is not writable (permission denied)")
+def _check_folder(folder: Path, target: Path) -> None:
+    """Raise OutputPathError unless `folder` exists as a writable folder or can be made (for writing `target`)."""
+    base = _nearest_existing(folder)
+    if not base.is_dir():
+        raise OutputPathError(f"cannot create {target}: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot write {target}: {base} is not writable (permission denied)")
 
 
 def make_out_dir(path: Path) -> Path:

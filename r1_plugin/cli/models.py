@@ -49,9 +49,13 @@ def run(args: argparse.Namespace) -> int:
 
 def run_plan(args: argparse.Namespace) -> int:
     """Print the plan table (and what would fit when it does not)."""
+    from pathlib import Path
+
     from r1_plugin.cli._model_args import model_kwargs_from_args
     from r1_plugin.models.placement import plan_devices
 
+    if args.model.startswith((".", "/", "~")) and not Path(args.model).expanduser().exists():
+        raise PlanCLIError(f"{args.model} does not exist: give a checkpoint folder, a config.json or a hub id")
     if args.memory_per_device is None:
         raise PlanCLIError("--memory-per-device is required: the memory of each device, e.g. 141GB or 80GiB")
     kwargs = model_kwargs_from_args(args)  # the loading flags given, as from_pretrained would get them

@@ -335,6 +335,9 @@ def _map_sae(args: argparse.Namespace) -> tuple[Any, str]:
         raise FeatureMapError("give either RELEASE SAE_ID or --sae-path PATH [SAE_ID] (not both)")
     path, sae_id = args.sae_path.expanduser(), args.release  # with --sae-path, the one positional is the SAE id
     if path.is_file():  # a Goodfire .pt state dict
+        if sae_id is not None:
+            raise FeatureMapError("give either RELEASE SAE_ID or --sae-path PATH [SAE_ID]; a .pt file holds one "
+                                  "SAE, so it takes no SAE id")
         return load_decoder(path), str(path)
     from r1_plugin.saes.local import load_sae_from_path
 

@@ -554,10 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
     """A DemoConfig from parsed options."""
-    from r1_plugin.cli._model_args import ModelArgsError, check_device
+    from r1_plugin.cli._model_args import ModelArgsError
 
-    check_device(args.device, "--device", args.n_devices or 1)  # a device this machine lacks: before any load
-    check_device(args.sae_device, "--sae-device")
     for flag in ("sae_dtype", "memory_per_device"):
         if getattr(args, flag, None) is not None:
             raise ModelArgsError(f"the demo does not take --{flag.replace('_', '-')} (it runs with the model's dtype "
@@ -598,6 +596,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0), or a usage error already printed on one line (2)
         return exc.code if isinstance(exc.code, int) else 2
     try:
+        from r1_plugin.cli._model_args import check_device
+
+        check_device(args.device, "--device", args.n_devices or 1)  # a device this machine lacks: before any load
+        check_device(args.sae_device, "--sae-device")
         result = run_demo(config_from_args(args))
     except Exception as exc:
         if debug():

@@ -319,7 +319,7 @@ def _pca_dims(text: str) -> int | str | None:
     if text == "auto":
         return "auto"
     if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"must be 'auto', 0 or a positive number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"--pca-dims must be 'auto', 0 or a positive number, got {text!r}")
     return int(text) or None
 
 

@@ -62,7 +62,7 @@ CASES: list[tuple[list[str], str]] = [
     ([*STEER, "--sweep", "0,nan"], "finite"),
     ([*STEER, "--feature", "-5"], ">= 0"),
     ([*STEER, "--width", "x"], "not an integer"),
-    ([*STEER, "--n-devices", "0"], "at least 1"),
+    ([*STEER, "--n-devices", "0"], ">= 1"),
     ([*STEER, "--device", "cuda:7"], "CUDA device"),
     ([*STEER, "--memory-per-device", "lots"], "cannot read memory size"),
     (["steer", "--model", M, "--sae-path", FILE, "--feature", "0", "--prompt", "hi"], "holds no SAE"),
@@ -114,9 +114,9 @@ CASES: list[tuple[list[str], str]] = [
     # features harvest
     ([*HARVEST, "--min-strength", "nan"], "finite"),
     ([*HARVEST, "--min-strength", "-1"], ">= 0"),
-    ([*HARVEST, "--top-k", "0"], "at least 1"),
+    ([*HARVEST, "--top-k", "0"], ">= 1"),
     ([*HARVEST, "--shard-index", "-1"], ">= 0"),
-    ([*HARVEST, "--num-shards", "0"], "at least 1"),
+    ([*HARVEST, "--num-shards", "0"], ">= 1"),
     ([*HARVEST, "--shard-index", "2", "--num-shards", "2"], "shard_index"),
     (["features", "harvest", "--model", M, "--sae-path", S, "--prompts", MISSING, "--out", OUT], "does not exist"),
     (["features", "harvest", "--model", M, "--sae-path", S, "--prompts", DIR, "--out", OUT], "is a folder"),
@@ -148,8 +148,8 @@ CASES: list[tuple[list[str], str]] = [
     (["saes"], "required: ACTION"),
     (["saes", "list", "--bogus"], "unrecognized arguments"),
     (["models", "--bogus"], "unrecognized arguments"),
-    ([*PLAN, "--n-devices", "0"], "at least 1"),
-    ([*PLAN, "--first-n-layers", "-2"], "at least 1"),
+    ([*PLAN, "--n-devices", "0"], ">= 1"),
+    ([*PLAN, "--first-n-layers", "-2"], ">= 1"),
     ([*PLAN, "--kv-cache-tokens", "-1"], ">= 0"),
     ([*PLAN, "--batch", "0"], ">= 1"),
     ([*PLAN, "--dtype", "int8"], "invalid choice"),
@@ -164,7 +164,7 @@ DEMO_CASES: list[tuple[list[str], str]] = [
     (["--max-new-tokens", "0"], ">= 1"),
     (["--strength", "nan"], "finite"),
     (["--seed", "-1"], ">= 0"),
-    (["--n-devices", "0"], "at least 1"),
+    (["--n-devices", "0"], ">= 1"),
     (["--dtype", "int8"], "invalid choice"),
     (["--device", "cuda:9"], "CUDA device"),
     (["--out", FILE], "exists and is not a folder"),
@@ -350,6 +350,36 @@ def test_map_takes_the_release_folder_steer_and_harvest_take() -> None:
     assert torch.equal(sae.W_dec, load_sae_from_path(S).W_dec) and source == S
     args.release = "layer_2"  # with --sae-path, the one positional is the SAE id
     assert torch.equal(_map_sae(args)[0].W_dec, sae.W_dec)
+
+
+def test_sink_flags_and_sink_thresholds_share_one_check(capsys: pytest.CaptureFixture[str]) -> None:
+    """`r1-plugin sinks --FLAG X` fails with the very message `SinkThresholds(FLAG=X)` raises in Python."""
+    from r1_plugin.sinks import SinkThresholdError, SinkThresholds
+
+    for field, value in (("epsilon", -1.0), ("min_sink_rate", 2.0), ("min_queries", 0), ("min_value", -3.0),
+                         ("min_ratio", float("inf")), ("chunk_size", 0)):
+        with pytest.raises(SinkThresholdError) as info:
+            SinkThresholds(**{field: value})
+        for command in (SINKS, EXP_SINKS[:-2] + ["--out", "o"]):
+            if field == "chunk_size" and command[0] == "experiment":
+                continue  # the sinks experiment runs no chunked scan
+            assert main([*command, f"--{field.replace('_', '-')}", str(value)]) == 2
+            assert str(info.value) in capsys.readouterr().err
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_a_read_only_output_folder_is_refused_before_the_work(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        assert main([*SINKS, "--out", str(ro / "out")]) == 2
+        assert_one_error_line(capsys.readouterr().err, "r1-plugin sinks", "not writable")
+        assert main(["features", "merge", str(tmp_path), "-o", str(ro / "x.ddb")]) == 2
+        assert_one_error_line(capsys.readouterr().err, "r1-plugin features merge", "not writable")
+    finally:
+        ro.chmod(0o700)
 
 
 def test_lock_conflict_is_not_called_damage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

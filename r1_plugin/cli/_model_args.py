@@ -28,14 +28,10 @@ class ModelArgsError(R1PluginError, ValueError):
 
 
 def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+    """argparse type: an integer >= 1 (r1_plugin.values.integer, as every count flag)."""
+    from r1_plugin.cli._values import count
+
+    return count()(text)
 
 
 def memory_size(text: str) -> int:

@@ -107,6 +107,14 @@ def test_prefix_check_generates_with_tracker(qwen_distill: HookedTransformer) ->
     assert none.prefix_end is None and not none.is_sink and "max_new_tokens=0" in none.reason
     with pytest.raises(SinkDetectionError, match="<think>"):
         check_response_prefix_sink(qwen_distill, "no chat format here")
+    # The thresholds as one SinkThresholds; the old keywords still work for one release, with a warning.
+    th = SinkThresholds(epsilon=0.2, min_queries=3)
+    new = check_response_prefix_sink(qwen_distill, text, max_new_tokens=12, thresholds=th)
+    with pytest.warns(DeprecationWarning, match="check_response_prefix_sink"):
+        old = check_response_prefix_sink(qwen_distill, text, max_new_tokens=12, epsilon=0.2, min_queries=3)
+    assert new.report.epsilon == old.report.epsilon == 0.2 and new.report.min_queries == 3
+    torch.testing.assert_close(new.report.sink_rate, old.report.sink_rate, rtol=0, atol=0)
+    assert (new.prefix_end, new.is_sink, new.reason) == (old.prefix_end, old.is_sink, old.reason)
 
 
 # --- outputs: DataFrame, PNG, HTML, W&B, CLI --------------------------------------------------------------------

@@ -66,14 +66,10 @@ def infer_d_in(model_name: str, hook_name: str) -> int:
     from transformers import AutoConfig
 
     official = get_official_model_name(model_name)
-    try:
-        hf_config = AutoConfig.from_pretrained(official)
-    except OSError as exc:
-        from r1_plugin.errors import MissingFromCacheError, is_missing_file_error
+    from r1_plugin.errors import missing_from_cache
 
-        if is_missing_file_error(exc):
-            raise MissingFromCacheError(official, "config.json", str(exc)) from exc
-        raise
+    with missing_from_cache(official, "config.json", detail=True):
+        hf_config = AutoConfig.from_pretrained(official)
     return int(hf_config.hidden_size)
 
 

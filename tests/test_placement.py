@@ -136,7 +136,7 @@ def test_patched_device_lookup_follows_the_plan() -> None:
     from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
 
     from r1_plugin._patches import tl_deepseek
-    from r1_plugin._patches._marks import hooked_transformer_module as ht_module
+    from r1_plugin._patches._hooked import hooked_transformer_module as ht_module
 
     tl_deepseek.apply()  # idempotent: still one wrapper deep
     assert not getattr(ht_module.get_device_for_block_index.__wrapped_original__, "_r1_plugin_patched", False)

@@ -92,6 +92,9 @@ def input_error_message(exc: BaseException, args: argparse.Namespace | None = No
     hint = f" (reading {', '.join(given)}: is the file damaged or incomplete? fetch it again)" if given else (
         " (is the file damaged or incomplete? fetch it again)"
     )
+    not_damaged = _not_damaged_hint(str(exc))  # a lock, a full disk or no write access: the file is fine
+    if not_damaged and (isinstance(exc, sqlite3.DatabaseError) or type(exc).__module__.lstrip("_").startswith("duckdb")):
+        return f"{one_line(exc)} ({not_damaged})"
     if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
         exc, (sqlite3.ProgrammingError, sqlite3.InterfaceError)
     ):
@@ -104,6 +107,17 @@ def input_error_message(exc: BaseException, args: argparse.Namespace | None = No
     if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
                         FileExistsError)) and getattr(exc, "filename", None):
         return f"{exc.strerror or name}: {exc.filename}"
+    return None
+
+
+def _not_damaged_hint(message: str) -> str | None:
+    """What to do when a database error is a lock conflict, a full disk or missing write access, not damage."""
+    if "Conflicting lock" in message or "Could not set lock" in message or "database is locked" in message:
+        return "another process has the database open: close it or wait for it to finish, then rerun"
+    if "No space left on device" in message:
+        return "no space left: free some space there or write elsewhere, then rerun"
+    if any(t in message for t in ("Permission denied", "Read-only file system", "attempt to write a readonly")):
+        return "no permission to write there: choose a folder you can write to"
     return None
 
 

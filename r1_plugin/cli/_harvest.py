@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,8 @@ def add_harvest_parser(actions: Any) -> argparse.ArgumentParser:
     how.add_argument("--shard-index", type=count(at_least=0), default=0, help="this machine's shard (default 0)")
     how.add_argument("--num-shards", type=positive_int, default=1, help="number of shards (default 1)")
     how.add_argument("--checkpoint-every", type=positive_int, default=16, help="batches between checkpoints (default 16)")
+    how.add_argument("--chunk-size", type=positive_int, default=512,
+                     help="positions per forward chunk: memory linear in prompt length (default 512)")
     how.add_argument("--keep-special", action="store_true",
                      help="also encode BOS and special tokens (default: left out; R1's BOS would dominate)")
     how.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -93,6 +96,8 @@ def run_harvest(args: argparse.Namespace) -> int:
     check_tracking_args(args)  # a bad W&B mode fails before the model loads
     release, sae_id, path = sae_source(args, required=True)
     prompts = read_prompts(args.prompts)
+    if not math.isfinite(args.min_strength):
+        raise HarvestCLIError(f"--min-strength must be a finite number, got {args.min_strength}")
     try:
         shard_range(len(prompts), args.shard_index, args.num_shards)
     except ValueError as exc:
@@ -106,7 +111,7 @@ def run_harvest(args: argparse.Namespace) -> int:
         hook_name=args.hook, top_k=args.top_k, batch_size=args.batch_size, max_length=args.max_length,
         min_strength=args.min_strength, exclude_special=not args.keep_special, shard_index=args.shard_index,
         num_shards=args.num_shards,
-        checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
+        checkpoint_every=args.checkpoint_every, chunk_size=args.chunk_size, progress=not args.no_progress,
     )
     with tracker_from_args(args, "features", config) as tracker:
         try:

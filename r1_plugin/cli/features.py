@@ -102,6 +102,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     dl.add_argument("--csv", action="store_true", help="labels as autointerp.csv instead of autointerp.db")
     dl.add_argument("--base-url", help="bucket URL (default: $R1_FEATURES_BASE_URL or Goodfire's S3 bucket)")
     dl.add_argument("--yes", action="store_true", help="do not ask before a download over 10 GB")
+    dl.add_argument(
+        "--stall-timeout", type=float, default=60.0, metavar="SECONDS",
+        help="give up when no byte arrives for this long; the .part is kept and a re-run resumes (default 60)",
+    )  # fmt: skip
+    dl.add_argument(
+        "--check-remote", action="store_true",
+        help="also ask the server whether finished files changed, and fetch new versions (default: finished "
+        "files are verified from their records, offline)",
+    )  # fmt: skip
 
     merge = actions.add_parser("merge", help="merge harvest shards into one .ddb in Goodfire's schema")
     merge.add_argument("shards", nargs="+", type=Path, help="shard directories, or one harvest output folder")
@@ -294,10 +303,13 @@ def _show(args: argparse.Namespace) -> int:
 
 def _download(args: argparse.Namespace) -> int:
     from r1_plugin.features.download import download
+    from r1_plugin.values import positive
 
+    stall = positive("--stall-timeout", args.stall_timeout)
     paths = download(
         args.sae, args.sample, args.dest, activations=not args.labels_only,
         labels_format="csv" if args.csv else "db", base=args.base_url, yes=args.yes,
+        stall_timeout=stall, check_remote=args.check_remote,
     )  # fmt: skip
     for path in paths:
         print(path)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from r1_plugin._patches.sae_lens_demo import register_tied_topk
 from r1_plugin.demo import assets
 from r1_plugin.demo.synthetic import (
     PUBLISHED_EXTRA_CONFIG,
@@ -297,62 +298,6 @@ class SAETrainingConfig:
     n_eval_traces: int = 200
 
 
-TIED_TOPK_ARCHITECTURE = "r1_plugin_tied_topk"
-
-
-def register_tied_topk() -> str:
-    """Register with SAELens a top-k SAE whose encoder is the decoder's transpose (Goodfire's tied `W`); idempotent.
-
-    Goodfire's file stores one matrix `W` used as `x @ W` to encode and `f @ W.T` to decode; an untied SAE cannot be
-    written in that format without changing what it computes, so the SAE is trained tied: SAELens's own top-k
-    training class (aux-k loss, evaluator, W&B logging) with `W_dec.T` in place of `W_enc` in the forward pass.
-    Registered through SAELens's `register_sae_training_class` / `register_sae_class` (only by this build stage).
-    """
-    from sae_lens.registry import (
-        SAE_CLASS_REGISTRY,
-        SAE_TRAINING_CLASS_REGISTRY,
-        register_sae_class,
-        register_sae_training_class,
-    )
-    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
-
-    if TIED_TOPK_ARCHITECTURE in SAE_TRAINING_CLASS_REGISTRY:
-        return TIED_TOPK_ARCHITECTURE
-
-    @dataclass
-    class TiedTopKSAEConfig(TopKSAEConfig):
-        """Inference config of the tied top-k SAE (SAELens needs one per training architecture)."""
-
-        @classmethod
-        def architecture(cls) -> str:
-            """SAELens architecture name."""
-            return TIED_TOPK_ARCHITECTURE
-
-    @dataclass
-    class TiedTopKTrainingSAEConfig(TopKTrainingSAEConfig):
-        """Training config of the tied top-k SAE."""
-
-        @classmethod
-        def architecture(cls) -> str:
-            """SAELens architecture name."""
-            return TIED_TOPK_ARCHITECTURE
-
-    class TiedTopKTrainingSAE(TopKTrainingSAE):
-        """Top-k training SAE with the encoder tied to the decoder (its own W_enc is unused)."""
-
-        def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            """Pre-activations `x @ W_dec.T + b_enc`, then SAELens's top-k."""
-            sae_in = self.process_sae_in(x)
-            hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_dec.T + self.b_enc)
-            feature_acts = self.hook_sae_acts_post(self.activation_fn(hidden_pre))
-            return feature_acts, hidden_pre
-
-    if TIED_TOPK_ARCHITECTURE not in SAE_CLASS_REGISTRY:
-        register_sae_class(TIED_TOPK_ARCHITECTURE, TopKSAE, TiedTopKSAEConfig)
-    register_sae_training_class(TIED_TOPK_ARCHITECTURE, TiedTopKTrainingSAE, TiedTopKTrainingSAEConfig)
-    return TIED_TOPK_ARCHITECTURE
-
-
 def goodfire_encode(state: dict[str, torch.Tensor], x: torch.Tensor, k: int) -> torch.Tensor:
     """Goodfire's reference encode (per-token top-k): `topk(relu(x @ W + b_enc))`."""
     pre = torch.relu(x @ state["W"] + state["b_enc"])
@@ -434,7 +379,7 @@ def build_sae(
         assets.SAE_HOOK,
         d_sae=d_sae,
         d_in=d_in,
-        architecture=register_tied_topk(),
+        architecture=register_tied_topk(),  # SAELens's registries: written only by r1_plugin._patches
         sae_kwargs={"k": cfg.k, "apply_b_dec_to_input": False, "rescale_acts_by_decoder_norm": False},
         context_size=cfg.context_size,
         training_tokens=cfg.training_tokens,

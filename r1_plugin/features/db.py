@@ -128,16 +128,6 @@ def _schema_hint(tables: dict[str, tuple[str, ...]]) -> str:
     return "; ".join(f"{t}({', '.join(cols)})" for t, cols in tables.items())
 
 
-def _to_float(value: Any) -> float | None:
-    """Goodfire's SQLite stores scores as text in some versions: read them as floats, or None."""
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 class FeatureDB:
     """A read-only view of one SAE's feature database: `label`, `search` and `top_examples`.
 
@@ -166,7 +156,8 @@ class FeatureDB:
         locations = [loc for loc in (self.labels_path, self.activations_path) if is_remote(loc)]
         if s3 is not None and not any(str(loc).lower().startswith("s3://") for loc in locations):
             raise FeatureDBError("`s3` options apply to s3:// locations only; none was given")
-        # No extension is ever downloaded: httpfs, when needed, is loaded from its PyPI wheel.
+        # No extension is auto-installed: httpfs, when needed, comes from its PyPI wheel, else from DuckDB's
+        # extension directory or repository (remote.load_httpfs says which, and fails clearly offline).
         self._con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False})
         self._reads_mark = 0
         try:

@@ -54,8 +54,11 @@ def folder_architecture(folder: Path) -> str:
     config_path = folder / "config.json"
     try:
         archs = json.loads(config_path.read_text()).get("architectures") or []
-    except (OSError, json.JSONDecodeError, AttributeError) as exc:
-        raise UnsupportedArchitectureError(f"{config_path} is not a readable HF config.json: {exc}") from exc
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise UnsupportedArchitectureError(
+            f"{config_path} is not a readable HF config.json ({exc}); fetch it again, e.g. `hf download <repo> "
+            f"config.json --local-dir {folder} --force-download`"
+        ) from exc
     return str(archs[0]) if archs else ""
 
 

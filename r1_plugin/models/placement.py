@@ -70,14 +70,10 @@ def read_config(name_or_config: Any) -> tuple[dict[str, Any], str]:
     repo = spec.hf_id if spec is not None else str(name_or_config)
     from huggingface_hub import hf_hub_download
 
-    from r1_plugin.errors import MissingFromCacheError, is_missing_file_error
+    from r1_plugin.errors import missing_from_cache
 
-    try:
+    with missing_from_cache(repo, "config.json"):
         config_path = hf_hub_download(repo, "config.json")
-    except Exception as exc:
-        if is_missing_file_error(exc):
-            raise MissingFromCacheError(repo, "config.json") from exc
-        raise
     return json.loads(Path(config_path).read_text()), repo
 
 

@@ -50,11 +50,6 @@ def lookup(name: str) -> ModelSpec | None:
     return _BY_NAME.get(name.lower())
 
 
-def all_names() -> list[str]:
-    """Every registered HF id and alias."""
-    return [name for spec in ALL_MODELS for name in (spec.hf_id, *spec.aliases)]
-
-
 def closest_names(name: str, candidates: list[str], n: int = 5) -> list[str]:
     """The registered names closest to a misspelt one, best first."""
     lowered = {c.lower(): c for c in candidates}

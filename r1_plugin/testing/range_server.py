@@ -6,6 +6,14 @@ its method, path, Range header, status and body bytes, so a test can check that 
 than whole files. `latency` adds a fixed delay per request, as a far-away server would. Bound to 127.0.0.1 in
 a daemon thread, with a socket timeout and a cap on the number of requests, so a runaway client cannot hang a
 test.
+
+`If-Range` is honoured (a Range whose validator no longer matches gets the whole file, 200). `faults` (a
+`Faults`, mutable while serving) makes it a broken or hostile server for fault tests: an error status for every
+request, no HEAD (405) or a HEAD without Content-Length, a GET whose Content-Length is missing, smaller than
+the body or larger than it (`length`, `body_limit`), a transfer that stalls after some bytes (`stall_after`,
+held open at most `stall_hold` seconds), a slow link (`rate` bytes/s), no validators, a careless server that
+ignores If-Range, and one that answers a Range with other bytes (`range_shift`). Every stall is bounded and
+ends when the client hangs up or the server stops.
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import re
+import select
+import socket
 import threading
 import time
 import urllib.parse
@@ -20,6 +30,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 CHUNK = 1024 * 1024
@@ -34,17 +45,40 @@ class Request:
     range: str | None  # the Range header as sent, None for a whole-file request
     status: int
     nbytes: int  # body bytes sent
+    if_range: str | None = None  # the If-Range header as sent
+
+
+@dataclass
+class Faults:
+    """How the server misbehaves (all off by default); change the fields between or during requests."""
+
+    status: int | None = None  # answer every request with this status and an empty body (e.g. 500)
+    head: Literal["ok", "405", "no-length"] = "ok"  # HEAD refused, or answered without Content-Length
+    length: Literal["true", "sent", "none"] = "true"  # GET's Content-Length: the span, what is sent, or none
+    body_limit: int | None = None  # a GET sends at most this many body bytes, then closes the connection
+    stall_after: int | None = None  # a GET sends this many body bytes, then nothing (connection held open)
+    stall_hold: float = 30.0  # how long a stalled GET holds the connection at most
+    rate: float | None = None  # body bytes per second (a slow link); None: as fast as possible
+    validators: bool = True  # send ETag and Last-Modified
+    honour_if_range: bool = True  # False: a careless server that ignores If-Range
+    range_shift: int = 0  # answer a Range request with the bytes this much further on (a broken server)
 
 
 class RangeServer:
     """Serve `files` (URL path -> local file) on 127.0.0.1 with HEAD, GET and single-range GET; log requests."""
 
     def __init__(
-        self, files: dict[str, str | Path], latency: float = 0.0, max_requests: int = 1_000_000
+        self,
+        files: dict[str, str | Path],
+        latency: float = 0.0,
+        max_requests: int = 1_000_000,
+        faults: Faults | None = None,
     ) -> None:
         self.files = {k.strip("/"): Path(v) for k, v in files.items()}
         self.latency = float(latency)
         self.max_requests = int(max_requests)
+        self.faults = faults if faults is not None else Faults()
+        self._stopping = threading.Event()
         self.requests: list[Request] = []
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # signalled when no request is being handled
@@ -79,6 +113,12 @@ class RangeServer:
     def bytes_sent(self) -> int:
         """Body bytes sent since the last reset."""
         return sum(r.nbytes for r in self.log())
+
+    def etag(self, key: str) -> str:
+        """The strong ETag the server sends for the file at `key` now (it changes when the file does)."""
+        key = key.strip("/")
+        stat = self.files[key].stat()
+        return '"' + hashlib.sha1(f"{key}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest() + '"'
 
     def _begin(self) -> int:
         """A handler starts: count it in flight; returns how many requests were recorded so far."""
@@ -121,14 +161,26 @@ class RangeServer:
             def _serve(self, body: bool, served: int) -> None:
                 if server.latency:
                     time.sleep(server.latency)
+                faults = server.faults
                 key = urllib.parse.unquote(self.path.split("?", 1)[0]).strip("/")
                 rng = self.headers.get("Range")
+                self._if_range = self.headers.get("If-Range")
                 if served >= server.max_requests:
                     return self._fail(503, key, rng)
+                if faults.status is not None:
+                    return self._fail(faults.status, key, rng)
+                if not body and faults.head == "405":
+                    return self._fail(405, key, rng)
                 path = server.files.get(key)
                 if path is None or not path.is_file():
                     return self._fail(404, key, rng)
-                size = path.stat().st_size
+                stat = path.stat()
+                size = stat.st_size
+                etag = server.etag(key)
+                modified = email.utils.formatdate(stat.st_mtime, usegmt=True)
+                if rng is not None and self._if_range is not None and faults.honour_if_range:
+                    if self._if_range not in (etag, modified):
+                        rng = None  # the file changed since the client's copy: send all of it (RFC 9110)
                 start, end, status = 0, size - 1, 200
                 if rng is not None:
                     match = _RANGE.match(rng.strip())
@@ -142,33 +194,83 @@ class RangeServer:
                     if start >= size or start > end:
                         return self._fail(416, key, rng, size)
                     status = 206
-                stat = path.stat()
+                    start = min(start + faults.range_shift, end)
+                span = end - start + 1
+                sending = span if not body or faults.body_limit is None else min(span, faults.body_limit)
                 self.send_response(status)
-                self.send_header("Content-Length", str(end - start + 1))
+                if not body:
+                    if faults.head != "no-length":
+                        self.send_header("Content-Length", str(span))
+                elif faults.length == "true":
+                    self.send_header("Content-Length", str(span))
+                elif faults.length == "sent":
+                    self.send_header("Content-Length", str(sending))
+                else:  # no length: the body ends when the connection closes
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Accept-Ranges", "bytes")
-                self.send_header("Last-Modified", email.utils.formatdate(stat.st_mtime, usegmt=True))
-                etag = hashlib.sha1(f"{key}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
-                self.send_header("ETag", f'"{etag}"')
+                if faults.validators:
+                    self.send_header("Last-Modified", modified)
+                    self.send_header("ETag", etag)
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
                 self.end_headers()
                 sent = 0
                 if body:
-                    with path.open("rb") as fh:
-                        fh.seek(start)
-                        remaining = end - start + 1
-                        while remaining > 0:
-                            chunk = fh.read(min(CHUNK, remaining))
-                            if not chunk:
-                                break
+                    if sending < span:
+                        self.close_connection = True  # a short body: the client sees the connection close
+                    sent = self._send_body(path, start, sending, faults)
+                self._request = Request(
+                    self.command, key, self.headers.get("Range"), status, sent, self._if_range
+                )
+
+            def _send_body(self, path: Path, start: int, count: int, faults: Faults) -> int:
+                """Send `count` bytes of `path` from `start`, slowed to `faults.rate`, stalling after
+                `faults.stall_after`; returns the bytes sent (fewer if the client hung up)."""
+                stall = faults.stall_after
+                step = CHUNK if faults.rate is None else max(1, int(faults.rate / 20))
+                sent = 0
+                began = time.monotonic()
+                with path.open("rb") as fh:
+                    fh.seek(start)
+                    while sent < count:
+                        if stall is not None and sent >= stall:
+                            self._hold(faults.stall_hold)
+                            self.close_connection = True
+                            break
+                        limit = count - sent if stall is None else min(count, stall) - sent
+                        chunk = fh.read(min(step, limit))
+                        if not chunk:
+                            break
+                        try:
                             self.wfile.write(chunk)
-                            sent += len(chunk)
-                            remaining -= len(chunk)
-                self._request = Request(self.command, key, rng, status, sent)
+                            self.wfile.flush()
+                        except (BrokenPipeError, ConnectionResetError):
+                            self.close_connection = True
+                            break
+                        sent += len(chunk)
+                        if faults.rate is not None:  # sleep until this many bytes are due at `rate`
+                            delay = began + sent / faults.rate - time.monotonic()
+                            if delay > 0 and server._stopping.wait(delay):
+                                break
+                return sent
+
+            def _hold(self, seconds: float) -> None:
+                """Send nothing for up to `seconds`: until the client hangs up or the server stops."""
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline and not server._stopping.is_set():
+                    readable, _, _ = select.select([self.connection], [], [], 0.05)
+                    if readable:
+                        try:
+                            if not self.connection.recv(1, socket.MSG_PEEK):
+                                return  # the client closed the connection
+                        except OSError:
+                            return
+                        time.sleep(0.05)  # the client sent more (ignored): keep stalling
 
             def _fail(self, status: int, key: str, rng: str | None, size: int | None = None) -> None:
-                self._request = Request(self.command, key, rng, status, 0)
+                self._request = Request(self.command, key, rng, status, 0, self.headers.get("If-Range"))
                 self.send_response(status)
                 if size is not None:
                     self.send_header("Content-Range", f"bytes */{size}")
@@ -183,7 +285,8 @@ class RangeServer:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
+        """Stop serving (ending any stalled or slowed response) and close the socket."""
+        self._stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=10)

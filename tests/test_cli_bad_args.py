@@ -113,7 +113,7 @@ CASES: list[tuple[list[str], str]] = [
     ([*MAP, "--device", "cuda:7"], "CUDA device"),
     # features harvest
     ([*HARVEST, "--min-strength", "nan"], "finite"),
-    ([*HARVEST, "--min-strength", "-1"], ">= 0"),
+    ([*HARVEST, "--min-strength", "inf"], "finite"),
     ([*HARVEST, "--top-k", "0"], ">= 1"),
     ([*HARVEST, "--shard-index", "-1"], ">= 0"),
     ([*HARVEST, "--num-shards", "0"], ">= 1"),
@@ -383,7 +383,7 @@ def test_a_read_only_output_folder_is_refused_before_the_work(tmp_path: Path,
 
 
 def test_lock_conflict_is_not_called_damage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A database another process holds: 'in use by another process', not 'damaged? fetch it again'."""
+    """A database another process holds: 'another process has the database open', not 'damaged? fetch it again'."""
     import shutil
 
     db = tmp_path / "acts.ddb"
@@ -398,5 +398,5 @@ def test_lock_conflict_is_not_called_damage(tmp_path: Path, capsys: pytest.Captu
         holder.kill()
         holder.wait()
     err = capsys.readouterr().err
-    assert_one_error_line(err, "r1-plugin features", "in use by another process")
+    assert_one_error_line(err, "r1-plugin features show", "another process has the database open")
     assert "damaged" not in err

@@ -38,11 +38,6 @@ def one_line(message: object) -> str:
 
 _DUCKDB_FILE_ERRORS = ("IOException", "SerializationException", "PermissionException", "InvalidInputException",
                        "ConversionException")
-# Words of a database error that is not damage: the file is in use, or the path cannot be opened or written.
-_LOCKED = ("could not set lock", "conflicting lock", "database is locked")
-_UNWRITABLE = ("permission denied", "read-only file system", "not a directory", "no such file or directory",
-               "is a directory", "unable to open database file", "attempt to write a readonly database",
-               "cannot open file", "no space left")
 
 
 def report_failure(prog: str, exc: BaseException, args: argparse.Namespace | None = None) -> int:
@@ -60,14 +55,9 @@ def report_failure(prog: str, exc: BaseException, args: argparse.Namespace | Non
 
 
 def _database_message(kind: str, exc: BaseException, hint: str, given: list[str] | None = None) -> str:
-    """One line for a database error: in use, not openable/writable, a bad value, or damaged (`hint`)."""
+    """One line for a database error that is not a lock, a full disk or a path (`_not_damaged_hint`): a value of
+    the wrong type, or a damaged file (`hint`)."""
     first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-    low = str(exc).lower()
-    if any(word in low for word in _LOCKED):
-        return (f"the {kind} database is in use by another process: {first} (let that process finish or close it, "
-                "then run again)")
-    if any(word in low for word in _UNWRITABLE):
-        return f"cannot open or write the {kind} database: {first} (check the path and its permissions)"
     if type(exc).__name__ == "ConversionException":
         files = ", ".join(given or []) or f"the {kind} database"
         return f"cannot read {files}: a value has the wrong type ({first}); feature ids must be integers"
@@ -118,6 +108,8 @@ def _not_damaged_hint(message: str) -> str | None:
         return "no space left: free some space there or write elsewhere, then rerun"
     if any(t in message for t in ("Permission denied", "Read-only file system", "attempt to write a readonly")):
         return "no permission to write there: choose a folder you can write to"
+    if any(t in message for t in ("Not a directory", "Is a directory", "No such file or directory")):
+        return "the path cannot be opened as a database file: check it"
     return None
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ class HarvestCLIError(R1PluginError, ValueError):
 def add_harvest_parser(actions: Any) -> argparse.ArgumentParser:
     """Register `features harvest` on the `features` actions."""
     from r1_plugin.cli._model_args import add_model_args, add_sae_source_args, positive_int
-    from r1_plugin.cli._values import count, in_file, nonnegative_float, out_dir
+    from r1_plugin.cli._values import count, finite_float, in_file, out_dir
     from r1_plugin.tracking import add_tracking_args
 
     parser = actions.add_parser("harvest", help="run a model + SAE over prompts into a feature DB shard")
@@ -40,8 +39,8 @@ def add_harvest_parser(actions: Any) -> argparse.ArgumentParser:
     how.add_argument("--top-k", type=positive_int, default=64, help="activations kept per feature (default 64)")
     how.add_argument("--batch-size", type=positive_int, default=8, help="prompts per forward (default 8)")
     how.add_argument("--max-length", type=positive_int, default=512, help="tokens per prompt at most (default 512)")
-    how.add_argument("--min-strength", type=nonnegative_float, default=0.0,
-                     help="keep activations above this, a finite number >= 0 (default 0)")
+    how.add_argument("--min-strength", type=finite_float, default=0.0,
+                     help="keep activations above this, a finite number, as harvest() checks it (default 0)")
     how.add_argument("--shard-index", type=count(at_least=0), default=0, help="this machine's shard (default 0)")
     how.add_argument("--num-shards", type=positive_int, default=1, help="number of shards (default 1)")
     how.add_argument("--checkpoint-every", type=positive_int, default=16, help="batches between checkpoints (default 16)")
@@ -96,8 +95,6 @@ def run_harvest(args: argparse.Namespace) -> int:
     check_tracking_args(args)  # a bad W&B mode fails before the model loads
     release, sae_id, path = sae_source(args, required=True)
     prompts = read_prompts(args.prompts)
-    if not math.isfinite(args.min_strength):
-        raise HarvestCLIError(f"--min-strength must be a finite number, got {args.min_strength}")
     try:
         shard_range(len(prompts), args.shard_index, args.num_shards)
     except ValueError as exc:

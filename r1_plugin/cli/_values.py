@@ -118,7 +118,10 @@ def _check_folder(folder: Path, target: Path) -> None:
     if not base.is_dir():
         raise OutputPathError(f"cannot create {target}: {base} is a file, not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
-        raise OutputPathError(f"cannot write {target}: {base} is not writable (permission denied)")
+        read_only = hasattr(os, "statvfs") and bool(os.statvfs(base).f_flag & getattr(os, "ST_RDONLY", 1))
+        reason = "Read-only file system" if read_only else "Permission denied"
+        raise OutputPathError(f"cannot write {target}: {base} is not writable ({reason}; no permission to write "
+                              "there: choose a folder you can write to)")
 
 
 def make_out_dir(path: Path) -> Path:

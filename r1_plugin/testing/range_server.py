@@ -135,149 +135,8 @@ class RangeServer:
             self._idle.notify_all()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            timeout = 30
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib's name)
-                pass
-
-            def do_HEAD(self) -> None:  # noqa: N802 (stdlib's name)
-                self._handle(body=False)
-
-            def do_GET(self) -> None:  # noqa: N802 (stdlib's name)
-                self._handle(body=True)
-
-            def _handle(self, body: bool) -> None:
-                self._request: Request | None = None
-                served = server._begin()
-                try:
-                    self._serve(body, served)
-                finally:
-                    server._end(self._request)
-
-            def _serve(self, body: bool, served: int) -> None:
-                if server.latency:
-                    time.sleep(server.latency)
-                faults = server.faults
-                key = urllib.parse.unquote(self.path.split("?", 1)[0]).strip("/")
-                rng = self.headers.get("Range")
-                self._if_range = self.headers.get("If-Range")
-                if served >= server.max_requests:
-                    return self._fail(503, key, rng)
-                if faults.status is not None:
-                    return self._fail(faults.status, key, rng)
-                if not body and faults.head == "405":
-                    return self._fail(405, key, rng)
-                path = server.files.get(key)
-                if path is None or not path.is_file():
-                    return self._fail(404, key, rng)
-                stat = path.stat()
-                size = stat.st_size
-                etag = server.etag(key)
-                modified = email.utils.formatdate(stat.st_mtime, usegmt=True)
-                if rng is not None and self._if_range is not None and faults.honour_if_range:
-                    if self._if_range not in (etag, modified):
-                        rng = None  # the file changed since the client's copy: send all of it (RFC 9110)
-                start, end, status = 0, size - 1, 200
-                if rng is not None:
-                    match = _RANGE.match(rng.strip())
-                    if match is None or not (match.group(1) or match.group(2)):
-                        return self._fail(416, key, rng, size)
-                    first, last = match.groups()
-                    if first:
-                        start, end = int(first), min(int(last), size - 1) if last else size - 1
-                    else:  # a suffix range: the last N bytes
-                        start = max(size - int(last), 0)
-                    if start >= size or start > end:
-                        return self._fail(416, key, rng, size)
-                    status = 206
-                    start = min(start + faults.range_shift, end)
-                span = end - start + 1
-                sending = span if not body or faults.body_limit is None else min(span, faults.body_limit)
-                self.send_response(status)
-                if not body:
-                    if faults.head != "no-length":
-                        self.send_header("Content-Length", str(span))
-                elif faults.length == "true":
-                    self.send_header("Content-Length", str(span))
-                elif faults.length == "sent":
-                    self.send_header("Content-Length", str(sending))
-                else:  # no length: the body ends when the connection closes
-                    self.send_header("Connection", "close")
-                    self.close_connection = True
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Accept-Ranges", "bytes")
-                if faults.validators:
-                    self.send_header("Last-Modified", modified)
-                    self.send_header("ETag", etag)
-                if status == 206:
-                    self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-                self.end_headers()
-                sent = 0
-                if body:
-                    if sending < span:
-                        self.close_connection = True  # a short body: the client sees the connection close
-                    sent = self._send_body(path, start, sending, faults)
-                self._request = Request(
-                    self.command, key, self.headers.get("Range"), status, sent, self._if_range
-                )
-
-            def _send_body(self, path: Path, start: int, count: int, faults: Faults) -> int:
-                """Send `count` bytes of `path` from `start`, slowed to `faults.rate`, stalling after
-                `faults.stall_after`; returns the bytes sent (fewer if the client hung up)."""
-                stall = faults.stall_after
-                step = CHUNK if faults.rate is None else max(1, int(faults.rate / 20))
-                sent = 0
-                began = time.monotonic()
-                with path.open("rb") as fh:
-                    fh.seek(start)
-                    while sent < count:
-                        if stall is not None and sent >= stall:
-                            self._hold(faults.stall_hold)
-                            self.close_connection = True
-                            break
-                        limit = count - sent if stall is None else min(count, stall) - sent
-                        chunk = fh.read(min(step, limit))
-                        if not chunk:
-                            break
-                        try:
-                            self.wfile.write(chunk)
-                            self.wfile.flush()
-                        except (BrokenPipeError, ConnectionResetError):
-                            self.close_connection = True
-                            break
-                        sent += len(chunk)
-                        if faults.rate is not None:  # sleep until this many bytes are due at `rate`
-                            delay = began + sent / faults.rate - time.monotonic()
-                            if delay > 0 and server._stopping.wait(delay):
-                                break
-                return sent
-
-            def _hold(self, seconds: float) -> None:
-                """Send nothing for up to `seconds`: until the client hangs up or the server stops."""
-                deadline = time.monotonic() + seconds
-                while time.monotonic() < deadline and not server._stopping.is_set():
-                    readable, _, _ = select.select([self.connection], [], [], 0.05)
-                    if readable:
-                        try:
-                            if not self.connection.recv(1, socket.MSG_PEEK):
-                                return  # the client closed the connection
-                        except OSError:
-                            return
-                        time.sleep(0.05)  # the client sent more (ignored): keep stalling
-
-            def _fail(self, status: int, key: str, rng: str | None, size: int | None = None) -> None:
-                self._request = Request(self.command, key, rng, status, 0, self.headers.get("If-Range"))
-                self.send_response(status)
-                if size is not None:
-                    self.send_header("Content-Range", f"bytes */{size}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        return Handler
+        """The request handler class for this server (the stdlib server builds one handler per request)."""
+        return type("Handler", (_RangeHandler,), {"range_server": self})
 
     def start(self) -> RangeServer:
         """Start serving in the background thread."""
@@ -298,3 +157,171 @@ class RangeServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def byte_range(header: str, size: int, shift: int = 0) -> tuple[int, int] | None:
+    """The (first, last) byte a single-range `Range` header asks of a `size`-byte file; None: unsatisfiable (416).
+
+    `shift` moves the start that many bytes on (a broken server, see `Faults.range_shift`)."""
+    match = _RANGE.match(header.strip())
+    if match is None or not (match.group(1) or match.group(2)):
+        return None
+    first, last = match.groups()
+    if first:
+        start, end = int(first), min(int(last), size - 1) if last else size - 1
+    else:  # a suffix range: the last N bytes
+        start, end = max(size - int(last), 0), size - 1
+    if start >= size or start > end:
+        return None
+    return min(start + shift, end), end
+
+
+class _RangeHandler(BaseHTTPRequestHandler):
+    """Answers HEAD and GET for the files of `range_server` (set on the subclass `RangeServer._handler` makes)."""
+
+    range_server: RangeServer
+    protocol_version = "HTTP/1.1"
+    timeout = 30
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib's name)
+        pass
+
+    def do_HEAD(self) -> None:  # noqa: N802 (stdlib's name)
+        self._handle(body=False)
+
+    def do_GET(self) -> None:  # noqa: N802 (stdlib's name)
+        self._handle(body=True)
+
+    def _handle(self, body: bool) -> None:
+        self._request: Request | None = None
+        server = self.range_server
+        served = server._begin()
+        try:
+            self._serve(body, served)
+        finally:
+            server._end(self._request)
+
+    def _refusal(self, body: bool, served: int, key: str) -> int | None:
+        """The error status this request gets before any file is read (a fault, a cap, no such file), if any."""
+        server = self.range_server
+        faults = server.faults
+        if served >= server.max_requests:
+            return 503
+        if faults.status is not None:
+            return faults.status
+        if not body and faults.head == "405":
+            return 405
+        path = server.files.get(key)
+        if path is None or not path.is_file():
+            return 404
+        return None
+
+    def _serve(self, body: bool, served: int) -> None:
+        server = self.range_server
+        if server.latency:
+            time.sleep(server.latency)
+        faults = server.faults
+        key = urllib.parse.unquote(self.path.split("?", 1)[0]).strip("/")
+        rng = self.headers.get("Range")
+        self._if_range = self.headers.get("If-Range")
+        refusal = self._refusal(body, served, key)
+        if refusal is not None:
+            return self._fail(refusal, key, rng)
+        path = server.files[key]
+        stat = path.stat()
+        size = stat.st_size
+        etag = server.etag(key)
+        modified = email.utils.formatdate(stat.st_mtime, usegmt=True)
+        if rng is not None and self._if_range is not None and faults.honour_if_range:
+            if self._if_range not in (etag, modified):
+                rng = None  # the file changed since the client's copy: send all of it (RFC 9110)
+        start, end, status = 0, size - 1, 200
+        if rng is not None:
+            asked = byte_range(rng, size, faults.range_shift)
+            if asked is None:
+                return self._fail(416, key, rng, size)
+            (start, end), status = asked, 206
+        span = end - start + 1
+        sending = span if not body or faults.body_limit is None else min(span, faults.body_limit)
+        self.send_response(status)
+        self._send_length(body, span, sending)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Accept-Ranges", "bytes")
+        if faults.validators:
+            self.send_header("Last-Modified", modified)
+            self.send_header("ETag", etag)
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.end_headers()
+        sent = 0
+        if body:
+            if sending < span:
+                self.close_connection = True  # a short body: the client sees the connection close
+            sent = self._send_body(path, start, sending, faults)
+        self._request = Request(self.command, key, self.headers.get("Range"), status, sent, self._if_range)
+
+    def _send_length(self, body: bool, span: int, sending: int) -> None:
+        """The Content-Length header `faults` ask for: the span, the bytes sent, or none (the connection closes)."""
+        faults = self.range_server.faults
+        if not body:
+            if faults.head != "no-length":
+                self.send_header("Content-Length", str(span))
+        elif faults.length == "true":
+            self.send_header("Content-Length", str(span))
+        elif faults.length == "sent":
+            self.send_header("Content-Length", str(sending))
+        else:  # no length: the body ends when the connection closes
+            self.send_header("Connection", "close")
+            self.close_connection = True
+
+    def _send_body(self, path: Path, start: int, count: int, faults: Faults) -> int:
+        """Send `count` bytes of `path` from `start`, slowed to `faults.rate`, stalling after
+        `faults.stall_after`; returns the bytes sent (fewer if the client hung up)."""
+        stall = faults.stall_after
+        step = CHUNK if faults.rate is None else max(1, int(faults.rate / 20))
+        sent = 0
+        began = time.monotonic()
+        with path.open("rb") as fh:
+            fh.seek(start)
+            while sent < count:
+                if stall is not None and sent >= stall:
+                    self._hold(faults.stall_hold)
+                    self.close_connection = True
+                    break
+                limit = count - sent if stall is None else min(count, stall) - sent
+                chunk = fh.read(min(step, limit))
+                if not chunk:
+                    break
+                try:
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
+                    break
+                sent += len(chunk)
+                if faults.rate is not None:  # sleep until this many bytes are due at `rate`
+                    delay = began + sent / faults.rate - time.monotonic()
+                    if delay > 0 and self.range_server._stopping.wait(delay):
+                        break
+        return sent
+
+    def _hold(self, seconds: float) -> None:
+        """Send nothing for up to `seconds`: until the client hangs up or the server stops."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self.range_server._stopping.is_set():
+            readable, _, _ = select.select([self.connection], [], [], 0.05)
+            if readable:
+                try:
+                    if not self.connection.recv(1, socket.MSG_PEEK):
+                        return  # the client closed the connection
+                except OSError:
+                    return
+                time.sleep(0.05)  # the client sent more (ignored): keep stalling
+
+    def _fail(self, status: int, key: str, rng: str | None, size: int | None = None) -> None:
+        self._request = Request(self.command, key, rng, status, 0, self.headers.get("If-Range"))
+        self.send_response(status)
+        if size is not None:
+            self.send_header("Content-Range", f"bytes */{size}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()

@@ -137,6 +137,24 @@ def _r1_tokens(model: Any, prompt_or_tokens: Any) -> torch.Tensor:
     return ids.to(model.cfg.device)
 
 
+def _verdict(report: SinkReport, end: int | None, th: SinkThresholds, max_new_tokens: int) -> tuple[bool, str]:
+    """Whether the prefix end `end` is a sink under `th`, and why (or why it cannot be said)."""
+    if end is None:
+        return False, "no response-prefix end found" + (
+            "" if max_new_tokens > 0 else " (max_new_tokens=0: nothing was generated)"
+        )
+    if int(report.n_queries[end]) < th.min_queries:
+        return False, (
+            f"only {int(report.n_queries[end])} queries at or after the prefix end (need {th.min_queries}): "
+            "raise max_new_tokens"
+        )
+    is_sink = end in report.sink_positions  # type: ignore[operator]
+    return is_sink, (
+        f"prefix end pos {end} sink_rate {float(report.sink_rate[end]):.3f} "
+        f"{'>=' if is_sink else '<'} {th.min_sink_rate}"
+    )
+
+
 def check_response_prefix_sink(
     model: Any,
     prompt_or_tokens: Any,
@@ -196,22 +214,7 @@ def check_response_prefix_sink(
     sinks: list[int] = list(report.sink_positions)  # type: ignore[arg-type]
     bos_id = getattr(model.tokenizer, "bos_token_id", None)
     bos = 0 if bos_id is not None and int(ids[0, 0]) == bos_id else None
-    if end is None:
-        is_sink, reason = False, "no response-prefix end found" + (
-            "" if max_new_tokens > 0 else " (max_new_tokens=0: nothing was generated)"
-        )
-    elif int(report.n_queries[end]) < min_queries:
-        is_sink = False
-        reason = (
-            f"only {int(report.n_queries[end])} queries at or after the prefix end (need {min_queries}): "
-            "raise max_new_tokens"
-        )
-    else:
-        is_sink = end in sinks
-        reason = (
-            f"prefix end pos {end} sink_rate {float(report.sink_rate[end]):.3f} "
-            f"{'>=' if is_sink else '<'} {th.min_sink_rate}"
-        )
+    is_sink, reason = _verdict(report, end, th, max_new_tokens)
     nearby = [p for p in sinks if end is not None and p != end and abs(p - end) <= window]
     others = [p for p in sinks if p not in (end, bos)]
     return ResponsePrefixSinkCheck(

@@ -152,8 +152,8 @@ def test_one_definition_of_the_model_flags_for_every_command_and_the_demo() -> N
         for flag, action in actions.items():
             ref = reference[flag]
             assert (action.type, action.choices, action.nargs) == (ref.type, ref.choices, ref.nargs), (name, flag)
-            if flag != "--model":
-                assert action.help == ref.help, (name, flag)
+            if flag != "--model" and not (name == "demo" and flag in ("--device", "--dtype")):
+                assert action.help == ref.help, (name, flag)  # the demo's help states its own defaults
     assert "--device" not in _model_actions(parsers["models plan"])  # a plan places nothing
     demo = demo_parser().parse_args([])
     assert (demo.device, demo.dtype, demo.n_devices, demo.memory_per_device) == ("cpu", "float32", None, None)

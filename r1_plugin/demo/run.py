@@ -532,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_args(p, model_default=str(assets.MODEL_DIR))
     p.set_defaults(device="cpu", dtype="float32")  # the demo's defaults: the tiny R1 on the CPU, in float32
+    for flag, text in (("--device", "torch device, e.g. cuda:0 (default: cpu)"),
+                       ("--dtype", "weights and activations dtype (default: float32)")):
+        p._option_string_actions[flag].help = text  # the same flag, with the demo's default
     p.add_argument("--sae-release", default=None,
                    help="SAELens release (default: the embedded tiny R1's SAE, loaded from the package folder)")
     p.add_argument("--sae-id", default=assets.SAE_ID, help="SAE id within the release (default: %(default)s)")

@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 # Applied in this order within a target; adding a patch module is one name here.
-PATCH_MODULES: tuple[str, ...] = ("tl_models", "tl_deepseek", "tl_generation", "sae_lens")
+PATCH_MODULES: tuple[str, ...] = ("tl_models", "tl_deepseek", "tl_generation", "tl_bridge", "sae_lens")
 
 # Patch-module name prefix -> the top-level package whose import applies it.
 TARGET_PREFIXES: tuple[tuple[str, str], ...] = (("tl_", "transformer_lens"), ("sae_lens", "sae_lens"))

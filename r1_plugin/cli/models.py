@@ -33,6 +33,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     plan.add_argument("--kv-cache-tokens", type=count(at_least=0), default=0,
                       help="tokens of latent KV cache per sequence")
     plan.add_argument("--batch", type=count(), default=1, help="sequences in the KV cache / forward")
+    if "--backend" not in plan._option_string_actions:  # until the shared model flags carry --backend
+        plan.add_argument("--backend", default="hooked", choices=["hooked", "bridge"],
+                          help="size r1_plugin's HookedTransformer (latent KV cache, default) or TransformerBridge "
+                               "(transformers' layout, per-head K/V cache: 71x the latent for R1)")
     return parser
 
 
@@ -61,6 +65,9 @@ def run_plan(args: argparse.Namespace) -> int:
     kwargs = model_kwargs_from_args(args)  # the loading flags given, as from_pretrained would get them
     n_devices = kwargs.pop("n_devices", 1)
     memory = kwargs.pop("memory_per_device")
+    backend = kwargs.pop("backend", None) or getattr(args, "backend", None)
+    if backend is not None:
+        kwargs["backend"] = backend
     try:
         plan = plan_devices(
             args.model, n_devices, memory, kv_cache_tokens=args.kv_cache_tokens, batch=args.batch, **kwargs

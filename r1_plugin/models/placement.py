@@ -1,9 +1,14 @@
-"""Byte-balanced placement of a DeepSeek-V3/R1 HookedTransformer over devices, computed from config.json alone.
+"""Byte-balanced placement of a DeepSeek-V3/R1 model over devices, computed from config.json alone.
 
 TransformerLens splits blocks by count; R1's embedding, 3 dense layers, 58 MoE layers and unembedding differ a
 lot in size. `plan_devices` sizes every tensor the loader would create (same shapes and dtypes, FP8 kept or not)
-with plain Python (no torch, no weights), adds the latent KV cache, an activation allowance and the FP8
+with plain Python (no torch, no weights), adds the KV cache, an activation allowance and the FP8
 dequantisation transient, and splits the blocks into contiguous runs that minimise the largest device.
+
+Two backends (`BACKENDS`), which differ most in the KV cache: r1_plugin's HookedTransformer ("hooked") caches
+MLA's latent, kv_lora_rank + qk_rope_head_dim numbers per token per layer (R1: 576); TransformerBridge ("bridge")
+runs its own attention and caches per-head K and V, n_heads x (qk_head_dim + v_head_dim) (R1: 128 x 320 = 40,960,
+71x as many). `bridge_device_map(plan)` turns a bridge plan into `boot_transformers(device_map=...)`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+BACKENDS = ("hooked", "bridge")
 DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
 _UNITS = {
     "": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -103,12 +109,18 @@ def model_bytes(
     kv_cache_tokens: int = 0,
     batch: int = 1,
     fp8_experts_per_chunk: int = 16,
+    backend: str = "hooked",
 ) -> ModelBytes:
-    """Size every tensor the loader creates for `config` (as from_pretrained_no_processing stores it)."""
+    """Size every tensor the loader creates for `config`: as from_pretrained_no_processing stores it ("hooked"), or
+    as r1_plugin's bridge loader builds transformers' DeepseekV3ForCausalLM for TransformerBridge ("bridge")."""
+    from r1_plugin.models.fp8_blocks import block_size_of
+
+    check_backend(backend)
+    bridge = backend == "bridge"
     isz = DTYPE_BYTES[dtype_name(dtype)]
     quant = config.get("quantization_config") or {}
     fp8 = bool(keep_fp8 and quant.get("quant_method") == "fp8")
-    b0, b1 = (quant.get("weight_block_size") or (128, 128)) if fp8 else (128, 128)
+    b0, b1 = block_size_of(quant.get("weight_block_size") or [128, 128]) if fp8 else (128, 128)
     d, h, vocab = config["hidden_size"], config["num_attention_heads"], config["vocab_size"]
     nope, rope, v = config["qk_nope_head_dim"], config["qk_rope_head_dim"], config["v_head_dim"]
     r, q_lora = config["kv_lora_rank"], config.get("q_lora_rank")
@@ -138,7 +150,10 @@ def model_bytes(
     else:
         attn += linear(h * qk, d)
         largest.append((h * qk, d))
-    attn += linear(r + rope, d) + linear(h * (nope + v), r, h * nope) + linear(h * (nope + v), r, h * v)
+    if bridge:  # kv_b_proj kept whole (transformers' layout)
+        attn += linear(r + rope, d) + linear(h * (nope + v), r)
+    else:  # split into W_K_b / W_V_b rows
+        attn += linear(r + rope, d) + linear(h * (nope + v), r, h * nope) + linear(h * (nope + v), r, h * v)
     attn += linear(d, h * v)
     if config.get("attention_bias"):
         attn += ((q_lora or 0) + r + rope + d) * isz
@@ -146,9 +161,12 @@ def model_bytes(
     dense_mlp = 3 * linear(config["intermediate_size"], d)
     shared = 3 * linear(m * n_shared, d) if n_shared else 0
     experts = 3 * n_exp * linear(m, d)
-    moe = d * n_exp * 4 + n_exp * 4 + experts + shared  # router weight and correction bias in float32
-    chunk = min(fp8_experts_per_chunk, n_exp)
-    moe_transient = chunk * d * m * (3 * isz + 5) if fp8 else 0
+    if bridge:  # router weight in dtype; FP8 gate_up stack: + an int64 scale-row index of its 2m rows
+        moe = d * n_exp * isz + n_exp * 4 + experts + shared + (2 * m * 8 if fp8 else 0)
+    else:
+        moe = d * n_exp * 4 + n_exp * 4 + experts + shared  # router weight and correction bias in float32
+    chunk = 1 if bridge else min(fp8_experts_per_chunk, n_exp)  # the bridge dequantises one used expert at a time
+    moe_transient = (chunk * 3 * d * m * (4 + isz) if bridge else chunk * d * m * (3 * isz + 5)) if fp8 else 0
     blocks, transients = [], []
     for i in range(n_layers):
         if i < dense_k:
@@ -157,7 +175,7 @@ def model_bytes(
         else:
             blocks.append(attn + moe)
             transients.append(max(attn_transient, moe_transient, dequant_transient(m * n_shared, d)))
-    kv = [batch * kv_cache_tokens * (r + rope) * isz] * n_layers
+    kv = [batch * kv_cache_tokens * kv_numbers_per_token(config, backend) * isz] * n_layers
     t = max(kv_cache_tokens, 1)
     a = batch * t
     d_mlp_max = max(config["intermediate_size"], topk * m + m * n_shared)
@@ -166,12 +184,27 @@ def model_bytes(
     return ModelBytes(
         embed=vocab * d * isz,
         blocks=blocks,
-        unembed=d * vocab * isz + vocab * isz + d * isz,  # W_U, b_U, ln_final
+        unembed=d * vocab * isz + vocab * isz + d * isz,  # W_U (lm_head), b_U (the bridge adds one too), final norm
         kv_cache=kv,
         fp8_transient=transients,
         activations=activations,
         logits=2 * a * vocab * 4,  # float32 logits and one log-softmax/sampling copy
     )
+
+
+def check_backend(backend: str) -> None:
+    """Refuse a backend name that is not one of BACKENDS."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} (HookedTransformer or TransformerBridge), not {backend!r}.")
+
+
+def kv_numbers_per_token(config: dict[str, Any], backend: str = "hooked") -> int:
+    """Numbers the KV cache keeps per token per layer: MLA's latent ("hooked") or per-head K and V ("bridge")."""
+    check_backend(backend)
+    if backend == "bridge":
+        h = config["num_attention_heads"]
+        return h * (config["qk_nope_head_dim"] + config["qk_rope_head_dim"] + config["v_head_dim"])
+    return config["kv_lora_rank"] + config["qk_rope_head_dim"]
 
 
 def balanced_split(sizes: list[int], n_devices: int) -> list[int]:
@@ -240,6 +273,7 @@ class DevicePlan:
     block_devices: list[int]
     devices: list[DeviceUsage]
     suggestions: list[str] = field(default_factory=list)
+    backend: str = "hooked"
 
     @property
     def fits(self) -> bool:
@@ -262,7 +296,8 @@ class DevicePlan:
         worst = min(self.devices, key=lambda dev: dev.free)
         over = ", ".join(f"device {dev.index} by {-dev.free / GB:.1f} GB" for dev in self.overflowing())
         text = (
-            f"{self.model} ({self.n_layers} layers, {self.dtype}, keep_fp8={self.keep_fp8}) does not fit "
+            f"{self.model} ({self.n_layers} layers, {self.dtype}, keep_fp8={self.keep_fp8}, backend {self.backend}) "
+            "does not fit "
             f"{self.n_devices} x {self.memory_per_device / GB:.1f} GB: device {worst.index} needs "
             f"{worst.total / GB:.1f} GB (overflows: {over})."
         )
@@ -274,7 +309,8 @@ class DevicePlan:
         """A text table: one row per device, bytes in GB."""
         head = f"{'device':>6} {'blocks':>9} {'weights':>9} {'kv cache':>9} {'activ.':>8} {'fp8 tmp':>8} {'total':>8} {'free':>8}"
         lines = [
-            f"{self.model}: {self.n_layers} layers, {self.dtype}, keep_fp8={self.keep_fp8}, "
+            f"{self.model}: {self.n_layers} layers, {self.dtype}, keep_fp8={self.keep_fp8}, backend {self.backend} "
+            f"({'per-head K/V' if self.backend == 'bridge' else 'latent'} cache), "
             f"kv cache {self.batch} x {self.kv_cache_tokens} tokens, {self.n_devices} x "
             f"{self.memory_per_device / GB:.1f} GB (GB = 1e9 bytes)",
             head,
@@ -297,9 +333,9 @@ class DevicePlan:
 
 def _plan(
     config: dict[str, Any], label: str, n_devices: int, memory: int, dtype: str, keep_fp8: bool,
-    first_n_layers: int | None, kv_cache_tokens: int, batch: int,
+    first_n_layers: int | None, kv_cache_tokens: int, batch: int, backend: str = "hooked",
 ) -> DevicePlan:
-    sizes = model_bytes(config, dtype, keep_fp8, first_n_layers, kv_cache_tokens, batch)
+    sizes = model_bytes(config, dtype, keep_fp8, first_n_layers, kv_cache_tokens, batch, backend=backend)
     n = len(sizes.blocks)
     items = [b + kv for b, kv in zip(sizes.blocks, sizes.kv_cache)]
     items[0] += sizes.embed
@@ -318,7 +354,7 @@ def _plan(
         ))
     quant = (config.get("quantization_config") or {}).get("quant_method") == "fp8"
     return DevicePlan(label, n_devices, memory, dtype, bool(keep_fp8 and quant), n, kv_cache_tokens, batch,
-                      block_devices, devices)
+                      block_devices, devices, backend=backend)
 
 
 def plan_devices(
@@ -330,6 +366,7 @@ def plan_devices(
     first_n_layers: int | None = None,
     kv_cache_tokens: int = 0,
     batch: int = 1,
+    backend: str = "hooked",
 ) -> DevicePlan:
     """Plan a DeepSeek-V3/R1 model over `n_devices` of `memory_per_device` each, from config.json alone.
 
@@ -338,7 +375,11 @@ def plan_devices(
     activation allowance (a forward over batch x max(kv_cache_tokens, 1) tokens: per-token working set of one
     layer, eager attention scores and pattern, float32 logits on the last device, plus a 2 GiB reserve) and, with
     keep_fp8, the largest dequantisation transient of one of its layers. `print(plan)` shows the table.
+
+    `backend="bridge"` sizes TransformerBridge instead (transformers' module layout, per-head K/V cache: 71x
+    the latent cache for R1); `bridge_device_map(plan)` is the matching `boot_transformers(device_map=...)`.
     """
+    check_backend(backend)
     config, label = read_config(name_or_config)
     if config.get("architectures", ["DeepseekV3ForCausalLM"])[0] != "DeepseekV3ForCausalLM":
         raise ValueError(f"{label}: plan_devices sizes DeepSeek-V3/R1 checkpoints (DeepseekV3ForCausalLM).")
@@ -350,7 +391,7 @@ def plan_devices(
     if kv_cache_tokens < 0 or batch < 1:
         raise ValueError("kv_cache_tokens must be >= 0 and batch >= 1.")
     memory, dtype = parse_bytes(memory_per_device), dtype_name(dtype)
-    args = (kv_cache_tokens, batch)
+    args = (kv_cache_tokens, batch, backend)
     plan = _plan(config, label, n_devices, memory, dtype, keep_fp8, first_n_layers, *args)
     if not plan.fits:
         quant = (config.get("quantization_config") or {}).get("quant_method") == "fp8"
@@ -366,11 +407,23 @@ def plan_devices(
                 plan.suggestions.append(f"n_devices={more}")
                 break
         if batch > 1 and _plan(config, label, n_devices, memory, dtype, keep_fp8, first_n_layers,
-                               kv_cache_tokens, 1).fits:
+                               kv_cache_tokens, 1, backend).fits:
             plan.suggestions.append("batch=1 (one sequence per forward)")
         if not plan.suggestions:
             plan.suggestions.append("fewer kv_cache_tokens or a smaller batch, or larger devices")
     return plan
+
+
+def bridge_device_map(plan: DevicePlan) -> dict[str, int]:
+    """`TransformerBridge.boot_transformers(device_map=...)` for a bridge plan: each decoder layer on its planned
+    device, the embedding and rotary table with layer 0, the final norm and lm_head with the last layer."""
+    if plan.backend != "bridge":
+        raise ValueError("bridge_device_map needs a plan made with backend='bridge' (transformers' layout and cache).")
+    first, last = plan.block_devices[0], plan.block_devices[-1]
+    device_map = {"model.embed_tokens": first, "model.rotary_emb": first}
+    device_map.update({f"model.layers.{i}": dev for i, dev in enumerate(plan.block_devices)})
+    device_map.update({"model.norm": last, "lm_head": last})
+    return device_map
 
 
 def block_device(index: int, cfg: Any, device: Any = None) -> Any:

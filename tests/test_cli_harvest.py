@@ -83,7 +83,7 @@ def test_cli_harvest_bad_input(sae_dir: Path, tmp_path: Path, capsys: pytest.Cap
     (tmp_path / "p.txt").write_text("one\ntwo\n")
     base = ["features", "harvest", "--model", QWEN, "--out", str(tmp_path / "o"), "--no-wandb"]
     cases = [
-        (["--sae-path", str(sae_dir), "--prompts", str(tmp_path / "missing.txt")], "cannot read prompts"),
+        (["--sae-path", str(sae_dir), "--prompts", str(tmp_path / "missing.txt")], "missing.txt does not exist"),
         (["--sae-path", str(sae_dir), "--prompts", str(tmp_path / "bad.jsonl")], "bad.jsonl:2"),
         (["--sae-path", str(sae_dir), "--prompts", str(tmp_path / "broken.jsonl")], "is not JSON"),
         (["--sae-path", str(sae_dir), "--prompts", str(tmp_path / "empty.txt")], "holds no prompts"),

@@ -322,7 +322,7 @@ def test_cli_failures_are_one_line(served, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-        assert err.startswith("r1-plugin features: error: ") and f"{base}/logic/autointerp.db" in err
+        assert err.startswith("r1-plugin features download: error: ") and f"{base}/logic/autointerp.db" in err
 
 
 # --- a full disk (a size-limited tmpfs) ------------------------------------------------------------------------

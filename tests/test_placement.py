@@ -159,12 +159,12 @@ def test_cli_models_plan(r1_configs: Path, capsys: pytest.CaptureFixture[str]) -
     from r1_plugin.cli import main
 
     r1 = str(r1_configs / "deepseek-r1.json")
-    assert main(["models", "plan", r1, "--n-devices", "8", "--memory", "141GB", "--keep-fp8"]) == 0
+    assert main(["models", "plan", r1, "--n-devices", "8", "--memory-per-device", "141GB", "--keep-fp8"]) == 0
     assert "fits: yes" in capsys.readouterr().out
-    assert main(["models", "plan", r1, "--n-devices", "8", "--memory", "141GB"]) == 1
+    assert main(["models", "plan", r1, "--n-devices", "8", "--memory-per-device", "141GB"]) == 1
     out = capsys.readouterr().out
     assert "fits: NO" in out and "keep_fp8=True" in out
-    args = ["models", "plan", r1, "--n-devices", "8", "--memory", "80GB", "--keep-fp8", "--first-n-layers", "38"]
+    args = ["models", "plan", r1, "--n-devices", "8", "--memory-per-device", "80GB", "--keep-fp8", "--first-n-layers", "38"]
     assert main(args) == 0
     assert main(["models", "plan", r1, "--memory", "80XB"]) == 2
     assert "cannot read memory size" in capsys.readouterr().err

@@ -66,7 +66,7 @@ def test_cli_models_plan_backend_bridge(r1_configs: Path, capsys: pytest.Capture
     from r1_plugin.cli import main
 
     r1 = str(r1_configs / "deepseek-r1.json")
-    args = ["models", "plan", r1, "--n-devices", "8", "--memory", "141GB", "--keep-fp8", "--kv-cache-tokens", "1024"]
+    args = ["models", "plan", r1, "--n-devices", "8", "--memory-per-device", "141GB", "--keep-fp8", "--kv-cache-tokens", "1024"]
     assert main([*args, "--backend", "bridge"]) == 0
     out = capsys.readouterr().out
     assert "backend bridge (per-head K/V cache)" in out and "fits: yes" in out

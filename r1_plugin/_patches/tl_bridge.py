@@ -2,8 +2,9 @@
 
 1. `TransformerBridge.boot_transformers` gains one keyword, `keep_fp8` (what and why: transformers loads an
    R1-format FP8 folder on a machine without FP8 kernels as bf16, ignoring the requested float32, and on FP8 GPUs
-   computes with FP8 matmuls; both differ from the exact dequantisation). For a DeepSeek-V3 checkpoint whose
-   config.json declares block-wise FP8, the wrapper builds transformers' DeepseekV3ForCausalLM itself
+   computes with FP8 matmuls; both differ from the exact dequantisation). For a DeepSeek-V3 checkpoint (FP8 or not:
+   one reader, so a damaged shard or an impossible config.json is named the same way on both model kinds), the
+   wrapper builds transformers' DeepseekV3ForCausalLM itself
    (`r1_plugin.models.r1_bridge.loading`: FP8 kept e4m3 with keep_fp8=True, else dequantised once, in
    `dtype`, scale shapes checked) and passes it to the stock method as `hf_model=`. `device_map` / `n_devices` /
    `max_memory` keep their meaning (resolved by TransformerLens's own `resolve_device_map`, dispatched with
@@ -26,18 +27,15 @@ ARCHITECTURE = "DeepseekV3ForCausalLM"
 _ADAPTER_STATE: dict[str, Any] = {}  # "stock": the adapter class TransformerLens had before registration
 
 
-def fp8_r1_checkpoint(model_name: Any) -> dict[str, Any] | None:
-    """config.json of a DeepSeek-V3 checkpoint (folder or hub id r1_plugin knows) that declares FP8, else None."""
+def r1_checkpoint_config(model_name: Any) -> dict[str, Any] | None:
+    """config.json of a DeepSeek-V3 checkpoint (folder or hub id r1_plugin knows), FP8 or not, else None."""
     from r1_plugin.models.r1_bridge.loading import r1_checkpoint
 
     try:
         found = r1_checkpoint(model_name)
     except (FileNotFoundError, OSError):
         return None  # not readable here: the stock method reports it
-    if found is None:
-        return None
-    raw = found[1]
-    return raw if (raw.get("quantization_config") or {}).get("quant_method") == "fp8" else None
+    return None if found is None else found[1]
 
 
 def _wrap_boot(original: Callable[..., Any], takes_cls: bool) -> Callable[..., Any]:
@@ -53,7 +51,7 @@ def _wrap_boot(original: Callable[..., Any], takes_cls: bool) -> Callable[..., A
         if keep_fp8 is not None and call["hf_model"] is not None:
             raise ValueError("keep_fp8 applies when boot_transformers loads the checkpoint; with hf_model=... the model "
                              "you pass is used as it is. Drop one of them.")
-        if not (call["hf_model"] is None and call["load_weights"] and fp8_r1_checkpoint(model_name) is not None):
+        if not (call["hf_model"] is None and call["load_weights"] and r1_checkpoint_config(model_name) is not None):
             if keep_fp8:
                 from r1_plugin.models.r1_bridge.loading import r1_checkpoint
 
@@ -62,7 +60,7 @@ def _wrap_boot(original: Callable[..., Any], takes_cls: bool) -> Callable[..., A
                         f"keep_fp8=True applies to DeepSeek-V3/R1 FP8 checkpoints; {model_name!r} is not one. "
                         "Drop keep_fp8 (R1's distills are not FP8)."
                     )
-            return original(*args, **kwargs)  # not FP8: keep_fp8 has nothing to keep, the stock path loads it
+            return original(*args, **kwargs)  # not DeepSeek-V3: the stock path loads it
         return _boot_fp8(original, lead, call, bool(keep_fp8))
 
     return boot_transformers

@@ -17,6 +17,8 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only")
+# The dtypes a checkpoint may store weights in (float, or FP8 with a scale); anything else is a damaged shard.
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 @contextmanager

@@ -12,14 +12,13 @@ import torch.nn as nn
 import tqdm.auto as tqdm
 
 from r1_plugin.errors import CheckpointError
-from r1_plugin.models.deepseek_v3.checkpoint_files import CheckpointFiles
+from r1_plugin.models.deepseek_v3.checkpoint_files import WEIGHT_DTYPES, CheckpointFiles
 from r1_plugin.models.deepseek_v3.config import DeepseekV3HookedConfig, validate_config
-from r1_plugin.models.deepseek_v3.fp8 import FP8_DTYPES, dequantize_blockwise, is_fp8
+from r1_plugin.models.deepseek_v3.fp8 import check_scale_shape, dequantize_blockwise, is_fp8
 from r1_plugin.models.deepseek_v3.fp8_weights import fp8_layout, keep_fp8_weight, select_rows, tl_view
 from r1_plugin.models.deepseek_v3.weight_names import destinations, published_shape
 
 # Checkpoint dtypes that hold weights (FP8 with its weight_scale_inv); anything else would be cast silently.
-WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, *FP8_DTYPES)
 
 
 def target_device(name: str, cfg: DeepseekV3HookedConfig) -> torch.device:
@@ -142,6 +141,8 @@ class StreamingLoader:
                 "damaged, or config.json belongs to another model"
             )
         if problem is None:
+            if scale is not None and is_fp8(tensor):  # named by shard here; a broadcastable wrong scale never loads
+                check_scale_shape(key, tensor.shape, scale.shape, self.block_size, shard=shard)
             return
         if shard is None:
             raise CheckpointError(f"{self.files.name}: {problem}")

@@ -32,6 +32,10 @@ class BridgeLoadError(R1PluginError, ValueError):
     """An R1-format checkpoint that cannot be built as a DeepseekV3ForCausalLM for the bridge."""
 
 
+class TensorMismatchError(BridgeLoadError):
+    """A checkpoint tensor that config.json's model cannot take (unknown name, wrong shape): its shard is named."""
+
+
 def r1_checkpoint(model_name: Any) -> tuple[str, dict[str, Any]] | None:
     """(local folder or hub id, config.json) when `model_name` names a DeepSeek-V3 checkpoint, else None.
 
@@ -51,7 +55,9 @@ def r1_checkpoint(model_name: Any) -> tuple[str, dict[str, Any]] | None:
     if folder.is_dir():
         if not (folder / "config.json").is_file():
             return None
-        raw = read_config(folder)[0]
+        from r1_plugin.models.deepseek_v3.checkpoint_files import CheckpointFiles
+
+        raw = CheckpointFiles(str(folder.absolute()), {}).config()  # a damaged config.json is named, with what to do
         return (str(folder.absolute()), raw) if (raw.get("architectures") or [""])[0] == ARCHITECTURE else None
     spec = model_names.lookup(model_name)
     if spec is None or spec.architecture != ARCHITECTURE:
@@ -172,7 +178,7 @@ class BridgeCheckpointLoader:
                 self._store_experts(prefix, experts, self.stacks.pop(prefix))
             return
         if key not in self.expected:
-            raise BridgeLoadError(
+            raise TensorMismatchError(
                 f"{key} in {shard} is not a parameter of DeepseekV3ForCausalLM for this config.json (or is given "
                 "twice): does config.json belong to these weights?"
             )
@@ -225,7 +231,7 @@ class BridgeCheckpointLoader:
     def _assign(self, module: nn.Module, attr: str, key: str, value: torch.Tensor) -> None:
         old = getattr(module, attr)
         if tuple(old.shape) != tuple(value.shape):
-            raise BridgeLoadError(f"{key}: checkpoint gives shape {tuple(value.shape)}, config.json needs "
+            raise TensorMismatchError(f"{key}: checkpoint gives shape {tuple(value.shape)}, config.json needs "
                                   f"{tuple(old.shape)}.")
         if attr in module._parameters:
             module._parameters[attr] = nn.Parameter(value, requires_grad=False)
@@ -277,10 +283,7 @@ def build_hf_model(
     import tqdm.auto as tqdm
     from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
-    try:  # the TransformerLens-independent home of the checkpoint reader (works under TL 4), where it exists
-        from r1_plugin.models.deepseek_v3.checkpoint_files import CheckpointFiles, open_safetensors
-    except ImportError:
-        from r1_plugin.models.deepseek_v3.loading import CheckpointFiles, open_safetensors
+    from r1_plugin.models.deepseek_v3.checkpoint_files import WEIGHT_DTYPES, CheckpointFiles
 
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.itemsize == 1:
         raise BridgeLoadError(f"dtype must be a torch float dtype to compute in (float32, bfloat16, float16), "
@@ -299,7 +302,8 @@ def build_hf_model(
     config._attn_implementation = "eager"  # what boot_transformers asks transformers for (hooks need eager)
     # transformers' eager experts loop (not its default grouped_mm, which reads every expert's weights at once):
     # the keep_fp8 forward takes its exact steps expert by expert, so both keep_fp8 settings give the same numbers.
-    config._experts_implementation = "eager"
+    if fp8_quantization(raw):
+        config._experts_implementation = "eager"
     with torch.device("meta"):
         model = DeepseekV3ForCausalLM(config)
     model.eval()
@@ -315,19 +319,26 @@ def build_hf_model(
     for key, shard in weight_map.items():
         if loader.needed(key):
             by_shard[shard].append(key)
+    files.check_shards_present(sorted(by_shard))  # an incomplete folder is refused before any weight is read
     for shard in tqdm.tqdm(sorted(by_shard), desc="Loading DeepSeek-V3 shards", disable=not progress):
-        with open_safetensors(files.path(shard)) as handle:
+        with files.open(shard) as handle:  # a damaged shard or missing tensor names the shard and the fix
             for key in by_shard[shard]:
-                tensor = handle.get_tensor(key)
+                tensor = files.tensor(handle, key, shard)
+                if tensor.dtype not in WEIGHT_DTYPES:
+                    raise files.damaged(shard, f"stores {key} as {tensor.dtype}, which is not a weight dtype "
+                                               "(float32/16/64, bfloat16, FP8)")
                 scale = None
                 scale_key = key + SCALE_SUFFIX
                 if is_fp8(tensor) and scale_key in weight_map:
                     if weight_map[scale_key] == shard:
-                        scale = handle.get_tensor(scale_key)
+                        scale = files.tensor(handle, scale_key, shard)
                     else:
-                        with open_safetensors(files.path(weight_map[scale_key])) as other:
-                            scale = other.get_tensor(scale_key)
-                loader.add(key, tensor, scale, shard)
+                        with files.open(weight_map[scale_key]) as other:
+                            scale = files.tensor(other, scale_key, weight_map[scale_key])
+                try:
+                    loader.add(key, tensor, scale, shard)
+                except TensorMismatchError as exc:  # a tensor config.json cannot take: name its shard and the fix
+                    raise files.damaged(shard, str(exc).rstrip(".")) from exc
                 del tensor, scale
     loader.finish()
     if device_map:

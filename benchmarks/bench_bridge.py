@@ -68,7 +68,7 @@ def main() -> None:
     import r1_plugin  # noqa: F401
     from r1_plugin.models.deepseek_v3.fp8 import dequantize_blockwise
     from r1_plugin.models.deepseek_v3.fp8_weights import resident_bytes
-    from r1_plugin.models.placement import kv_numbers_per_token
+    from r1_plugin.models.device_plan import kv_numbers_per_token
     from r1_plugin.testing.deepseek_checkpoints import hf_reference_model, tiny_config, write_tiny_checkpoint
 
     folder = Path(tempfile.mkdtemp(prefix="bench_bridge_")) / "ckpt"

@@ -30,7 +30,7 @@ from sae_lens import StandardSAEConfig
 from sae_lens.saes.standard_sae import StandardSAE
 from transformer_lens import HookedTransformer
 from r1_plugin.features import harvest
-from r1_plugin.features.harvest import hook_activations
+from r1_plugin.features.harvester import hook_activations
 from r1_plugin.testing.distill_checkpoints import write_tiny_distill
 
 mode, length, chunk = sys.argv[1], int(sys.argv[2]), None if sys.argv[3] == "none" else int(sys.argv[3])

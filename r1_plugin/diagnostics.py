@@ -30,7 +30,7 @@ def _model_names() -> list[str]:
     """R1 names as TransformerLens's registry has them once `tl_models` applied, else r1_plugin's registry (the HF
     ids, which TransformerBridge.boot_transformers takes directly)."""
     from r1_plugin import _patches
-    from r1_plugin.models.registry import ALL_MODELS
+    from r1_plugin.models.model_names import ALL_MODELS
 
     ours = [spec.hf_id for spec in ALL_MODELS]
     supported = sys.modules.get("transformer_lens.supported_models")
@@ -41,7 +41,7 @@ def _model_names() -> list[str]:
 
 def _sae_releases() -> list[str]:
     """r1_plugin's releases as SAELens's directory has them when SAELens is imported, else from our yaml."""
-    from r1_plugin.saes.registry import raw_releases
+    from r1_plugin.saes.releases import raw_releases
 
     ours = list(raw_releases())
     directory = sys.modules.get("sae_lens.loading.pretrained_saes_directory")

@@ -343,7 +343,7 @@ def test_map_takes_the_release_folder_steer_and_harvest_take() -> None:
     import torch
 
     from r1_plugin.cli.features import _map_sae
-    from r1_plugin.saes.local import load_sae_from_path
+    from r1_plugin.saes.sae_folders import load_sae_from_path
 
     args = argparse.Namespace(sae_path=Path(S), release=None, sae_id=None, device="cpu")
     sae, source = _map_sae(args)

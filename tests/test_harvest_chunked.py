@@ -13,7 +13,7 @@ from sae_lens.saes.standard_sae import StandardSAE
 from transformer_lens import HookedTransformer
 
 from r1_plugin.features import harvest, merge_shards
-from r1_plugin.features.harvest import hook_activations
+from r1_plugin.features.harvester import hook_activations
 
 CHUNK = 48
 LENGTHS = (200, 131, 57)  # a right-padded batch: rows end inside different chunks

@@ -16,7 +16,7 @@ import duckdb
 import pytest
 
 from r1_plugin.features import harvest, merge_shards
-from r1_plugin.features.harvest import NoSpaceLeftError
+from r1_plugin.features.harvester import NoSpaceLeftError
 
 QWEN = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 PROMPTS = [f"Okay, so the user asked about {n} plus {n * 7}. Let me check step {n}." for n in range(14)]
@@ -28,8 +28,7 @@ SUBPROCESS_TIMEOUT = 240
 SCRIPT = textwrap.dedent(
     """
     import json, os, signal, sys
-    import r1_plugin.features.harvest
-    H = sys.modules["r1_plugin.features.harvest"]  # the package shadows the module with its function
+    import r1_plugin.features.harvester as H  # the module; r1_plugin.features.harvest is the function
 
     action, out, kill_at = sys.argv[1], sys.argv[2], sys.argv[3]
 

@@ -21,7 +21,7 @@ import pytest
 import r1_plugin
 from r1_plugin import _patches
 from r1_plugin._patches._marks import MARK, is_patched
-from r1_plugin.models.registry import ALL_MODELS
+from r1_plugin.models.model_names import ALL_MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformer_lens", "sae_lens")
@@ -323,9 +323,9 @@ def test_a_folder_named_like_an_alias_does_not_take_it_over(tmp_path: Path, monk
     assert loading.get_official_model_name("GPT2-small") == "gpt2"
     assert loading.get_official_model_name("gpt2") == "gpt2"
     assert loading.get_official_model_name("./GPT2-small") == str(tmp_path / "GPT2-small")
-    from r1_plugin.models import local
+    from r1_plugin.models import local_folders
 
-    assert local.local_folder("GPT2-small") is None and local.local_folder("gpt2") is None
+    assert local_folders.local_folder("GPT2-small") is None and local_folders.local_folder("gpt2") is None
 
 
 def test_local_folders_get_transformer_lens_conversion_unless_r1_family(tmp_path: Path) -> None:

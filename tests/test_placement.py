@@ -14,7 +14,7 @@ from r1_plugin.errors import ModelDoesNotFitError, R1PluginError
 from r1_plugin.models.deepseek_v3 import loading
 from r1_plugin.models.deepseek_v3.config import DeepseekV3HookedConfig
 from r1_plugin.models.deepseek_v3.fp8_weights import resident_bytes
-from r1_plugin.models.placement import balanced_split, model_bytes, parse_bytes
+from r1_plugin.models.device_plan import balanced_split, model_bytes, parse_bytes
 from r1_plugin.testing.deepseek_checkpoints import tiny_config, write_tiny_checkpoint
 
 GB = 10**9
@@ -113,7 +113,7 @@ def test_from_pretrained_refuses_before_reading_any_weight(tmp_path: Path, opene
 
 def test_n_devices_gets_a_byte_balanced_plan(r1_configs: Path) -> None:
     # TL's config refuses n_devices > 1 without that many GPUs, so the loader's step is exercised directly.
-    from r1_plugin.models.placement import place_model
+    from r1_plugin.models.device_plan import place_model
 
     config = plan_config(r1_configs)
     cfg = DeepseekV3HookedConfig(

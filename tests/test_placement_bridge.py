@@ -11,7 +11,7 @@ import torch
 import r1_plugin  # noqa: F401
 from r1_plugin import plan_devices
 from r1_plugin.models.deepseek_v3.fp8_weights import resident_bytes
-from r1_plugin.models.placement import bridge_device_map, kv_numbers_per_token, model_bytes
+from r1_plugin.models.device_plan import bridge_device_map, kv_numbers_per_token, model_bytes
 from r1_plugin.testing.deepseek_checkpoints import tiny_config, write_tiny_checkpoint
 
 pytestmark = pytest.mark.bridge

@@ -1,5 +1,5 @@
 """One definition of the response prefix's end, on every tokenizer family, with characters split across byte-level
-tokens; and batched R1 prompts (`r1_chat_tokens(model, [...])`) for generate with left padding."""
+tokens; and batched R1 prompts (`r1_chat_batch(model, [...])`) for generate with left padding."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from test_sinks import forced_sink_model
 from transformer_lens.utilities.tokenize_utils import get_attention_mask
 
-from r1_plugin.chat import ChatBatch, format_r1_prompt, r1_chat_tokens
+from r1_plugin.chat import ChatBatch, format_r1_prompt, r1_chat_batch, r1_chat_tokens
 from r1_plugin.response_prefix import (
     ResponsePrefixScanner,
     ResponsePrefixSpec,
@@ -95,7 +95,7 @@ def test_online_scanner_equals_one_shot_on_byte_level_tokens(spec: ResponsePrefi
 def test_batched_chat_tokens_are_left_padded_with_the_mask_generate_derives(family: str) -> None:
     tok = build_tokenizer(family)
     prompts = ["Hi", "What is two plus two, really?", "Hello"]
-    batch = r1_chat_tokens(tok, prompts)
+    batch = r1_chat_batch(tok, prompts)
     assert isinstance(batch, ChatBatch)
     width = batch.tokens.shape[1]
     for row, prompt in enumerate(prompts):
@@ -108,8 +108,17 @@ def test_batched_chat_tokens_are_left_padded_with_the_mask_generate_derives(fami
     derived = get_attention_mask(tok, batch.tokens, prepend_bos=False, padding_side="left")
     assert torch.equal(derived, batch.attention_mask)
     assert len({int(m.sum()) for m in batch.attention_mask}) == 3
-    with pytest.raises(TypeError):
-        r1_chat_tokens(tok, [])
+    with pytest.raises(TypeError, match="non-empty list"):
+        r1_chat_batch(tok, [])
+    # The old mixed call (a list to r1_chat_tokens) still returns the batch for one release, with a warning.
+    with pytest.warns(DeprecationWarning, match="r1_chat_batch"):
+        old = r1_chat_tokens(tok, prompts)
+    assert isinstance(old, ChatBatch) and torch.equal(old.tokens, batch.tokens)
+    assert torch.equal(old.attention_mask, batch.attention_mask)
+    # One return type each: a tensor from r1_chat_tokens, a ChatBatch from r1_chat_batch (also for one prompt).
+    assert isinstance(r1_chat_tokens(tok, "Hi"), torch.Tensor)
+    one = r1_chat_batch(tok, "Hi")
+    assert isinstance(one, ChatBatch) and one.tokens.tolist() == r1_chat_tokens(tok, "Hi").tolist()
 
 
 # Sentence ends in the scripts R1 thinks in (it thinks in the prompt's language). Each row: the response after

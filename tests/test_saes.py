@@ -29,7 +29,7 @@ from r1_plugin.saes import (
     list_r1_saes,
     to_batch_topk,
 )
-from r1_plugin.saes.registry import plugin_lookups, yaml_path
+from r1_plugin.saes.releases import plugin_lookups, yaml_path
 from r1_plugin.testing.hub import repo_folder
 from r1_plugin.testing.sae_fixtures import (
     goodfire_entry,

@@ -1,4 +1,4 @@
-"""SAEs loaded by path (`r1_plugin.saes.local`): a SAELens folder, or a release folder described by sae.yaml."""
+"""SAEs loaded by path (`r1_plugin.saes.sae_folders`): a SAELens folder, or a release folder described by sae.yaml."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from r1_plugin.demo import assets
 from r1_plugin.errors import R1PluginError
 from r1_plugin.saes.goodfire import SAEFileError, load_pt_weights_only
-from r1_plugin.saes.local import SAEPathError, load_sae_from_path
+from r1_plugin.saes.sae_folders import SAEPathError, load_sae_from_path
 
 
 def test_release_folder_loads_goodfire_weights_with_its_config() -> None:

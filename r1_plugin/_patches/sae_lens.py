@@ -29,7 +29,7 @@ from sae_lens.registry import SAE_CLASS_REGISTRY, register_sae_class
 
 from r1_plugin._patches._marks import is_patched, keep, mark, replace, require
 from r1_plugin.saes import batch_topk, goodfire
-from r1_plugin.saes.registry import plugin_lookups
+from r1_plugin.saes.releases import plugin_lookups
 
 logger = logging.getLogger(__name__)
 

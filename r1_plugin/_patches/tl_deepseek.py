@@ -165,10 +165,10 @@ def _patch_device_placement() -> None:
     """transformer_lens's `get_device_for_block_index`, as bound in HookedTransformer (its forward moves the residual
     to each block's device) and in the TL KV cache, and `HookedTransformer.move_model_modules_to_device` (which TL
     3.9 sends wholesale to one device): TL splits blocks by count; a DeepSeek-V3 config carrying a byte-balanced
-    `device_plan` (r1_plugin.models.placement) uses that plan instead. Every other config falls through."""
+    `device_plan` (r1_plugin.models.device_plan) uses that plan instead. Every other config falls through."""
     from transformer_lens.cache import key_value_cache
 
-    from r1_plugin.models.placement import block_device
+    from r1_plugin.models.device_plan import block_device
 
     ht = hooked_transformer_module.HookedTransformer
     for module in (hooked_transformer_module, key_value_cache):

@@ -6,7 +6,7 @@ TransformerLens has no plugin API for HookedTransformer (TL issue #888), so a th
    alphabetical order (`str.casefold`) puts it, as TransformerLens's own tests require.
 2. `loading_from_pretrained.get_official_model_name`: official names and aliases resolve exactly as before; a name
    TransformerLens does not know resolves to a local checkpoint folder when it is written as a path
-   (`r1_plugin.models.local`), else an error names the closest registered names.
+   (`r1_plugin.models.local_folders`), else an error names the closest registered names.
 3. `loading_from_pretrained.convert_hf_model_config`: for the R1 family (r1_plugin's names, DeepSeek-V3 folders,
    distill folders) read the HF config and convert it ourselves; everything else goes to TransformerLens's
    conversion unchanged. TL's own chain assumes any name containing "llama" is a Meta Llama and never reads the
@@ -37,7 +37,7 @@ from r1_plugin.errors import (
     hub_offline,
     missing_from_cache,
 )
-from r1_plugin.models import configs, local, registry
+from r1_plugin.models import configs, local_folders, model_names
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,10 @@ def register_model_names() -> None:
     aliases = require(supported_models, "MODEL_ALIASES", PATCH)
     keep(names)
     keep(aliases)
-    for spec in registry.ALL_MODELS:
+    for spec in model_names.ALL_MODELS:
         if spec.hf_id not in names:
             _insert_sorted(names, spec.hf_id)
-    new_keys = [spec.hf_id for spec in registry.ALL_MODELS if spec.hf_id not in aliases]
+    new_keys = [spec.hf_id for spec in model_names.ALL_MODELS if spec.hf_id not in aliases]
     if new_keys:
         # A dict keeps insertion order: rebuild it in place with the new keys at their sorted positions.
         keys = list(aliases)
@@ -67,7 +67,7 @@ def register_model_names() -> None:
         old = dict(aliases)
         aliases.clear()
         aliases.update({key: old.get(key, []) for key in keys})
-    for spec in registry.ALL_MODELS:
+    for spec in model_names.ALL_MODELS:
         known = aliases[spec.hf_id]
         for alias in spec.aliases:
             if alias not in known:
@@ -84,13 +84,13 @@ def _patch_get_official_model_name() -> None:
         try:
             return original(model_name, *args, **kwargs)
         except ValueError as exc:
-            folder = local.local_folder(model_name)
+            folder = local_folders.local_folder(model_name)
             if folder is not None:
                 return str(folder)
             candidates = supported_models.OFFICIAL_MODEL_NAMES + [
                 a for als in supported_models.MODEL_ALIASES.values() for a in als
             ]
-            close = registry.closest_names(model_name, candidates)
+            close = model_names.closest_names(model_name, candidates)
             hint = f" Closest registered names: {', '.join(close)}." if close else ""
             raise UnknownModelError(
                 f"{model_name!r} is not a model TransformerLens or r1_plugin knows.{hint} "
@@ -118,16 +118,16 @@ def r1_family_name(model_name: Any) -> str | None:
     """The name r1_plugin converts itself (an R1 HF id, or an R1-family local folder), else None."""
     if not isinstance(model_name, str):
         return None
-    folder = local.local_folder(model_name)
+    folder = local_folders.local_folder(model_name)
     if folder is not None:
-        arch = local.folder_architecture(folder)
+        arch = local_folders.folder_architecture(folder)
         if arch == "":
             raise UnsupportedArchitectureError(
                 f"{model_name}: its config.json names no architecture (`architectures` is missing or empty), so "
                 "it cannot be loaded as a HookedTransformer; add e.g. `\"architectures\": [\"LlamaForCausalLM\"]`."
             )
-        return str(folder) if local.is_r1_family_folder(folder) else None
-    spec = registry.lookup(model_name)
+        return str(folder) if local_folders.is_r1_family_folder(folder) else None
+    spec = model_names.lookup(model_name)
     return spec.hf_id if spec is not None else None
 
 
@@ -143,11 +143,11 @@ def _patch_convert_hf_model_config() -> None:
             try:
                 return original(model_name, *args, **kwargs)
             except NotImplementedError as exc:
-                folder = local.local_folder(model_name)
+                folder = local_folders.local_folder(model_name)
                 if folder is None:
                     raise
                 raise UnsupportedArchitectureError(
-                    f"{model_name}: its config.json says architecture {local.folder_architecture(folder)!r}, which "
+                    f"{model_name}: its config.json says architecture {local_folders.folder_architecture(folder)!r}, which "
                     "neither TransformerLens nor r1_plugin (DeepseekV3ForCausalLM, the R1 distills) can load as a "
                     f"HookedTransformer ({exc})."
                 ) from exc

@@ -89,7 +89,7 @@ def run_harvest(args: argparse.Namespace) -> int:
     from r1_plugin.cli._errors import check_tracking_args
     from r1_plugin.cli._model_args import load_model_from_args, load_sae_before_model, place_sae, sae_source
     from r1_plugin.features import harvest
-    from r1_plugin.features.harvest import shard_range
+    from r1_plugin.features.harvester import shard_range
     from r1_plugin.tracking import tracker_from_args
 
     check_tracking_args(args)  # a bad W&B mode fails before the model loads

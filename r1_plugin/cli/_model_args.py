@@ -36,7 +36,7 @@ def positive_int(text: str) -> int:
 
 def memory_size(text: str) -> int:
     """argparse type: bytes from '141GB', '80GiB', '512 MiB' or a number of bytes (r1_plugin.plan_devices' reading)."""
-    from r1_plugin.models.placement import parse_bytes
+    from r1_plugin.models.device_plan import parse_bytes
 
     try:
         size = parse_bytes(text)
@@ -204,7 +204,7 @@ def sae_source(args: argparse.Namespace, required: bool = False) -> tuple[str | 
     if path is not None:
         if release is not None:
             raise ModelArgsError("give the SAE as --sae-release/--sae-id or as --sae-path (exactly one)")
-        from r1_plugin.saes.local import check_sae_path
+        from r1_plugin.saes.sae_folders import check_sae_path
 
         return None, sae_id, str(check_sae_path(path))
     if (release is None) != (sae_id is None):
@@ -235,7 +235,7 @@ def load_sae_from_args(
 
     def load(on: str) -> Any:
         if path is not None:
-            from r1_plugin.saes.local import load_sae_from_path
+            from r1_plugin.saes.sae_folders import load_sae_from_path
 
             return load_sae_from_path(path, sae_id, device=on, dtype=dtype)
         return SAE.from_pretrained(release, sae_id, device=on, dtype=dtype)
@@ -278,7 +278,7 @@ def load_sae_before_model(
     cfg = model_config_from_args(args)
     dtype = getattr(args, "sae_dtype", None) or getattr(args, "dtype", None) or str(cfg.dtype).removeprefix("torch.")
     if path is not None:
-        from r1_plugin.saes.local import load_sae_from_path
+        from r1_plugin.saes.sae_folders import load_sae_from_path
 
         sae = load_sae_from_path(path, sae_id, device="cpu", dtype=dtype)
     else:

@@ -351,7 +351,7 @@ def _map_sae(args: argparse.Namespace) -> tuple[Any, str]:
             raise FeatureMapError("give either RELEASE SAE_ID or --sae-path PATH [SAE_ID]; a .pt file holds one "
                                   "SAE, so it takes no SAE id")
         return load_decoder(path), str(path)
-    from r1_plugin.saes.local import load_sae_from_path
+    from r1_plugin.saes.sae_folders import load_sae_from_path
 
     sae = load_sae_from_path(path, sae_id, device=args.device)  # the loader steer and harvest use
     return sae, str(path) + (f" / {sae_id}" if sae_id else "")

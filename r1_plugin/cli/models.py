@@ -56,7 +56,7 @@ def run_plan(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from r1_plugin.cli._model_args import model_kwargs_from_args
-    from r1_plugin.models.placement import plan_devices
+    from r1_plugin.models.device_plan import plan_devices
 
     if args.model.startswith((".", "/", "~")) and not Path(args.model).expanduser().exists():
         raise PlanCLIError(f"{args.model} does not exist: give a checkpoint folder, a config.json or a hub id")

@@ -8,7 +8,7 @@ file `<sae>[-10|-1|-0-1].ddb` (DuckDB) with two tables:
     activations(feature_id, sequence_id, token_idx, strength)
 
 `FeatureDB` opens both read-only (the labels may also live inside the activations file, as in databases built
-by `r1_plugin.features.harvest.merge_shards`). Every query is parameterised: user text only ever travels as a
+by `r1_plugin.features.harvester.merge_shards`). Every query is parameterised: user text only ever travels as a
 bound parameter, never as SQL. Either file may be an http(s):// or s3:// URL (see `r1_plugin.features.remote`):
 the activations file is then read in place, a few blocks per query, and `FeatureDB.goodfire` opens Goodfire's.
 

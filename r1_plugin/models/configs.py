@@ -7,7 +7,7 @@ from typing import Any
 from r1_plugin.errors import UnsupportedArchitectureError
 from r1_plugin.models.hf_config import get as _get
 from r1_plugin.models.hf_config import int_field, positive_field, rope_parameters
-from r1_plugin.models.registry import SUPPORTED_ARCHITECTURES
+from r1_plugin.models.model_names import SUPPORTED_ARCHITECTURES
 from r1_plugin.values import InvalidValueError
 
 

@@ -35,7 +35,7 @@ class CheckpointFiles:
 
     def __init__(self, name: str, hub_kwargs: dict[str, Any]) -> None:
         self.name = name
-        # Local folders arrive absolute (r1_plugin.models.local); a relative name is a hub id even if a folder of
+        # Local folders arrive absolute (r1_plugin.models.local_folders); a relative name is a hub id even if a folder of
         # that name happens to exist in the working directory.
         self.local = Path(name) if Path(name).is_absolute() and Path(name).is_dir() else None
         self.hub_kwargs = {k: v for k, v in hub_kwargs.items() if k in HUB_KWARGS}

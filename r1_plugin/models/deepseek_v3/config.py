@@ -49,7 +49,7 @@ class DeepseekV3HookedConfig(HookedTransformerConfig):
     # routed experts are dequantised only when they receive tokens, this many experts at a time.
     keep_fp8: bool = False
     fp8_experts_per_chunk: int = 16
-    # Byte-balanced placement (models/placement.py): device index of each block; None = TransformerLens's split.
+    # Byte-balanced placement (models/device_plan.py): device index of each block; None = TransformerLens's split.
     device_plan: list[int] | None = None
 
     def __post_init__(self) -> None:

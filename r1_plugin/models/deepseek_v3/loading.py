@@ -51,14 +51,14 @@ _ACCEPTED_KWARGS = (*HUB_KWARGS, "trust_remote_code", "torch_dtype", "load_in_8b
 
 def deepseek_official_name(model_name: str) -> str | None:
     """The HF id (or expanded local folder) when `model_name` is a DeepSeek-V3 model r1_plugin loads, else None."""
-    from r1_plugin.models import local, registry
+    from r1_plugin.models import local_folders, model_names
 
     if not isinstance(model_name, str):
         return None
-    folder = local.local_folder(model_name)
+    folder = local_folders.local_folder(model_name)
     if folder is not None:
-        return str(folder) if local.folder_architecture(folder) == ARCHITECTURE else None
-    spec = registry.lookup(model_name)
+        return str(folder) if local_folders.folder_architecture(folder) == ARCHITECTURE else None
+    spec = model_names.lookup(model_name)
     return spec.hf_id if spec is not None and spec.architecture == ARCHITECTURE else None
 
 
@@ -157,7 +157,7 @@ def load_pretrained(
             "(r1_plugin._patches.tl_deepseek.apply()) before loading."
         )
     cfg.keep_fp8 = bool(keep_fp8) and bool(hf_config.get("quantization_config"))
-    from r1_plugin.models.placement import place_model
+    from r1_plugin.models.device_plan import place_model
 
     place_model(cfg, hf_config, official_name, memory_per_device)
     with torch.device("meta"):

@@ -24,7 +24,7 @@ from r1_plugin.models.deepseek_v3.weight_names import destinations, published_sh
 def target_device(name: str, cfg: DeepseekV3HookedConfig) -> torch.device:
     """Pipeline split (TL's, or cfg.device_plan's by bytes): embed with block 0, block i on its device, final norm
     and unembed with the last block."""
-    from r1_plugin.models.placement import block_device
+    from r1_plugin.models.device_plan import block_device
 
     if name.startswith("blocks."):
         return block_device(int(name.split(".")[1]), cfg)

@@ -46,8 +46,8 @@ def r1_checkpoint(model_name: Any) -> tuple[str, dict[str, Any]] | None:
     """
     from pathlib import Path
 
-    from r1_plugin.models import registry
-    from r1_plugin.models.placement import read_config
+    from r1_plugin.models import model_names
+    from r1_plugin.models.device_plan import read_config
 
     if not isinstance(model_name, str):
         return None
@@ -59,7 +59,7 @@ def r1_checkpoint(model_name: Any) -> tuple[str, dict[str, Any]] | None:
 
         raw = CheckpointFiles(str(folder.absolute()), {}).config()  # a damaged config.json is named, with what to do
         return (str(folder.absolute()), raw) if (raw.get("architectures") or [""])[0] == ARCHITECTURE else None
-    spec = registry.lookup(model_name)
+    spec = model_names.lookup(model_name)
     if spec is None or spec.architecture != ARCHITECTURE:
         return None
     return spec.hf_id, read_config(spec.hf_id)[0]
@@ -275,7 +275,7 @@ def build_hf_model(
 ) -> Any:
     """DeepseekV3ForCausalLM (eval mode) holding the checkpoint's weights in `dtype` (FP8 kept FP8 with keep_fp8).
 
-    `device_map`: an explicit {module prefix: device} dict (e.g. `r1_plugin.models.placement.bridge_device_map`)
+    `device_map`: an explicit {module prefix: device} dict (e.g. `r1_plugin.models.device_plan.bridge_device_map`)
     or accelerate's "auto"/"balanced"/"sequential" with `max_memory` (sized at `dtype`, so conservative for
     keep_fp8). Each tensor is written straight to its device; a model on several devices is dispatched with
     accelerate (`hf_device_map` set), as transformers' own `device_map` loading does.

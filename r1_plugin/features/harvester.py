@@ -43,7 +43,7 @@ import torch
 
 from r1_plugin.features.db import FeatureDB, FeatureDBError, FeatureLabel
 from r1_plugin.hook_names import hook_layer, sae_hook_name_or_none
-from r1_plugin.saes.placement import encode_on_sae
+from r1_plugin.saes.sae_devices import encode_on_sae
 
 logger = logging.getLogger(__name__)
 

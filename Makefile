@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test docs lint bench compat compat-ci clean chromium
+.PHONY: demo test docs lint bench compat compat-ci compat-tl4 clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,26 @@ compat: $(STAMP)
 compat-ci: $(STAMP)
 	$(PY) scripts/tl_compat.py --subset ci $(COMPAT_ARGS)
 
+# r1_plugin under the newest TransformerLens 4.x, in its own environment: SAELens pins transformer-lens<4 and is not
+# installed there. Runs every test marked `bridge` or `tl4` in a file that imports no sae_lens, and fails when
+# nothing ran (scripts/compat_tl4.py, docs/compat.md). Pass pytest options with COMPAT_ARGS="-- -x".
+VENV_TL4 := .venv-tl4
+PY_TL4 := $(VENV_TL4)/bin/python
+STAMP_TL4 := $(VENV_TL4)/.installed-stamp
+
+$(STAMP_TL4): pyproject.toml scripts/compat_tl4.py
+	test -x $(PY_TL4) || $(PYTHON) -m venv $(VENV_TL4)
+	$(PY_TL4) -m pip install -q --upgrade pip
+	# The CPU wheel first, as for .venv; then our dependencies without SAELens, with transformer-lens>=4,<5.
+	$(PY_TL4) -m pip install -q torch==2.13.0
+	$(PY_TL4) scripts/compat_tl4.py --requirements > $(VENV_TL4)/requirements.txt
+	$(PY_TL4) -m pip install -q -r $(VENV_TL4)/requirements.txt
+	$(PY_TL4) -m pip install -q --no-deps -e .
+	touch $(STAMP_TL4)
+
+compat-tl4: $(STAMP_TL4)
+	$(PY_TL4) scripts/compat_tl4.py $(COMPAT_ARGS)
+
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict
 
@@ -49,4 +69,4 @@ bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) site build dist wandb
+	rm -rf $(VENV) $(VENV_TL4) site build dist wandb

@@ -35,7 +35,7 @@ MID = dict(
 
 
 def timed_pair(fn_a, fn_b, repeats: int) -> tuple[float, float]:
-    """Best-of-`repeats` wall time of two functions, runs interleaved so machine load hits both alike."""
+    """Median wall time of two functions over `repeats` runs, interleaved so machine load hits both alike."""
     fn_a(), fn_b()
     times_a, times_b = [], []
     for _ in range(repeats):
@@ -43,7 +43,36 @@ def timed_pair(fn_a, fn_b, repeats: int) -> tuple[float, float]:
             start = time.perf_counter()
             fn()
             times.append(time.perf_counter() - start)
-    return min(times_a), min(times_b)
+    return sorted(times_a)[repeats // 2], sorted(times_b)[repeats // 2]
+
+
+def attention_times(model, hf, repeats: int) -> dict:
+    """MLA alone, ours vs transformers', every layer on the same normalised input [4, 256, d_model]: median wall
+    and CPU seconds per forward (all layers), interleaved. HF's cos/sin and causal mask are built once outside
+    the timing, as its model does once per forward; ours are looked up inside (a cached table and mask)."""
+    x = torch.randn(4, 256, model.cfg.d_model, generator=torch.Generator().manual_seed(1))
+    positions = torch.arange(x.shape[1])[None].expand(x.shape[0], -1)
+    cos_sin = hf.model.rotary_emb(x, positions)
+    mask = torch.full((x.shape[1], x.shape[1]), float("-inf")).triu(1)[None, None].expand(x.shape[0], 1, -1, -1)
+    ours = [block.attn for block in model.blocks]
+    theirs = [layer.self_attn for layer in hf.model.layers]
+    max_diff = max((a(x) - b(x, cos_sin, mask)[0]).abs().max().item() for a, b in zip(ours, theirs))
+
+    def run_ours() -> None:
+        for attn in ours:
+            attn(x)
+
+    def run_theirs() -> None:
+        for attn in theirs:
+            attn(x, cos_sin, mask)
+
+    wall_tl, wall_hf = timed_pair(run_ours, run_theirs, repeats)
+    cpu_tl, cpu_hf = cpu_timed_pair(run_ours, run_theirs, repeats)
+    return {
+        "attention_input": list(x.shape), "attention_max_abs_diff": max_diff,
+        "attention_tl_s": wall_tl, "attention_hf_s": wall_hf, "attention_ratio": wall_tl / wall_hf,
+        "attention_tl_cpu_s": cpu_tl, "attention_hf_cpu_s": cpu_hf, "attention_cpu_ratio": cpu_tl / cpu_hf,
+    }
 
 
 def cpu_timed_pair(fn_a, fn_b, repeats: int) -> tuple[float, float]:
@@ -90,8 +119,9 @@ def component_cpu_times(model, hf, tokens: torch.Tensor, repeats: int) -> dict:
     return out
 
 
-def bench_compute(quick: bool) -> dict:
-    """Forward and generation: TL (via from_pretrained_no_processing) vs HF on the same float32 weights."""
+def bench_compute(quick: bool, only_forward: bool = False) -> dict:
+    """Forward (whole, per component, MLA alone) and generation: TL (via from_pretrained_no_processing) vs HF on
+    the same float32 weights; `only_forward` skips generation."""
     from transformer_lens import HookedTransformer
 
     import r1_plugin  # noqa: F401
@@ -105,12 +135,20 @@ def bench_compute(quick: bool) -> dict:
     hf.generation_config.eos_token_id = None
     hf.generation_config.pad_token_id = 0
     tokens = torch.randint(2, ck.config["vocab_size"], (4, 256), generator=torch.Generator().manual_seed(0))
-    repeats = 3 if quick else 7
+    repeats = 3 if quick else 9
     with torch.inference_mode():
         max_diff = (model(tokens) - hf(tokens).logits).abs().max().item()
         t_tl, t_hf = timed_pair(lambda: model(tokens), lambda: hf(tokens), repeats)
         c_tl, c_hf = cpu_timed_pair(lambda: model(tokens), lambda: hf(tokens), repeats)
         components = component_cpu_times(model, hf, tokens, 3 if quick else 5)
+        attention = attention_times(model, hf, 5 if quick else 15)
+        if only_forward:
+            return {
+                "forward_tokens": list(tokens.shape), "forward_tl_s": t_tl, "forward_hf_s": t_hf,
+                "forward_ratio": t_tl / t_hf, "forward_tl_cpu_s": c_tl, "forward_hf_cpu_s": c_hf,
+                "forward_cpu_ratio": c_tl / c_hf, "forward_cpu_s_by_component": components,
+                "max_abs_logit_diff": max_diff, **attention,
+            }
         prompt, new = tokens[:1, :32], 32 if quick else 64
         kw = dict(max_new_tokens=new, do_sample=False, stop_at_eos=False, verbose=False)
         g_tl, g_hf = timed_pair(
@@ -130,7 +168,7 @@ def bench_compute(quick: bool) -> dict:
     return {
         "forward_tokens": list(tokens.shape), "forward_tl_s": t_tl, "forward_hf_s": t_hf, "forward_ratio": t_tl / t_hf,
         "forward_tl_cpu_s": c_tl, "forward_hf_cpu_s": c_hf, "forward_cpu_ratio": c_tl / c_hf,
-        "forward_cpu_s_by_component": components,
+        "forward_cpu_s_by_component": components, **attention,
         "max_abs_logit_diff": max_diff, "gen_new_tokens": new, "gen_tl_tok_s": new / g_tl, "gen_hf_tok_s": new / g_hf,
         "gen_same_tokens_as_hf": same, "gen_ratio_tl_over_hf_tok_s": g_hf / g_tl,
         "long_gen_prompt": long_prompt.shape[1], "long_gen_new_tokens": long_new, "long_gen_tl_tok_s": long_new / lg_tl,
@@ -253,8 +291,11 @@ def bench_loading(n_layers: int, n_shards: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared box)")
-    parser.add_argument("--only", nargs="+", choices=["compute", "fp8", "loading"], default=["compute", "fp8", "loading"])
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the reported ratios use 2)")
+    parser.add_argument(
+        "--only", nargs="+", choices=["compute", "forward", "fp8", "loading"], default=["compute", "fp8", "loading"],
+        help="forward: the forward comparisons of compute only (whole, per component, MLA alone), no generation",
+    )
     parser.add_argument("--load-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load_child:
@@ -262,13 +303,14 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}")
-    results: dict = {}
-    if "compute" in args.only:
-        results["compute"] = bench_compute(args.quick)
+    results: dict = {"load_average_start": os.getloadavg()[0], "threads": torch.get_num_threads()}
+    if "compute" in args.only or "forward" in args.only:
+        results["compute"] = bench_compute(args.quick, only_forward="compute" not in args.only)
     if "fp8" in args.only:
         results["fp8"] = bench_fp8(args.quick)
     if "loading" in args.only:
         results["loading"] = [bench_loading(layers, shards) for layers, shards in ((4, 4), (8, 8), (16, 4), (16, 16))]
+    results["load_average_end"] = os.getloadavg()[0]
     print(json.dumps(results, indent=2))
 
 

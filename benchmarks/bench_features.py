@@ -99,7 +99,7 @@ def bench_harvest(n_prompts: int, quick: bool) -> None:
     from transformer_lens import HookedTransformer
 
     from r1_plugin.features import harvest, merge_shards
-    from r1_plugin.features.harvest import RunningTopK
+    from r1_plugin.features.harvester import RunningTopK
     from r1_plugin.testing.distill_checkpoints import write_tiny_distill
 
     repo = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"

@@ -186,7 +186,7 @@ def moe_layers_that_fit(config: dict[str, Any], args: argparse.Namespace, device
         return args.moe_layers
     if device.type != "cuda":
         return 2
-    from r1_plugin.models.placement import model_bytes
+    from r1_plugin.models.device_plan import model_bytes
 
     dtype = str(args.dtype)
     sizes = model_bytes({**config, "num_hidden_layers": 2, "first_k_dense_replace": 1}, dtype, keep_fp8=False,

@@ -15,10 +15,11 @@ from r1_plugin._lazy import lazy_exports
 
 if TYPE_CHECKING:  # what the lazy exports are, for type checkers and IDEs
     from r1_plugin.chat import format_r1_prompt as format_r1_prompt
+    from r1_plugin.chat import r1_chat_batch as r1_chat_batch
     from r1_plugin.chat import r1_chat_tokens as r1_chat_tokens
     from r1_plugin.diagnostics import doctor as doctor
-    from r1_plugin.models.placement import plan_devices as plan_devices
-    from r1_plugin.models.registry import ModelSpec as ModelSpec
+    from r1_plugin.models.device_plan import plan_devices as plan_devices
+    from r1_plugin.models.model_names import ModelSpec as ModelSpec
 
 __version__ = "0.1.0"
 
@@ -27,14 +28,15 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "format_r1_prompt": "r1_plugin.chat",
     "r1_chat_tokens": "r1_plugin.chat",
-    "ModelSpec": "r1_plugin.models.registry",
+    "r1_chat_batch": "r1_plugin.chat",
+    "ModelSpec": "r1_plugin.models.model_names",
     "doctor": "r1_plugin.diagnostics",
-    "plan_devices": "r1_plugin.models.placement",
+    "plan_devices": "r1_plugin.models.device_plan",
 }
 
 __all__ = [
-    "register", "list_models", "__version__", "format_r1_prompt", "r1_chat_tokens", "ModelSpec", "doctor",
-    "plan_devices",
+    "register", "list_models", "__version__", "format_r1_prompt", "r1_chat_tokens", "r1_chat_batch", "ModelSpec",
+    "doctor", "plan_devices",
 ]
 
 
@@ -49,7 +51,7 @@ def register() -> None:
 
 def list_models() -> list[ModelSpec]:
     """The models r1_plugin registers: HF id, aliases, architecture and chat family."""
-    from r1_plugin.models.registry import ALL_MODELS
+    from r1_plugin.models.model_names import ALL_MODELS
 
     return list(ALL_MODELS)
 

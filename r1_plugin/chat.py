@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -87,27 +88,45 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
 
 def r1_chat_tokens(
     model_or_tokenizer: Any,
-    user: str | Sequence[str],
+    user: str,
     system: str | None = None,
     history: Sequence[dict[str, str]] | None = None,
-) -> Any:
-    """Token ids of the rendered R1 prompt(s), each with exactly one BOS (the template's own).
-
-    One string: a `[1, seq]` tensor, e.g.
+) -> torch.Tensor:
+    """Token ids `[1, seq]` of one rendered R1 prompt, with exactly one BOS (the template's own), e.g.
     `model.generate(r1_chat_tokens(model, "What is 2+2?"), max_new_tokens=256, use_past_kv_cache=True)`.
-    A list of strings: a `ChatBatch(tokens, attention_mask)`, left-padded with the tokenizer's pad id, ready for
-    `model.generate(batch.tokens, padding_side="left", ...)`; `system` and `history` apply to every row. Gates
-    count real positions (padding excluded), so each row opens at its own response prefix's end.
+
+    Several prompts: `r1_chat_batch`. (A list here still works for one release, with a DeprecationWarning, and
+    returns `r1_chat_batch`'s `ChatBatch`.)
+    """
+    if not isinstance(user, str):
+        warnings.warn(
+            "r1_chat_tokens(model, [prompts]) is deprecated: use r1_chat_batch(model, prompts), which returns the "
+            "same ChatBatch(tokens, attention_mask); r1_chat_tokens takes one prompt and returns a tensor",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return r1_chat_batch(model_or_tokenizer, user, system, history)  # type: ignore[return-value]
+    tokenizer = _tokenizer_of(model_or_tokenizer)
+    ids = torch.tensor([_encode(tokenizer, format_r1_prompt(tokenizer, user, system, history))], dtype=torch.long)
+    device = _device_of(model_or_tokenizer)
+    return ids.to(device) if device is not None else ids
+
+
+def r1_chat_batch(
+    model_or_tokenizer: Any,
+    users: Sequence[str],
+    system: str | None = None,
+    history: Sequence[dict[str, str]] | None = None,
+) -> ChatBatch:
+    """Several rendered R1 prompts as a `ChatBatch(tokens, attention_mask)`, left-padded with the tokenizer's pad id.
+
+    Ready for `model.generate(batch.tokens, padding_side="left", ...)`; `system` and `history` apply to every row.
+    Gates count real positions (padding excluded), so each row opens at its own response prefix's end.
     """
     tokenizer = _tokenizer_of(model_or_tokenizer)
-    device = getattr(getattr(model_or_tokenizer, "cfg", None), "device", None)
-    if isinstance(user, str):
-        text = format_r1_prompt(tokenizer, user, system, history)
-        ids = torch.tensor([_encode(tokenizer, text)], dtype=torch.long)
-        return ids.to(device) if device is not None else ids
-    users = list(user)
+    users = [users] if isinstance(users, str) else list(users)
     if not users or not all(isinstance(u, str) for u in users):
-        raise TypeError("r1_chat_tokens takes one prompt (str) or a non-empty list of prompts (str)")
+        raise TypeError("r1_chat_batch takes a non-empty list of prompts (str); one prompt: r1_chat_tokens")
     pad = getattr(tokenizer, "pad_token_id", None)
     if pad is None:
         raise ValueError(
@@ -117,6 +136,12 @@ def r1_chat_tokens(
     width = max(len(r) for r in rows)
     tokens = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+    device = _device_of(model_or_tokenizer)
     if device is not None:
         tokens, mask = tokens.to(device), mask.to(device)
     return ChatBatch(tokens, mask)
+
+
+def _device_of(model_or_tokenizer: Any) -> Any:
+    """The model's device (`cfg.device`, HookedTransformer and TransformerBridge alike), None for a tokenizer."""
+    return getattr(getattr(model_or_tokenizer, "cfg", None), "device", None)

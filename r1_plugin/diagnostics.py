@@ -1,8 +1,10 @@
 """`r1_plugin.doctor()` / `r1-plugin doctor`: what is installed, what r1_plugin patched, and where things go.
 
 Light by default: it imports neither torch, TransformerLens nor SAELens (a patch whose target is not imported yet
-shows as pending, devices come from the environment). `doctor(apply=True)` / `r1-plugin doctor --apply` imports
-them, applies every patch and asks torch for the devices.
+shows as pending, one whose target is not installed as skipped; devices come from the environment).
+`doctor(apply=True)` / `r1-plugin doctor --apply` imports them, applies every patch and asks torch for the devices.
+Each patch shows as applied, skipped (its target is gone: under TransformerLens 4 the HookedTransformer patches)
+or failed (with the error).
 """
 
 from __future__ import annotations
@@ -25,19 +27,21 @@ def _version(dist: str) -> str | None:
 
 
 def _model_names() -> list[str]:
-    """R1 names as TransformerLens sees them when it is imported, else r1_plugin's registry."""
-    from r1_plugin.models.registry import ALL_MODELS
+    """R1 names as TransformerLens's registry has them once `tl_models` applied, else r1_plugin's registry (the HF
+    ids, which TransformerBridge.boot_transformers takes directly)."""
+    from r1_plugin import _patches
+    from r1_plugin.models.model_names import ALL_MODELS
 
     ours = [spec.hf_id for spec in ALL_MODELS]
     supported = sys.modules.get("transformer_lens.supported_models")
-    if supported is None:
+    if supported is None or _patches.patch_status().get("tl_models") != "applied":
         return ours
     return [name for name in supported.OFFICIAL_MODEL_NAMES if name in set(ours)]
 
 
 def _sae_releases() -> list[str]:
     """r1_plugin's releases as SAELens's directory has them when SAELens is imported, else from our yaml."""
-    from r1_plugin.saes.registry import raw_releases
+    from r1_plugin.saes.releases import raw_releases
 
     ours = list(raw_releases())
     directory = sys.modules.get("sae_lens.loading.pretrained_saes_directory")
@@ -74,18 +78,16 @@ def _wandb() -> dict[str, Any]:
 def report(apply: bool = False) -> dict[str, Any]:
     """Everything `doctor` prints, as a dict (versions, patches, names, releases, hub, devices, W&B)."""
     from r1_plugin import _patches
+    from r1_plugin._patches import _versions
 
     if apply:
-        try:
-            _patches.apply_all()
-        except Exception:  # a failed patch is reported below, in "patches"
-            pass
+        _patches.apply_all(raise_errors=False)  # a failed patch is warned about and reported in "patches"
         import torch  # noqa: F401  (so the devices come from torch)
     return {
         "python": sys.version.split()[0],
         "versions": {dist: _version(dist) for dist in PACKAGES},
-        "tested": {dist: f">={low},<{high}" for dist, (low, high) in _patches.TESTED_VERSIONS.items()},
-        "untested": _patches.untested_versions(),
+        "tested": {dist: _versions.tested_text(dist) for dist in _versions.TESTED_VERSIONS},
+        "untested": _versions.untested_versions(),
         "patches": _patches.patch_status(),
         "models": _model_names(),
         "sae_releases": _sae_releases(),
@@ -103,7 +105,8 @@ def format_report(info: dict[str, Any]) -> str:
         flag = "  UNTESTED" if dist in info["untested"] else ""
         lines.append(f"  {dist:18s} {version or 'not installed'}" + (f"  (tested {tested}){flag}" if tested else ""))
     lines.append("patches:")
-    lines += [f"  {name:12s} {status}" for name, status in info["patches"].items()]
+    width = max(map(len, info["patches"]), default=0)
+    lines += [f"  {name:{width}s} {status}" for name, status in info["patches"].items()]
     lines.append(f"models ({len(info['models'])}): " + ", ".join(info["models"]))
     lines.append(f"SAE releases ({len(info['sae_releases'])}): " + ", ".join(info["sae_releases"]))
     lines.append(f"HF cache: {info['hub']['cache']}  offline: {info['hub']['offline']}")

@@ -442,7 +442,8 @@ def load_model(name: str, backend: str = DEFAULT_BACKEND, *, sae_lens: bool = Fa
     """Load `name` (an R1/distill name or a local folder) as a HookedTransformer (`backend="hooked"`, unprocessed)
     or a TransformerBridge (`"bridge"`, `TransformerBridge.boot_transformers`); `sae_lens=True` gives SAELens's
     HookedSAETransformer / SAETransformerBridge. `kwargs` are the loader's keywords (device, dtype, n_devices,
-    first_n_layers, keep_fp8, ...); a keyword the chosen loader lacks is an error."""
+    keep_fp8, ...; first_n_layers and memory_per_device only for "hooked"); a keyword the loader lacks is an
+    error."""
     check_backend(backend)
     if backend == "hooked":
         if sae_lens:
@@ -463,7 +464,7 @@ def load_model(name: str, backend: str = DEFAULT_BACKEND, *, sae_lens: bool = Fa
         dtype = getattr(torch, dtype)
     if dtype is not None:
         kwargs["dtype"] = dtype
-    unsupported = sorted(set(kwargs) & {"first_n_layers", "keep_fp8", "fold_ln", "center_writing_weights"})
+    unsupported = sorted(set(kwargs) & {"first_n_layers", "memory_per_device", "fold_ln", "center_writing_weights"})
     if unsupported:
         raise ModelDriveError(
             f"{', '.join(unsupported)} is not available on the bridge backend (TransformerBridge.boot_transformers); "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class R1PluginError(Exception):
@@ -78,6 +80,22 @@ def is_missing_file_error(exc: BaseException) -> bool:
         or "HF_HUB_OFFLINE" in text
         or "outgoing traffic has been disabled" in text
     )
+
+
+@contextmanager
+def missing_from_cache(repo_id: str, filename: str | None = None, *, detail: bool = False) -> Iterator[None]:
+    """Inside the block, an error meaning 'not cached and cannot download' becomes MissingFromCacheError naming
+    `filename` of `repo_id` (with the original message as detail when `detail`); every other error passes as is."""
+    try:
+        yield
+    except Exception as exc:
+        if is_missing_file_error(exc):
+            raise MissingFromCacheError(repo_id, filename, str(exc) if detail else "") from exc
+        raise
+
+
+class CheckpointError(R1PluginError, ValueError):
+    """A checkpoint file (config, index or safetensors shard) that is damaged or does not match its config."""
 
 
 class PatchTargetError(R1PluginError, RuntimeError):

@@ -17,12 +17,26 @@ from typing import Any
 
 THINK_TOKEN = "<think>"
 THINK_CLOSE = "</think>"  # ends the thinking trace (the `Thinking` gate closes after it)
-# A sentence ends at '.', '!' or '?' (optionally closed by quotes/brackets) followed by whitespace, or at a
-# newline. "3.5" or "e.g" do not end a sentence: the punctuation must be followed by whitespace.
-SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s)|\n")
+# Where a sentence ends, in every script R1 writes its thinking in (it thinks in the prompt's language).
+# - Stops that also sit inside words and numbers ("3.5", "e.g", "wait...so") end a sentence only when whitespace
+#   follows: ASCII . ! ?, the ellipses … and ⋯, full-width ．, and ‼ ⁇ ⁈ ⁉ ‽.
+# - Stops that never sit inside a word end a sentence without whitespace (Chinese and Japanese write none):
+#   full-width 。 ｡ ！ ？, vertical ︒, Devanagari danda । ॥, Arabic ؟ and Urdu ۔, Armenian ։,
+#   Ethiopic ። ፧ ፨, Myanmar ။, Khmer ។. The end is the last stop of a run ("？！"), so it is decided by the
+#   first character after the run that is neither a stop nor a closer.
+# Closing quotes and brackets may follow a stop on both sides ('."', '。」', '।”'). A newline always ends a sentence.
+# Both the one-shot `response_prefix_end` and the online gate `AfterResponsePrefix` match this one pattern.
+SPACED_STOPS = ".!?\u2026\u22ef\uff0e\u203c\u2047\u2048\u2049\u203d"
+UNSPACED_STOPS = "\u3002\uff61\uff01\uff1f\ufe12\u0964\u0965\u061f\u06d4\u0589\u1362\u1367\u1368\u104b\u17d4"
+CLOSERS = "\"')]}\u201d\u2019\u00bb\u203a\u300d\u300f\uff09\u3011\u3015\u3009\u300b\u3017\u3019\u301b\uff02\uff07\uff3d\uff5d"
+_SPACED = f"[{re.escape(SPACED_STOPS)}]"
+_UNSPACED = f"[{re.escape(UNSPACED_STOPS)}]"
+_CLOSE = f"[{re.escape(CLOSERS)}]*"
+_NOT_STOP_OR_CLOSER = f"[^{re.escape(SPACED_STOPS + UNSPACED_STOPS + CLOSERS)}]"
+SENTENCE_END = re.compile(f"{_SPACED}{_CLOSE}(?=\\s)|{_UNSPACED}(?={_CLOSE}{_NOT_STOP_OR_CLOSER})|\n")
 NEWLINE = re.compile(r"\n")
-# A finished text may end right after the punctuation (no whitespace follows): counted only when `complete`.
-_FINAL_SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s*$")
+# A finished text may end right after the stop (nothing follows): counted only when `complete`.
+_FINAL_SENTENCE_END = re.compile(f"(?:{_SPACED}|{_UNSPACED}){_CLOSE}\\s*$")
 
 
 @dataclass(frozen=True)
@@ -85,7 +99,7 @@ class ResponsePrefixScanner:
         return None
 
     def final_end(self) -> int | None:
-        """The end when the sequence is finished and undecided: a trailing '.'/'!'/'?' counts (sentence mode)."""
+        """The end when the sequence is finished and undecided: a trailing stop of any script counts (sentence mode)."""
         if not self.text or self.spec.end != "sentence":
             return None
         tail = _FINAL_SENTENCE_END.search(self.text)
@@ -110,7 +124,7 @@ def find_response_prefix_end(
     newline(s) that follow it; its end is the token that completes the first sentence end (or newline). Because a
     sentence end needs the following whitespace, the deciding whitespace can arrive with a later token: the end is
     still the token holding the punctuation. When the end is not yet decidable (the text so far ends right after
-    a '.') it returns None unless `complete` (the sequence is final), in which case a trailing '.'/'!'/'?' counts.
+    a stop) it returns None unless `complete` (the sequence is final), in which case a trailing stop counts.
     """
     spec = spec or ResponsePrefixSpec()
     start = find_think_start(str_tokens, spec.think_token)
@@ -134,7 +148,7 @@ def response_prefix_end(
     it, or None. Used by the sink check, the experiments and the CLI; the `AfterResponsePrefix` gate decides the
     same position online (and opens right after it, or where it is first decidable if later).
 
-    `complete`: the sequence is finished, so a trailing '.'/'!'/'?' ends the prefix too.
+    `complete`: the sequence is finished, so a trailing stop (`SENTENCE_END`'s, of any script) ends the prefix too.
     """
     from r1_plugin.token_text import text_pieces
 

@@ -66,14 +66,10 @@ def infer_d_in(model_name: str, hook_name: str) -> int:
     from transformers import AutoConfig
 
     official = get_official_model_name(model_name)
-    try:
-        hf_config = AutoConfig.from_pretrained(official)
-    except OSError as exc:
-        from r1_plugin.errors import MissingFromCacheError, is_missing_file_error
+    from r1_plugin.errors import missing_from_cache
 
-        if is_missing_file_error(exc):
-            raise MissingFromCacheError(official, "config.json", str(exc)) from exc
-        raise
+    with missing_from_cache(official, "config.json", detail=True):
+        hf_config = AutoConfig.from_pretrained(official)
     return int(hf_config.hidden_size)
 
 
@@ -116,6 +112,7 @@ def tokenized_dataset(
     return Dataset.from_dict({column: rows})
 
 
+# Long: a flat recipe; its length is the 30 SAELens fields it takes and passes on one to one (checks are helpers).
 def sae_runner_config(
     model_name: str,
     hook_name: str,
@@ -161,36 +158,13 @@ def sae_runner_config(
     SAELens moves each activation batch to the SAE's device, and the SAE casts it to its dtype.
     """
     from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
-    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
 
-    if architecture not in SAE_TRAINING_CLASS_REGISTRY:
-        raise SAETrainingError(
-            f"unknown SAE architecture {architecture!r}: SAELens trains {sorted(SAE_TRAINING_CLASS_REGISTRY)}"
-        )
     if training_tokens < train_batch_size_tokens:
         raise SAETrainingError(
             f"training_tokens ({training_tokens}) is less than one batch ({train_batch_size_tokens} tokens)"
         )
-    _, sae_cfg_cls = SAE_TRAINING_CLASS_REGISTRY[architecture]
-    if d_in is None:
-        d_in = infer_d_in(model_name, hook_name)
-    try:
-        sae_cfg = sae_cfg_cls(d_in=d_in, d_sae=d_sae, dtype=dtype, device=device, **(sae_kwargs or {}))
-    except TypeError as exc:
-        raise SAETrainingError(f"bad sae_kwargs for architecture {architecture!r}: {exc}") from exc
-
-    pretrained_kwargs: dict[str, Any] = {"center_writing_weights": False}  # SAELens's own default
-    pretrained_kwargs.update(model_from_pretrained_kwargs or {})
-    if first_n_layers == "auto":
-        first_n_layers = layers_needed(hook_name)
-    if first_n_layers is not None:
-        needed = layers_needed(hook_name)
-        if needed is not None and first_n_layers < needed:
-            raise SAETrainingError(
-                f"first_n_layers={first_n_layers} drops the layer of {hook_name!r}: it needs at least {needed}"
-            )
-        pretrained_kwargs["first_n_layers"] = first_n_layers
-
+    sae_cfg = _sae_config(architecture, model_name, hook_name, d_in, d_sae, dtype, device, sae_kwargs)
+    pretrained_kwargs = _model_kwargs(hook_name, first_n_layers, model_from_pretrained_kwargs)
     return LanguageModelSAERunnerConfig(
         sae=sae_cfg,
         model_name=model_name,
@@ -223,6 +197,50 @@ def sae_runner_config(
         ),
         **runner_kwargs,
     )
+
+
+def _sae_config(
+    architecture: str,
+    model_name: str,
+    hook_name: str,
+    d_in: int | None,
+    d_sae: int,
+    dtype: str,
+    device: str,
+    sae_kwargs: dict[str, Any] | None,
+) -> Any:
+    """The SAELens training config of `architecture` (d_in read from the model's config when None)."""
+    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+
+    if architecture not in SAE_TRAINING_CLASS_REGISTRY:
+        raise SAETrainingError(
+            f"unknown SAE architecture {architecture!r}: SAELens trains {sorted(SAE_TRAINING_CLASS_REGISTRY)}"
+        )
+    _, sae_cfg_cls = SAE_TRAINING_CLASS_REGISTRY[architecture]
+    if d_in is None:
+        d_in = infer_d_in(model_name, hook_name)
+    try:
+        return sae_cfg_cls(d_in=d_in, d_sae=d_sae, dtype=dtype, device=device, **(sae_kwargs or {}))
+    except TypeError as exc:
+        raise SAETrainingError(f"bad sae_kwargs for architecture {architecture!r}: {exc}") from exc
+
+
+def _model_kwargs(
+    hook_name: str, first_n_layers: int | Literal["auto"] | None, given: dict[str, Any] | None
+) -> dict[str, Any]:
+    """`model_from_pretrained_kwargs` for SAELens: `given`, plus the layers to load (checked to reach the hook)."""
+    kwargs: dict[str, Any] = {"center_writing_weights": False}  # SAELens's own default
+    kwargs.update(given or {})
+    if first_n_layers == "auto":
+        first_n_layers = layers_needed(hook_name)
+    if first_n_layers is not None:
+        needed = layers_needed(hook_name)
+        if needed is not None and first_n_layers < needed:
+            raise SAETrainingError(
+                f"first_n_layers={first_n_layers} drops the layer of {hook_name!r}: it needs at least {needed}"
+            )
+        kwargs["first_n_layers"] = first_n_layers
+    return kwargs
 
 
 def _new_run_id() -> str:

@@ -52,10 +52,10 @@ def r1_configs() -> Path:
 @pytest.fixture
 def opened_shards(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The names of the safetensors shards the DeepSeek-V3 loader opens during the test, in order."""
-    from r1_plugin.models.deepseek_v3 import loading
+    from r1_plugin.models.deepseek_v3 import checkpoint_files
 
     opened: list[str] = []
-    original = loading.open_safetensors
+    original = checkpoint_files.open_safetensors
 
     @contextmanager
     def spy(path: Path) -> Iterator[object]:
@@ -63,5 +63,5 @@ def opened_shards(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         with original(path) as handle:
             yield handle
 
-    monkeypatch.setattr(loading, "open_safetensors", spy)
+    monkeypatch.setattr(checkpoint_files, "open_safetensors", spy)
     return opened

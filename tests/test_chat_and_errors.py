@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -186,3 +187,34 @@ def test_transformers_offline_counts_as_offline(monkeypatch):
     assert hub_offline()
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
     assert not hub_offline()
+
+
+def test_missing_from_cache_translates_only_cache_misses() -> None:
+    """One definition of the not-cached translation (issue #21): every load path uses `missing_from_cache`."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from r1_plugin.errors import missing_from_cache
+
+    with pytest.raises(MissingFromCacheError) as info:
+        with missing_from_cache("org/repo", "config.json"):
+            raise LocalEntryNotFoundError("Cannot find the requested files in the disk cache")
+    assert "`hf download org/repo config.json`" in str(info.value)
+    assert isinstance(info.value.__cause__, LocalEntryNotFoundError) and info.value.filename == "config.json"
+    with pytest.raises(MissingFromCacheError, match=r"\(We couldn't connect"):
+        with missing_from_cache("org/repo", "config.json", detail=True):
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+    with pytest.raises(PermissionError):  # anything else passes through unchanged
+        with missing_from_cache("org/repo", "config.json"):
+            raise PermissionError("read-only cache")
+    with missing_from_cache("org/repo"):
+        pass
+
+
+def test_the_translation_is_written_once() -> None:
+    """No module but errors.py (the definition) and the CLI's classifier calls is_missing_file_error itself."""
+    import r1_plugin
+
+    package = Path(r1_plugin.__file__).parent
+    callers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                     if "is_missing_file_error(" in p.read_text(encoding="utf-8"))
+    assert callers == ["cli/_errors.py", "errors.py"]

@@ -83,7 +83,7 @@ def test_cli_harvest_bad_input(sae_dir: Path, tmp_path: Path, capsys: pytest.Cap
     (tmp_path / "p.txt").write_text("one\ntwo\n")
     base = ["features", "harvest", "--model", QWEN, "--out", str(tmp_path / "o"), "--no-wandb"]
     cases = [
-        (["--sae-path", str(sae_dir), "--prompts", str(tmp_path / "missing.txt")], "cannot read prompts"),
+        (["--sae-path", str(sae_dir), "--prompts", str(tmp_path / "missing.txt")], "missing.txt does not exist"),
         (["--sae-path", str(sae_dir), "--prompts", str(tmp_path / "bad.jsonl")], "bad.jsonl:2"),
         (["--sae-path", str(sae_dir), "--prompts", str(tmp_path / "broken.jsonl")], "is not JSON"),
         (["--sae-path", str(sae_dir), "--prompts", str(tmp_path / "empty.txt")], "holds no prompts"),
@@ -97,3 +97,24 @@ def test_cli_harvest_bad_input(sae_dir: Path, tmp_path: Path, capsys: pytest.Cap
         assert main([*base, *argv]) == 2, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err, err
+
+
+def test_a_locked_database_is_not_called_damaged(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """A DuckDB file another process holds: one line, exit 2, saying so (not "is the file damaged? fetch it
+    again"). An unwritable output: tests/test_harvest_faults.py."""
+    import subprocess
+    import sys
+
+    from r1_plugin.testing.feature_db import write_activations
+
+    db = write_activations(tmp_path / "a.ddb", [(0, 0, 1, "a")], [(0, 0, 0, 1.0)])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb,sys,time; c=duckdb.connect({str(db)!r}); print('held', flush=True); "
+         "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert main(["features", "show", "0", "--activations", str(db)]) == 2
+    finally:
+        holder.communicate("", timeout=60)
+    err = capsys.readouterr().err
+    assert "another process has the database open" in err and "damaged" not in err and "Traceback" not in err

@@ -114,3 +114,55 @@ def test_devices_this_machine_lacks_are_refused_before_loading(
                         classmethod(lambda cls, *a, **k: pytest.fail("loaded despite a bad device")))
     with pytest.raises(ModelArgsError, match=message):
         load_model_from_args(parse("--model", QWEN, *argv))
+
+
+MODEL_FLAGS = ("--model", "--dtype", "--device", "--n-devices", "--first-n-layers", "--keep-fp8",
+               "--memory-per-device", "--sae-device", "--sae-dtype")
+
+
+def _model_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {opt: a for a in parser._actions for opt in a.option_strings if opt in MODEL_FLAGS}
+
+
+def _subparser(parser: argparse.ArgumentParser, *path: str) -> argparse.ArgumentParser:
+    for name in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return parser
+
+
+def test_one_definition_of_the_model_flags_for_every_command_and_the_demo() -> None:
+    """steer, sinks, features harvest, the four experiments, models plan and the demo declare the model flags
+    through add_model_args: the same type, choices and help (the demo's defaults are its own: cpu, float32)."""
+    from r1_plugin.demo.run import build_parser as demo_parser
+
+    reference = _model_actions(_subparser(build_parser("steer"), "steer"))
+    assert set(reference) == set(MODEL_FLAGS)
+    parsers = {
+        "sinks": _subparser(build_parser("sinks"), "sinks"),
+        "features harvest": _subparser(build_parser("features"), "features", "harvest"),
+        **{f"experiment {n}": _subparser(build_parser("experiment"), "experiment", n)
+           for n in ("prefix-gating", "oversteer", "segments", "sinks")},
+        "models plan": _subparser(build_parser("models"), "models", "plan"),
+        "demo": demo_parser(),
+    }
+    for name, parser in parsers.items():
+        actions = _model_actions(parser)
+        assert actions, name
+        for flag, action in actions.items():
+            ref = reference[flag]
+            assert (action.type, action.choices, action.nargs) == (ref.type, ref.choices, ref.nargs), (name, flag)
+            if flag != "--model" and not (name == "demo" and flag in ("--device", "--dtype")):
+                assert action.help == ref.help, (name, flag)  # the demo's help states its own defaults
+    assert "--device" not in _model_actions(parsers["models plan"])  # a plan places nothing
+    demo = demo_parser().parse_args([])
+    assert (demo.device, demo.dtype, demo.n_devices, demo.memory_per_device) == ("cpu", "float32", None, None)
+
+
+def test_memory_per_device_is_the_python_keyword() -> None:
+    """--memory-per-device reaches from_pretrained as memory_per_device (bytes), as plan_devices takes it."""
+    args = parse("--model", "m", "--memory-per-device", "80GiB")
+    assert model_kwargs_from_args(args) == dict(memory_per_device=80 * 2**30)
+    for bad in ("0", "-1GB", "lots", "nan"):
+        with pytest.raises(SystemExit):
+            parse("--model", "m", "--memory-per-device", bad)

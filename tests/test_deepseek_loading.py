@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer
 
-from r1_plugin.models.deepseek_v3 import loading
+from r1_plugin.models.deepseek_v3 import checkpoint_files, loading
 from r1_plugin.models.deepseek_v3.fp8 import dequantize_blockwise, quantize_blockwise
 from r1_plugin.testing.deepseek_checkpoints import hf_reference_model, tiny_config, write_tiny_checkpoint
 
@@ -70,7 +70,7 @@ def test_fp8_sharded_checkpoint_matches_hf_on_exact_dequantisation(
     assert any(k.endswith("kv_a_proj_with_mqa.weight_scale_inv") for k in ck.tensors)
     open_now: list[str] = []
     opened: list[str] = []
-    original = loading.open_safetensors
+    original = checkpoint_files.open_safetensors
 
     @contextmanager
     def spy(path: Path):
@@ -81,7 +81,7 @@ def test_fp8_sharded_checkpoint_matches_hf_on_exact_dequantisation(
             yield handle
         open_now.pop()
 
-    monkeypatch.setattr(loading, "open_safetensors", spy)
+    monkeypatch.setattr(checkpoint_files, "open_safetensors", spy)
     model = HookedTransformer.from_pretrained_no_processing(NAME, device="cpu")
     assert sorted(set(opened)) == sorted(n for n in ck.files if n.endswith(".safetensors"))
     assert len(opened) == 4  # each shard opened exactly once (every scale lives next to its weight)
@@ -174,7 +174,7 @@ def test_parameters_own_their_storage_and_one_shard_is_mapped_at_a_time(
     shards = {str(p.resolve()) for p in folder.glob("*.safetensors")}
     assert len(shards) == 3
     mapped_at_open: list[set[str]] = []
-    original = loading.open_safetensors
+    original = checkpoint_files.open_safetensors
 
     @contextmanager
     def spy(path: Path):
@@ -182,7 +182,7 @@ def test_parameters_own_their_storage_and_one_shard_is_mapped_at_a_time(
         with original(path) as handle:
             yield handle
 
-    monkeypatch.setattr(loading, "open_safetensors", spy)
+    monkeypatch.setattr(checkpoint_files, "open_safetensors", spy)
     model = HookedTransformer.from_pretrained_no_processing(str(folder), device="cpu", dtype=torch.bfloat16)
     assert len(mapped_at_open) >= 3 and all(not m for m in mapped_at_open), mapped_at_open
     assert not mapped_files() & shards  # nothing in the model keeps a view of a shard's memory map

@@ -167,11 +167,11 @@ def test_cli_options_for_a_real_r1() -> None:
     args = build_parser().parse_args([
         "--model", "deepseek-ai/DeepSeek-R1", "--sae-release", "goodfire-deepseek-r1-logic", "--sae-id", "layer_37",
         "--feature", "26850", "--strength", "8", "--prompt", "Hi", "--device", "cuda", "--dtype", "bfloat16",
-        "--first-n-layers", "38", "--out", "x", "--features-labels", "a.db",
+        "--first-n-layers", "38", "--out", "x", "--features-labels", str(assets.FEATURES_LABELS),
     ])
     cfg = config_from_args(args)
     assert not cfg.embedded and cfg.strength == 8.0 and cfg.prompts == ["Hi"] and cfg.first_n_layers == 38
-    assert cfg.features_labels == Path("a.db") and cfg.out == Path("x")
+    assert cfg.features_labels == assets.FEATURES_LABELS and cfg.out == Path("x")
     assert DemoConfig().embedded and DemoConfig(model=str(assets.MODEL_DIR)).embedded
     assert not DemoConfig(model="tiny-r1").embedded  # no name means the embedded model: only its folder does
 

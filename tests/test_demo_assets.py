@@ -119,7 +119,7 @@ def test_embedded_sae_loads_by_path_and_computes_goodfires_encode() -> None:
     """`assets.load_sae()` (SAE.load_from_disk with the Goodfire converter) encodes and decodes exactly as
     Goodfire's reference maths on the file's tensors; the embedded SAE is in no registry."""
     from r1_plugin.demo.build import goodfire_decode, goodfire_encode
-    from r1_plugin.saes.registry import raw_releases
+    from r1_plugin.saes.releases import raw_releases
 
     state = torch.load(assets.SAE_DIR / assets.SAE_FILE, map_location="cpu", weights_only=True)
     sae = assets.load_sae()

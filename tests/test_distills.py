@@ -10,12 +10,12 @@ from sae_lens import HookedSAETransformer
 from transformer_lens import HookedTransformer, loading, supported_models
 
 import r1_plugin
-from r1_plugin.models import registry
+from r1_plugin.models import model_names
 from r1_plugin.testing.distill_checkpoints import write_tiny_distill
 
 QWEN = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 LLAMA = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"
-ALL_DISTILL_IDS = [spec.hf_id for spec in registry.DISTILLS]
+ALL_DISTILL_IDS = [spec.hf_id for spec in model_names.DISTILLS]
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_registration_is_idempotent():
     assert supported_models.OFFICIAL_MODEL_NAMES == before_names
     assert supported_models.MODEL_ALIASES == before_aliases
     assert loading.convert_hf_model_config is patched
-    for spec in registry.ALL_MODELS:
+    for spec in model_names.ALL_MODELS:
         assert supported_models.OFFICIAL_MODEL_NAMES.count(spec.hf_id) == 1
 
 

@@ -24,7 +24,7 @@ def test_every_exception_class_subclasses_r1pluginerror() -> None:
             if obj.__module__ == name and issubclass(obj, BaseException) and not issubclass(obj, Warning):
                 found[f"{name}.{obj.__qualname__}"] = obj
     # The walk really sees the package's errors, including the two that used to be bare ValueErrors.
-    assert {"r1_plugin.tracking.TrackingError", "r1_plugin.training.SAETrainingError"} <= set(found)
+    assert {"r1_plugin.tracking.mode.TrackingError", "r1_plugin.training.SAETrainingError"} <= set(found)
     assert len(found) >= 15
     bad = sorted(name for name, cls in found.items() if not issubclass(cls, R1PluginError))
     assert not bad, f"exception classes that do not subclass R1PluginError: {bad}"

@@ -213,7 +213,7 @@ def test_harvest_argument_errors(model, sae, tmp_path):
 
 def test_running_topk_equals_sorting_everything():
     """The vectorised running top-k keeps exactly ORDER BY strength DESC, sequence_id, token_idx LIMIT k."""
-    from r1_plugin.features.harvest import RunningTopK
+    from r1_plugin.features.harvester import RunningTopK
 
     gen = torch.Generator().manual_seed(0)
     k, d = 5, 30
@@ -242,9 +242,7 @@ def test_crash_between_state_and_progress_writes_resumes(one_run, model, sae, tm
     """A crash after `state.pt` is replaced but before `progress.json` is (the two checkpoint writes) leaves a
     top-k state ahead of the recorded progress; resuming must continue from the state, not re-harvest prompts
     the state already holds (which RunningTopK refuses, and which would duplicate rows)."""
-    import sys
-
-    harvest_mod = sys.modules["r1_plugin.features.harvest"]  # the package re-exports the function `harvest`
+    import r1_plugin.features.harvester as harvest_mod  # the module; `r1_plugin.features.harvest` is the function
     real_write = harvest_mod._atomic_write_bytes
     progress_writes: list[int] = []
 
@@ -268,3 +266,19 @@ def test_crash_between_state_and_progress_writes_resumes(one_run, model, sae, tm
     assert resumed == [9, 12] and result.complete
     merged = merge_shards(tmp_path / "s", tmp_path / "resumed.ddb", labels={3: "third feature"})
     assert _tables(merged) == _tables(one_run)
+
+
+def test_harvest_is_always_the_function_and_the_package_a_plain_module():
+    """`features.harvest` is the function even after its module (`features.harvester`) is imported, without any
+    swap of the package's class."""
+    import sys
+    import types
+
+    import r1_plugin.features as features
+    import r1_plugin.features.harvester as module
+
+    assert type(sys.modules["r1_plugin.features"]) is types.ModuleType
+    assert features.harvest is module.harvest and isinstance(features.harvest, types.FunctionType)
+    from r1_plugin.features import harvest as again
+
+    assert again is module.harvest and features.harvester is module

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -205,26 +206,94 @@ def test_clear_errors_for_network_and_missing_files(server, tmp_path):
     assert not list(tmp_path.rglob("*"))  # nothing half-written into the cache
 
 
-def test_missing_or_mismatched_extension_says_what_to_install(monkeypatch):
-    pin = f'pip install "duckdb=={remote.PINNED_DUCKDB}" "duckdb-extension-httpfs=={remote.PINNED_DUCKDB}"'
+@pytest.fixture()
+def no_extension_dir(tmp_path, monkeypatch) -> Path:
+    """An empty home, so DuckDB's extension directory (~/.duckdb/extensions) holds no httpfs of an earlier
+    INSTALL; INSTALL goes to a closed local port unless a test points it elsewhere."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(remote, "EXTENSION_REPOSITORY", f"http://127.0.0.1:{_closed_port()}")
+    return tmp_path
+
+
+@needs_httpfs
+def test_httpfs_from_the_matching_wheel_needs_no_network(no_extension_dir):
+    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False})
+    assert remote.load_httpfs(con) == "wheel"  # the repository is a closed port: no network was needed
+    assert con.execute(
+        "SELECT loaded FROM duckdb_extensions() WHERE extension_name = 'httpfs'"
+    ).fetchall() == [(True,)]
+    con.close()
+    assert not list(no_extension_dir.rglob("*.duckdb_extension"))  # nothing installed anywhere
+
+
+@pytest.fixture()
+def extension_repository(tmp_path) -> Iterator[tuple[RangeServer, str]]:
+    """A local copy of DuckDB's extension repository holding this duckdb's httpfs (the wheel's signed file)."""
+    import gzip
+
+    platform = duckdb.connect().execute("PRAGMA platform").fetchone()[0]
+    key = f"v{duckdb.__version__}/{platform}/httpfs.duckdb_extension.gz"
+    gz = tmp_path / "httpfs.duckdb_extension.gz"
+    gz.write_bytes(gzip.compress(remote.extension_path().read_bytes(), compresslevel=1))
+    with RangeServer({key: gz}, max_requests=20) as repo:
+        yield repo, key
+
+
+@needs_httpfs
+def test_httpfs_from_the_repository_when_no_wheel_matches(
+    files, server, no_extension_dir, extension_repository, monkeypatch
+):
+    repo, key = extension_repository
+    monkeypatch.setattr(
+        remote, "EXTENSION_MODULE", "no_such_module_r1_plugin_httpfs"
+    )  # no wheel (duckdb 2.x)
+    monkeypatch.setattr(remote, "EXTENSION_REPOSITORY", repo.url)
+    url = f"{server.url}/logic/logic-1.ddb"
+    with FeatureDB(activations=files["ddb"]) as local, FeatureDB(activations=url) as db:
+        _same_answers(local, db)
+    assert [(r.path, r.status) for r in repo.log() if r.method == "GET"] == [(key, 200)]  # INSTALLed once
+    assert list(no_extension_dir.rglob("httpfs.duckdb_extension"))  # into DuckDB's extension directory
+    repo.reset()
+    con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False})
+    assert remote.load_httpfs(con) == "repository"
+    con.close()
+    assert repo.log() == []  # the next connection LOADs it from the extension directory: no network
+
+
+def test_no_httpfs_anywhere_is_a_clear_error(no_extension_dir, monkeypatch):
     monkeypatch.setattr(remote, "EXTENSION_MODULE", "no_such_module_r1_plugin_httpfs")
+    repository = remote.EXTENSION_REPOSITORY
     with pytest.raises(remote.RemoteDBError) as err:
         FeatureDB(activations="https://example.invalid/logic/logic-1.ddb")
-    assert pin in str(err.value) and "r1-plugin features download" in str(err.value)
-    if HTTPFS is None:  # the wheel is there: a duckdb of another version cannot use it
-        monkeypatch.setattr(remote, "EXTENSION_MODULE", "duckdb_extension_httpfs")
-        monkeypatch.setattr(remote.duckdb, "__version__", "9.9.9")
-        with pytest.raises(
-            remote.RemoteDBError, match=r"but duckdb is v9\.9\.9; they must match exactly"
-        ) as err:
-            remote.extension_path()
-        assert pin in str(err.value) and "duckdb 9.9.9 is installed" in str(err.value)
+    message = str(err.value)
+    assert "no duckdb-extension-httpfs wheel is installed" in message
+    assert f"INSTALL httpfs from {repository} failed" in message
+    assert remote.install_hint() in message and "pip install" in remote.install_hint()
+    assert "r1-plugin features download" in message and "\n" not in message.strip()
+    # a duckdb newer than any wheel (2.x): told that the repository is the way, and which pair PyPI has
+    monkeypatch.setattr(remote, "EXTENSION_MODULE", "duckdb_extension_httpfs")
+    monkeypatch.setattr(remote.duckdb, "__version__", "2.0.1")
+    with pytest.raises(remote.RemoteDBError) as err:
+        remote.load_httpfs(duckdb.connect(":memory:", config={"autoinstall_known_extensions": False}))
+    message = str(err.value)
+    if HTTPFS is None:  # the 1.5.5 wheel is there, but cannot serve another duckdb
+        assert "but duckdb is v2.0.1; they must match exactly" in message
+    assert "stops at 1.5.5, so duckdb 2.0.1 gets httpfs from DuckDB's extension repository" in message
+    assert 'pip install "duckdb==1.5.5" "duckdb-extension-httpfs==1.5.5"' in message
 
 
-def test_pyproject_pins_the_pair_the_errors_name():
-    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-    assert f'"duckdb=={remote.PINNED_DUCKDB}",' in text
-    assert f'"duckdb-extension-httpfs=={remote.PINNED_DUCKDB};' in text
+def test_pyproject_admits_duckdb_2_and_pins_the_test_pair_in_dev():
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    runtime = {r.name: r for r in map(Requirement, project["dependencies"])}
+    assert {"1.5.0", "1.5.5", "2.0.1"} <= set(runtime["duckdb"].specifier.filter(["1.5.0", "1.5.5", "2.0.1"]))
+    assert "duckdb-extension-httpfs" not in runtime  # no exact runtime pin that downgrades a user's duckdb
+    dev = {r.name: r for r in map(Requirement, project["optional-dependencies"]["dev"])}
+    pair = f"=={remote.NEWEST_HTTPFS_WHEEL}"
+    assert str(dev["duckdb"].specifier) == str(dev["duckdb-extension-httpfs"].specifier) == pair
 
 
 def test_location_helpers(tmp_path, monkeypatch):

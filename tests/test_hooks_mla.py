@@ -135,6 +135,39 @@ def test_reading_hooks_never_changes_logits(model: HookedTransformer, model_bf16
         assert not torch.equal(plain_cached, plain_full)
 
 
+@pytest.mark.parametrize("hook", ["hook_q", "hook_k", "hook_rot_q", "hook_rot_k", "hook_v", "hook_pattern"])
+def test_reading_one_hook_alone_never_changes_logits(model: HookedTransformer, hook: str) -> None:
+    """The attention builds q/K head-major only while no hook reads them, and skips the per-head pre-rotary keys
+    while hook_k is unread: each hook read on its own (the mixed cases) still gives bitwise the same logits, and
+    the keys it sees are laid out as TransformerLens's ([batch, pos, head, d], contiguous)."""
+    tokens = tokens_for(2, 12, 7)
+    plain_cached, plain_full = cached_logits(model, tokens, 4, []), uncached_logits(model, tokens, [])
+    seen: dict[str, list[torch.Tensor]] = {}
+
+    def read(t: torch.Tensor, hook: object) -> None:
+        assert t.is_contiguous() or hook.name.endswith("hook_pattern")  # type: ignore[attr-defined]
+        recorder(seen)(t, hook)
+
+    hooks: list[Hook] = [(f"blocks.{i}.attn.{hook}", read) for i in range(CONFIG["num_hidden_layers"])]
+    assert torch.equal(uncached_logits(model, tokens, hooks), plain_full)
+    assert torch.equal(cached_logits(model, tokens, 4, hooks), plain_cached)
+    assert len(seen) == CONFIG["num_hidden_layers"]
+
+
+def test_logits_with_autograd_equal_inference(model: HookedTransformer) -> None:
+    """With autograd recording (training, attribution), the attention concatenates instead of writing into
+    head-major buffers: bitwise the same logits, and gradients reach the attention weights."""
+    tokens = tokens_for(2, 9, 8)
+    with torch.inference_mode():
+        plain = model(tokens)
+    logits = model(tokens)
+    assert logits.requires_grad and torch.equal(logits.detach(), plain)
+    logits[:, -1].logsumexp(-1).sum().backward()
+    grads = [model.blocks[0].attn.W_K_b.grad, model.blocks[0].attn.W_Q_b.grad, model.blocks[0].attn.W_KV_a.grad]
+    model.zero_grad(set_to_none=True)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
 def scale_head(index: int, factor: float) -> Callable[..., torch.Tensor]:
     def edit(t: torch.Tensor, hook: object) -> torch.Tensor:
         t = t.clone()

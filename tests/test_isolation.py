@@ -21,7 +21,7 @@ import pytest
 import r1_plugin
 from r1_plugin import _patches
 from r1_plugin._patches._marks import MARK, is_patched
-from r1_plugin.models.registry import ALL_MODELS
+from r1_plugin.models.model_names import ALL_MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformer_lens", "sae_lens")
@@ -69,7 +69,7 @@ def test_import_and_model_free_cli_commands_import_no_torch_transformer_lens_or_
     assert result["codes"] == [0, 0, 0, 0, 0]
     text = result["text"]
     assert "deepseek-ai/DeepSeek-R1-Distill-Llama-8B" in text and "goodfire-deepseek-r1-math" in text
-    assert "tl_models    pending (transformer_lens not imported yet)" in text  # doctor, light
+    assert re.search(r"tl_models +pending \(transformer_lens not imported yet\)", text)  # doctor, light
     assert "backtracking" in text
 
 
@@ -133,8 +133,10 @@ def test_register_applies_every_patch_and_doctor_reports_it(capsys: pytest.Captu
 def test_versions_outside_the_tested_range_give_one_warning_naming_them(monkeypatch: pytest.MonkeyPatch) -> None:
     """One warning names every package outside TESTED_VERSIONS; a second check stays silent."""
     fake = {"transformer-lens": "3.10.0", "sae-lens": "6.54.12", "transformers": "6.1.0"}
-    monkeypatch.setattr(_patches, "installed_versions", lambda: fake)
-    monkeypatch.setattr(_patches, "_versions_checked", False)
+    from r1_plugin._patches import _versions
+
+    monkeypatch.setattr(_versions, "installed_versions", lambda: fake)
+    monkeypatch.setattr(_versions, "_checked", False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _patches.check_versions()
@@ -142,28 +144,48 @@ def test_versions_outside_the_tested_range_give_one_warning_naming_them(monkeypa
     assert len(caught) == 1 and issubclass(caught[0].category, _patches.PatchVersionWarning)
     message = str(caught[0].message)
     assert "transformer-lens 3.10.0" in message and "transformers 6.1.0" in message and "sae-lens 6.54" not in message
-    monkeypatch.setattr(_patches, "installed_versions", lambda: {**fake, "transformer-lens": "3.9.0",
-                                                                "transformers": "5.24.0"})
-    assert _patches.untested_versions() == {}
+    assert "transformer-lens >=3.9,<3.10 or >=4.0,<5.0" in message
+    for tested in ("3.9.0", "4.3.0"):
+        monkeypatch.setattr(_versions, "installed_versions", lambda v=tested: {**fake, "transformer-lens": v,
+                                                                               "transformers": "5.24.0"})
+        assert _patches.untested_versions() == {}
 
 
-def test_a_missing_patch_target_is_an_error_naming_the_patch_and_the_versions() -> None:
-    """A TransformerLens without a function r1_plugin patches: `import r1_plugin` raises PatchTargetError."""
+def test_a_missing_patch_target_fails_that_patch_visibly_without_breaking_the_import() -> None:
+    """A TransformerLens without a function r1_plugin patches: `import r1_plugin` still works and leaves
+    TransformerLens as it was, one PatchFailedWarning names the patch and the versions, `doctor` shows the failure
+    and exits 1, and `r1_plugin.register()` raises PatchTargetError."""
     proc = run_python("""
+        import contextlib, io, json, warnings
         import transformer_lens.loading_from_pretrained as loading
         del loading.get_pretrained_state_dict
-        try:
+        official = loading.get_official_model_name
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             import r1_plugin
-        except Exception as exc:
-            from r1_plugin.errors import PatchTargetError, R1PluginError
-            assert isinstance(exc, PatchTargetError) and isinstance(exc, R1PluginError), type(exc)
-            print(exc)
-        else:
-            raise SystemExit("no error")
+            import transformer_lens
+        from r1_plugin import _patches
+        from r1_plugin.cli import main
+        from r1_plugin.errors import PatchTargetError, R1PluginError
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = main(["doctor"])
+        try:
+            r1_plugin.register()
+        except PatchTargetError as exc:
+            raised = isinstance(exc, R1PluginError) and str(exc)
+        print(json.dumps({"warnings": [(w.category.__name__, str(w.message)) for w in caught],
+                          "status": _patches.patch_status(), "doctor": code, "raised": raised,
+                          "unpatched": loading.get_official_model_name is official}))
     """)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "tl_models" in proc.stdout and "get_pretrained_state_dict" in proc.stdout
-    assert "transformer-lens 3.9" in proc.stdout and "sae-lens" in proc.stdout
+    result = last_json(proc)
+    failed = [w for w in result["warnings"] if w[0] == "PatchFailedWarning"]
+    assert len(failed) == 1 and "tl_models" in failed[0][1] and "get_pretrained_state_dict" in failed[0][1]
+    assert result["status"]["tl_models"].startswith("failed: PatchTargetError")
+    assert result["status"]["tl_deepseek"] == "applied"  # the other modules do not depend on it
+    assert result["unpatched"] is True  # rolled back: name resolution is TransformerLens's own
+    assert result["doctor"] == 1
+    assert "tl_models" in result["raised"] and "get_pretrained_state_dict" in result["raised"]
+    assert "transformer-lens 3.9" in result["raised"] and "sae-lens" in result["raised"]
 
 
 def _patched_callables() -> dict[str, Any]:
@@ -301,9 +323,9 @@ def test_a_folder_named_like_an_alias_does_not_take_it_over(tmp_path: Path, monk
     assert loading.get_official_model_name("GPT2-small") == "gpt2"
     assert loading.get_official_model_name("gpt2") == "gpt2"
     assert loading.get_official_model_name("./GPT2-small") == str(tmp_path / "GPT2-small")
-    from r1_plugin.models import local
+    from r1_plugin.models import local_folders
 
-    assert local.local_folder("GPT2-small") is None and local.local_folder("gpt2") is None
+    assert local_folders.local_folder("GPT2-small") is None and local_folders.local_folder("gpt2") is None
 
 
 def test_local_folders_get_transformer_lens_conversion_unless_r1_family(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def test_non_editable_install_finds_the_yaml(wheel, tmp_path):
         check=True,
     )
     code = (
-        "import r1_plugin, r1_plugin.saes.registry as r; "
+        "import r1_plugin, r1_plugin.saes.releases as r; "
         "from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory as g; "
         "print(r1_plugin.__file__); print(r.yaml_path()); print('goodfire-deepseek-r1-math' in g())"
     )

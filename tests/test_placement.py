@@ -14,7 +14,7 @@ from r1_plugin.errors import ModelDoesNotFitError, R1PluginError
 from r1_plugin.models.deepseek_v3 import loading
 from r1_plugin.models.deepseek_v3.config import DeepseekV3HookedConfig
 from r1_plugin.models.deepseek_v3.fp8_weights import resident_bytes
-from r1_plugin.models.placement import balanced_split, model_bytes, parse_bytes
+from r1_plugin.models.device_plan import balanced_split, model_bytes, parse_bytes
 from r1_plugin.testing.deepseek_checkpoints import tiny_config, write_tiny_checkpoint
 
 GB = 10**9
@@ -113,7 +113,7 @@ def test_from_pretrained_refuses_before_reading_any_weight(tmp_path: Path, opene
 
 def test_n_devices_gets_a_byte_balanced_plan(r1_configs: Path) -> None:
     # TL's config refuses n_devices > 1 without that many GPUs, so the loader's step is exercised directly.
-    from r1_plugin.models.placement import place_model
+    from r1_plugin.models.device_plan import place_model
 
     config = plan_config(r1_configs)
     cfg = DeepseekV3HookedConfig(
@@ -136,7 +136,7 @@ def test_patched_device_lookup_follows_the_plan() -> None:
     from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
 
     from r1_plugin._patches import tl_deepseek
-    from r1_plugin._patches._marks import hooked_transformer_module as ht_module
+    from r1_plugin._patches._hooked import hooked_transformer_module as ht_module
 
     tl_deepseek.apply()  # idempotent: still one wrapper deep
     assert not getattr(ht_module.get_device_for_block_index.__wrapped_original__, "_r1_plugin_patched", False)
@@ -159,12 +159,12 @@ def test_cli_models_plan(r1_configs: Path, capsys: pytest.CaptureFixture[str]) -
     from r1_plugin.cli import main
 
     r1 = str(r1_configs / "deepseek-r1.json")
-    assert main(["models", "plan", r1, "--n-devices", "8", "--memory", "141GB", "--keep-fp8"]) == 0
+    assert main(["models", "plan", r1, "--n-devices", "8", "--memory-per-device", "141GB", "--keep-fp8"]) == 0
     assert "fits: yes" in capsys.readouterr().out
-    assert main(["models", "plan", r1, "--n-devices", "8", "--memory", "141GB"]) == 1
+    assert main(["models", "plan", r1, "--n-devices", "8", "--memory-per-device", "141GB"]) == 1
     out = capsys.readouterr().out
     assert "fits: NO" in out and "keep_fp8=True" in out
-    args = ["models", "plan", r1, "--n-devices", "8", "--memory", "80GB", "--keep-fp8", "--first-n-layers", "38"]
+    args = ["models", "plan", r1, "--n-devices", "8", "--memory-per-device", "80GB", "--keep-fp8", "--first-n-layers", "38"]
     assert main(args) == 0
     assert main(["models", "plan", r1, "--memory", "80XB"]) == 2
     assert "cannot read memory size" in capsys.readouterr().err

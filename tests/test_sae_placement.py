@@ -1,4 +1,4 @@
-"""SAE work when the SAE is on another device or in another dtype than the hooked layer (r1_plugin.saes.placement):
+"""SAE work when the SAE is on another device or in another dtype than the hooked layer (r1_plugin.saes.sae_devices):
 steering (add/clamp/ablate), the read-outs, the sweep and harvesting give what a by-hand computation gives.
 
 The second device is `r1_plugin.testing.fake_device`: on this CPU-only machine its tensors fail exactly where
@@ -21,7 +21,7 @@ from transformer_lens import HookedTransformer
 
 from r1_plugin.chat import format_r1_prompt
 from r1_plugin.features import harvest
-from r1_plugin.saes.placement import decode_on_sae, encode_on_sae, on_sae, sae_placement
+from r1_plugin.saes.sae_devices import decode_on_sae, encode_on_sae, on_sae, sae_placement
 from r1_plugin.steering import FromPosition, encode_features, steer
 from r1_plugin.steering.sweep import sweep_strengths
 from r1_plugin.testing.distill_checkpoints import write_tiny_distill

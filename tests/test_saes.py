@@ -29,7 +29,7 @@ from r1_plugin.saes import (
     list_r1_saes,
     to_batch_topk,
 )
-from r1_plugin.saes.registry import plugin_lookups, yaml_path
+from r1_plugin.saes.releases import plugin_lookups, yaml_path
 from r1_plugin.testing.hub import repo_folder
 from r1_plugin.testing.sae_fixtures import (
     goodfire_entry,
@@ -393,6 +393,36 @@ def test_wrong_keys_and_shapes_get_clear_errors(small_cache: Path, small_entries
         SAE.from_pretrained("goodfire-deepseek-r1-logic", "layer_37")
 
 
+@pytest.mark.parametrize(("name", "key", "index", "value"), [
+    ("logic", "W", (3, 17), float("nan")), ("math", "b_dec", (5,), float("inf")), ("logic", "b_enc", (0,), -float("inf")),
+])
+def test_non_finite_weights_are_refused_naming_file_and_tensor(small_cache: Path, small_entries: dict, name: str,
+                                                                key: str, index: tuple, value: float):
+    """One NaN in W (issue #20): it used to load and turn every steered logit into NaN."""
+    state = random_goodfire_state_dict(16, 64, torch.bfloat16 if name == "math" else torch.float32, seed=8)
+    state[key][index] = value
+    write_goodfire_r1_repo({name: state}, math_k=SMALL["math"]["k"])
+    entry = goodfire_entry(name)
+    with pytest.raises(SAEFileError) as info:
+        SAE.from_pretrained(f"goodfire-deepseek-r1-{name}", "layer_37")
+    msg = str(info.value)
+    assert f"{entry['repo_id']}/{entry['path']}" in msg and f"tensor `{key}`" in msg, msg
+    assert f"1 non-finite value(s) (NaN or inf), the first at {list(index)}" in msg and "force_download=True" in msg
+    with pytest.raises(SAEFileError, match=f"tensor `{key}`"):  # its safetensors copy is refused the same way
+        SAE.from_pretrained(f"goodfire-deepseek-r1-{name}", "layer_37")
+
+
+def test_values_that_overflow_the_requested_dtype_are_refused():
+    raw = random_goodfire_state_dict(16, 64, seed=9)
+    raw["W"][2, 3] = 1e6  # finite in float32, inf in float16
+    cfg = goodfire.goodfire_config("here", {"d_in": 16, "d_sae": 64, "k": 4, "hook_name": "h", "model_name": "m",
+                                            "dtype": "float16"})
+    with pytest.raises(SAEFileError, match=r"here: tensor `W` .* the first at \[2, 3\] after casting to torch.float16.*"
+                                           r"dtype='float32'"):
+        goodfire.convert_state_dict(raw, cfg, "here")
+    assert goodfire.convert_state_dict(raw, {**cfg, "dtype": "float32"}, "here")["W_enc"][2, 3] == 1e6
+
+
 def test_real_entry_rejects_file_of_other_shape(small_cache: Path):
     write_goodfire_r1_repo({"logic": random_goodfire_state_dict(16, 64, seed=7)})
     with pytest.raises(SAEFileError, match=r"d_in=7168, d_sae=28672.*W \(16, 64\)"):
@@ -455,6 +485,22 @@ def test_damaged_copy_is_rebuilt_and_switch_turns_copies_off(small_saes: dict, s
     copy.unlink()
     SAE.from_pretrained("goodfire-deepseek-r1-logic", "layer_37")
     assert not copy.exists()
+
+
+def test_copy_errors_other_than_damage_propagate_and_keep_the_copy(small_saes: dict, monkeypatch: pytest.MonkeyPatch):
+    """Only a damaged or unreadable copy falls back to the original (issue #21): out of memory is not 'damaged'."""
+    SAE.from_pretrained("goodfire-deepseek-r1-logic", "layer_37")
+    (copy,) = (repo_folder(REPO) / "r1_plugin" / "safetensors").glob("*.safetensors")
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("cannot allocate 800 MiB")
+
+    monkeypatch.setattr(cache, "load_file", out_of_memory)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(MemoryError):
+            SAE.from_pretrained("goodfire-deepseek-r1-logic", "layer_37")
+    assert copy.is_file()
 
 
 def test_copy_path_outside_hf_cache(tmp_path: Path):

@@ -81,3 +81,23 @@ def test_backward_through_batch_topk(tiebreak: bool) -> None:
     ((f * (acts.detach() != 0)) * torch.arange(D_SAE)).sum().backward()
     assert x.grad is not None and sae.W_enc.grad is not None
     torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_activation_class_is_named_apart_from_saelens_batch_topk() -> None:
+    """Our encode activation is `GoodfireBatchTopK` (SAELens's `BatchTopK` is another class with another
+    constructor); the old name still imports for one release, with a DeprecationWarning."""
+    from sae_lens.saes.batchtopk_sae import BatchTopK as SAELensBatchTopK
+
+    import r1_plugin.saes.batch_topk as module
+
+    sae = batch_sae(tiebreak=False)
+    assert type(sae.activation_fn) is module.GoodfireBatchTopK
+    assert module.GoodfireBatchTopK is not SAELensBatchTopK
+    with pytest.warns(DeprecationWarning, match="GoodfireBatchTopK"):
+        from r1_plugin.saes.batch_topk import BatchTopK
+    assert BatchTopK is module.GoodfireBatchTopK
+    x = torch.randn(3, D_SAE, generator=torch.Generator().manual_seed(1))
+    kept = BatchTopK(K, D_SAE)(x)
+    assert int((kept != 0).sum()) == K * 3 and torch.equal(kept, module.GoodfireBatchTopK(K, D_SAE)(x))
+    with pytest.raises(AttributeError, match="no attribute 'BatchTopk'"):
+        module.BatchTopk  # noqa: B018

@@ -8,7 +8,9 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from r1_plugin.sinks import (
     SinkDetectionError,
-    SinkTracker,
+    SinkMonitor,
+    SinkThresholdError,
+    SinkThresholds,
     find_attention_sinks,
     find_massive_activations,
     scan_sinks,
@@ -83,7 +85,7 @@ def forced_sink_model(
 def test_alpha_and_sink_rate_equal_brute_force() -> None:
     model = tiny_model()
     tokens = torch.randint(0, 64, (2, 40), generator=torch.Generator().manual_seed(0))
-    report = find_attention_sinks(model, tokens, epsilon=0.05, min_sink_rate=0.2, min_queries=3)
+    report = find_attention_sinks(model, tokens, SinkThresholds(epsilon=0.05, min_sink_rate=0.2, min_queries=3))
     expected = brute_force_alpha(model, tokens)
     assert report.batched and report.alpha.shape == (2, 2, 4, 40) and report.alpha.dtype == torch.float64
     torch.testing.assert_close(report.alpha, expected, rtol=0, atol=1e-12)
@@ -96,7 +98,7 @@ def test_alpha_and_sink_rate_equal_brute_force() -> None:
     # Unbatched input (1-D or [1, seq]) has no batch dim; query chunks over the KV cache give the same alpha.
     single = find_attention_sinks(model, tokens[0])
     assert single.alpha.shape == (2, 4, 40) and not single.batched
-    chunked = find_attention_sinks(model, tokens[:1], chunk_size=7)
+    chunked = find_attention_sinks(model, tokens[:1], SinkThresholds(chunk_size=7))
     torch.testing.assert_close(chunked.alpha, expected[0], rtol=0, atol=1e-6)
 
 
@@ -106,7 +108,7 @@ def test_distill_gqa_brute_force_chunks_and_padding(qwen_distill: HookedTransfor
     ids = torch.randint(3, 300, (1, 20), generator=torch.Generator().manual_seed(1))
     report = find_attention_sinks(model, ids)
     torch.testing.assert_close(report.alpha, brute_force_alpha(model, ids)[0], rtol=0, atol=1e-12)
-    torch.testing.assert_close(find_attention_sinks(model, ids, chunk_size=6).alpha, report.alpha, rtol=0, atol=1e-5)
+    torch.testing.assert_close(find_attention_sinks(model, ids, SinkThresholds(chunk_size=6)).alpha, report.alpha, rtol=0, atol=1e-5)
 
     # Padding: a left- and a right-padded copy of the first 15 tokens match the unpadded run at real positions.
     short = find_attention_sinks(model, ids[:, :15])
@@ -118,7 +120,7 @@ def test_distill_gqa_brute_force_chunks_and_padding(qwen_distill: HookedTransfor
     mask[1, :5] = 0
     mask[2, 15:] = 0
     for chunk in (None, 4):
-        batch = find_attention_sinks(model, tokens, attention_mask=mask, chunk_size=chunk)
+        batch = find_attention_sinks(model, tokens, SinkThresholds(chunk_size=chunk), attention_mask=mask)
         assert batch.alpha.shape == (3, 2, 4, 20)
         torch.testing.assert_close(batch.alpha[0], report.alpha, rtol=0, atol=1e-5)
         torch.testing.assert_close(batch.alpha[1, ..., 5:], short.alpha, rtol=0, atol=1e-5)
@@ -154,7 +156,7 @@ def test_min_queries_guards_the_last_positions() -> None:
     model = forced_sink_model(30)
     report = find_attention_sinks(model, torch.arange(1, 33))
     assert float(report.sink_rate[30]) == 1.0 and report.sink_positions == []
-    assert find_attention_sinks(model, torch.arange(1, 33), min_queries=2).sink_positions == [30]
+    assert find_attention_sinks(model, torch.arange(1, 33), SinkThresholds(min_queries=2)).sink_positions == [30]
 
 
 # --- massive activations ------------------------------------------------------------------------------------------
@@ -185,9 +187,9 @@ def test_planted_massive_activation_found_and_nothing_else() -> None:
     norms = hits.norms_dataframe()
     assert norms.loc[norms.n_massive > 0, "position"].tolist() == [5]
     # Both thresholds are configurable, and chunking (histogram median) finds the same hits.
-    assert len(find_massive_activations(model, tokens, min_value=3000)) == 0
-    assert len(find_massive_activations(model, tokens, min_ratio=1e9)) == 0
-    chunked = find_massive_activations(model, tokens, chunk_size=8)
+    assert len(find_massive_activations(model, tokens, thresholds=SinkThresholds(min_value=3000))) == 0
+    assert len(find_massive_activations(model, tokens, thresholds=SinkThresholds(min_ratio=1e9))) == 0
+    chunked = find_massive_activations(model, tokens, thresholds=SinkThresholds(chunk_size=8))
     assert not chunked.median_exact
     assert [(h.layer, h.position, h.dim) for h in chunked] == [(0, 5, 7), (1, 5, 7)]
     for a, b in zip(chunked, hits):
@@ -202,7 +204,7 @@ def test_memory_bound_on_long_input() -> None:
     model = tiny_model(seed=5)
     seq, chunk = 1024, 64
     tokens = torch.randint(0, 64, (1, seq), generator=torch.Generator().manual_seed(5))
-    result = scan_sinks(model, tokens, chunk_size=chunk, massive=True)
+    result = scan_sinks(model, tokens, thresholds=SinkThresholds(chunk_size=chunk), massive=True)
     n_layers, n_heads, d_model = model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model
     assert result.max_pattern_numel == n_heads * chunk * seq
     full_cache_numel = n_layers * n_heads * seq * seq
@@ -215,7 +217,7 @@ def test_memory_bound_on_long_input() -> None:
     assert result.kept_numel * 16 < full_cache_numel
     del d_model
     # ... and the chunked result is the one-forward result.
-    single = find_attention_sinks(model, tokens, chunk_size=None)
+    single = find_attention_sinks(model, tokens, SinkThresholds(chunk_size=None))
     assert result.sinks is not None
     torch.testing.assert_close(result.sinks.alpha, single.alpha, rtol=0, atol=1e-6)
 
@@ -226,13 +228,13 @@ def test_generation_tracker_equals_one_shot_detector() -> None:
     # cache when it has no attention mask: W_pos is indexed from the cache length for the whole sequence).
     model = tiny_model(seed=6, n_ctx=64, dtype=torch.float64, positional_embedding_type="rotary")
     prompt = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(6))
-    tracker = SinkTracker(model, epsilon=0.1, min_queries=2)
+    tracker = SinkMonitor(model, SinkThresholds(epsilon=0.1, min_queries=2))
     with tracker:
         out = model.generate(prompt, max_new_tokens=15, do_sample=False, use_past_kv_cache=True,
                              stop_at_eos=False, verbose=False)
     assert out.shape == (2, 24) and tracker.n_positions == 23  # generate never runs its last sampled token
     tracked = tracker.report(out)
-    one_shot = scan_sinks(model, out[:, :-1], epsilon=0.1, min_queries=2)
+    one_shot = scan_sinks(model, out[:, :-1], thresholds=SinkThresholds(epsilon=0.1, min_queries=2))
     assert one_shot.sinks is not None and one_shot.massive is not None
     torch.testing.assert_close(tracked.alpha, one_shot.sinks.alpha, rtol=0, atol=1e-12)
     torch.testing.assert_close(tracked.sink_rate, one_shot.sinks.sink_rate, rtol=0, atol=0)
@@ -241,7 +243,7 @@ def test_generation_tracker_equals_one_shot_detector() -> None:
     massive = tracker.massive_activations(out)
     torch.testing.assert_close(massive.residual_norms, one_shot.massive.residual_norms, rtol=0, atol=1e-10)
     # The generate wrapper: fresh state per call, same numbers.
-    out2 = SinkTracker(model).generate(prompt, max_new_tokens=15, do_sample=False, stop_at_eos=False)
+    out2 = SinkMonitor(model).generate(prompt, max_new_tokens=15, do_sample=False, stop_at_eos=False)
     torch.testing.assert_close(out2, out)
 
 
@@ -249,10 +251,10 @@ def test_tracker_refuses_generation_without_kv_cache() -> None:
     model = tiny_model(seed=6, n_ctx=64)
     prompt = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(7))
     with pytest.raises(SinkDetectionError, match="use_past_kv_cache"):
-        with SinkTracker(model):
+        with SinkMonitor(model):
             model.generate(prompt, max_new_tokens=3, use_past_kv_cache=False, verbose=False, stop_at_eos=False)
     with pytest.raises(SinkDetectionError, match="use_past_kv_cache"):
-        SinkTracker(model).generate(prompt, max_new_tokens=3, use_past_kv_cache=False)
+        SinkMonitor(model).generate(prompt, max_new_tokens=3, use_past_kv_cache=False)
 
 
 def test_clear_errors() -> None:
@@ -262,8 +264,71 @@ def test_clear_errors() -> None:
     with pytest.raises(SinkDetectionError, match="attention_mask shape"):
         find_attention_sinks(model, torch.zeros(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 4))
     with pytest.raises(SinkDetectionError, match="chunk_size"):
-        find_attention_sinks(model, torch.zeros(1, 5, dtype=torch.long), chunk_size=0)
+        find_attention_sinks(model, torch.zeros(1, 5, dtype=torch.long), SinkThresholds(chunk_size=0))
     with pytest.raises(SinkDetectionError, match="epsilon"):
-        find_attention_sinks(model, torch.zeros(1, 5, dtype=torch.long), epsilon=2.0)
+        find_attention_sinks(model, torch.zeros(1, 5, dtype=torch.long), SinkThresholds(epsilon=2.0))
     with pytest.raises(SinkDetectionError, match="hook_pattern"):
         find_attention_sinks(type("NotHooked", (), {"hook_dict": {}, "cfg": model.cfg})(), torch.zeros(1, 5).long())
+
+
+# --- thresholds: one definition ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(("field", "bad", "words"), [
+    ("epsilon", -1.0, "between 0 and 1"), ("epsilon", float("nan"), "finite"), ("epsilon", 1.5, "between 0 and 1"),
+    ("min_sink_rate", float("inf"), "finite"), ("min_sink_rate", -0.1, "between 0 and 1"),
+    ("min_queries", 0, ">= 1"), ("min_queries", 2.5, "integer"), ("min_value", -1.0, ">= 0"),
+    ("min_value", float("nan"), "finite"), ("min_ratio", float("-inf"), "finite"), ("chunk_size", 0, ">= 1"),
+    ("chunk_size", True, "integer"),
+])
+def test_thresholds_refuse_values_that_cannot_work(field: str, bad: object, words: str) -> None:
+    """Each field is checked once, in SinkThresholds; the error is a SinkDetectionError and an InvalidValueError."""
+    from r1_plugin.values import InvalidValueError
+
+    with pytest.raises(SinkThresholdError, match=f"{field}.*{words}") as info:
+        SinkThresholds(**{field: bad})
+    assert isinstance(info.value, SinkDetectionError) and isinstance(info.value, InvalidValueError)
+
+
+def test_thresholds_are_frozen_and_typed() -> None:
+    th = SinkThresholds(epsilon=1, min_value=0, chunk_size=None)
+    assert th.epsilon == 1.0 and isinstance(th.epsilon, float) and th.min_value == 0.0 and th.chunk_size is None
+    with pytest.raises(AttributeError):
+        th.epsilon = 0.5  # type: ignore[misc]
+    assert th.replace(min_queries=3) == SinkThresholds(epsilon=1.0, min_value=0.0, chunk_size=None, min_queries=3)
+    with pytest.raises(SinkThresholdError):
+        th.replace(min_queries=-3)
+
+
+def test_old_threshold_keywords_warn_and_give_the_same_numbers() -> None:
+    """epsilon=, min_queries=, ... (and find_attention_sinks' positional epsilon) still work for one release."""
+    model = tiny_model(seed=3)
+    tokens = torch.randint(0, 64, (1, 20), generator=torch.Generator().manual_seed(3))
+    new = find_attention_sinks(model, tokens, SinkThresholds(epsilon=0.05, min_queries=3, chunk_size=7))
+    with pytest.warns(DeprecationWarning, match=r"thresholds=SinkThresholds\(epsilon=0.05"):
+        old = find_attention_sinks(model, tokens, epsilon=0.05, min_queries=3, chunk_size=7)
+    with pytest.warns(DeprecationWarning):
+        positional = find_attention_sinks(model, tokens, 0.05, min_queries=3, chunk_size=7)
+    for report in (old, positional):
+        torch.testing.assert_close(report.sink_rate, new.sink_rate, rtol=0, atol=0)
+        assert report.sink_positions == new.sink_positions and report.epsilon == 0.05 and report.min_queries == 3
+    with pytest.warns(DeprecationWarning):
+        massive = find_massive_activations(model, tokens, min_value=0.5)
+    assert massive.min_value == 0.5
+    with pytest.warns(DeprecationWarning):
+        assert SinkMonitor(model, min_ratio=5).thresholds == SinkThresholds(min_ratio=5.0)
+    with pytest.raises(TypeError, match="epsilonn"):
+        scan_sinks(model, tokens, epsilonn=0.3)
+    with pytest.warns(DeprecationWarning), pytest.raises(SinkDetectionError, match="epsilon"):
+        scan_sinks(model, tokens, epsilon=float("nan"))
+
+
+def test_sink_tracker_is_the_old_name_of_sink_monitor() -> None:
+    import r1_plugin.sinks as sinks_pkg
+    from r1_plugin.sinks import tracker
+
+    with pytest.warns(DeprecationWarning, match="SinkMonitor"):
+        assert sinks_pkg.SinkTracker is SinkMonitor
+    with pytest.warns(DeprecationWarning, match="SinkMonitor"):
+        from r1_plugin.sinks import SinkTracker  # noqa: F401
+    with pytest.warns(DeprecationWarning, match="SinkMonitor"):
+        assert tracker.SinkTracker is SinkMonitor
+    assert "SinkTracker" not in sinks_pkg.__all__

@@ -13,7 +13,8 @@ from r1_plugin.chat import format_r1_prompt
 from r1_plugin.response_prefix import response_prefix_end
 from r1_plugin.sinks import (
     SinkDetectionError,
-    SinkTracker,
+    SinkMonitor,
+    SinkThresholds,
     check_response_prefix_sink,
     find_attention_sinks,
     log_sinks,
@@ -45,14 +46,14 @@ def test_deepseek_alpha_equals_brute_force_and_chunks(deepseek: HookedTransforme
     assert report.alpha.shape == (deepseek.cfg.n_layers, deepseek.cfg.n_heads, ids.shape[1])
     torch.testing.assert_close(report.alpha, brute_force_alpha(deepseek, ids)[0], rtol=0, atol=1e-12)
     # Chunks run through the latent (compressed) KV cache and give the same numbers.
-    chunked = scan_sinks(deepseek, ids, chunk_size=16)
+    chunked = scan_sinks(deepseek, ids, thresholds=SinkThresholds(chunk_size=16))
     assert chunked.sinks is not None and chunked.max_pattern_numel <= deepseek.cfg.n_heads * 16 * ids.shape[1]
     torch.testing.assert_close(chunked.sinks.alpha, report.alpha, rtol=0, atol=1e-5)
 
 
 def test_deepseek_generation_tracker_equals_one_shot(deepseek: HookedTransformer) -> None:
     ids = r1_ids(deepseek, format_r1_prompt(deepseek, "Hi"))
-    tracker = SinkTracker(deepseek)
+    tracker = SinkMonitor(deepseek)
     out = tracker.generate(ids, max_new_tokens=12, do_sample=False, stop_at_eos=False)
     assert tracker.n_positions == out.shape[1] - 1
     one_shot = scan_sinks(deepseek, out[:, :-1])
@@ -106,6 +107,14 @@ def test_prefix_check_generates_with_tracker(qwen_distill: HookedTransformer) ->
     assert none.prefix_end is None and not none.is_sink and "max_new_tokens=0" in none.reason
     with pytest.raises(SinkDetectionError, match="<think>"):
         check_response_prefix_sink(qwen_distill, "no chat format here")
+    # The thresholds as one SinkThresholds; the old keywords still work for one release, with a warning.
+    th = SinkThresholds(epsilon=0.2, min_queries=3)
+    new = check_response_prefix_sink(qwen_distill, text, max_new_tokens=12, thresholds=th)
+    with pytest.warns(DeprecationWarning, match="check_response_prefix_sink"):
+        old = check_response_prefix_sink(qwen_distill, text, max_new_tokens=12, epsilon=0.2, min_queries=3)
+    assert new.report.epsilon == old.report.epsilon == 0.2 and new.report.min_queries == 3
+    torch.testing.assert_close(new.report.sink_rate, old.report.sink_rate, rtol=0, atol=0)
+    assert (new.prefix_end, new.is_sink, new.reason) == (old.prefix_end, old.is_sink, old.reason)
 
 
 # --- outputs: DataFrame, PNG, HTML, W&B, CLI --------------------------------------------------------------------

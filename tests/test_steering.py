@@ -147,12 +147,12 @@ def test_cached_and_uncached_generation_equal_naive_reference(
 
 
 def test_llama_distill_left_padding_rope_scaling(hf_cache: Any, direction: torch.Tensor) -> None:
-    from r1_plugin.chat import r1_chat_tokens
+    from r1_plugin.chat import r1_chat_batch
 
     model = load(LLAMA)
     texts = [format_r1_prompt(model, "Hi"), format_r1_prompt(model, "What is two plus two, really, friend?")]
     tokens = left_padded(model, texts)
-    assert torch.equal(r1_chat_tokens(model, ["Hi", "What is two plus two, really, friend?"]).tokens, tokens)
+    assert torch.equal(r1_chat_batch(model, ["Hi", "What is two plus two, really, friend?"]).tokens, tokens)
     gate = AfterResponsePrefix(max_tokens=2)
     ref, thresholds = reference_generate(model, tokens, STEPS, HOOK, gate, add_by_hand(direction, 2.0))
     with steer(model, HOOK, direction, 2.0, gate) as result:
@@ -415,12 +415,12 @@ def test_generation_patch_is_a_pass_through_without_a_tracker(qwen: HookedTransf
 def test_batched_chat_prompts_each_row_opens_at_its_own_prefix_end(
     qwen: HookedTransformer, direction: torch.Tensor
 ) -> None:
-    """`r1_chat_tokens(model, [...])` batches go straight into `generate(..., padding_side="left")`: steering equals
+    """`r1_chat_batch(model, [...])` batches go straight into `generate(..., padding_side="left")`: steering equals
     the oracle, and each row's gate opens right after its own response prefix's end (`response_prefix_end`)."""
-    from r1_plugin.chat import r1_chat_tokens
+    from r1_plugin.chat import r1_chat_batch
     from r1_plugin.response_prefix import ResponsePrefixSpec, response_prefix_end
 
-    batch = r1_chat_tokens(qwen, ["Hi", "What is two plus two, really?", "Hello there friend"])
+    batch = r1_chat_batch(qwen, ["Hi", "What is two plus two, really?", "Hello there friend"])
     pads = (batch.attention_mask == 0).sum(-1).tolist()
     assert pads == left_pads(qwen, batch.tokens).tolist() and len(set(pads)) == 3
     for gate in (AfterResponsePrefix(max_tokens=3), Thinking(max_tokens=3)):
@@ -440,13 +440,13 @@ def test_batched_chat_prompts_each_row_opens_at_its_own_prefix_end(
 
 
 def test_sink_scan_on_a_batch_of_chat_prompts_equals_each_row_alone(qwen: HookedTransformer) -> None:
-    """The sink tools on a left-padded `r1_chat_tokens` batch: at each row's own prefix end (found per row by
+    """The sink tools on a left-padded `r1_chat_batch` batch: at each row's own prefix end (found per row by
     `response_prefix_end` on its real tokens), the batched attention-sink statistics equal the row's alone."""
-    from r1_plugin.chat import r1_chat_tokens
+    from r1_plugin.chat import r1_chat_batch
     from r1_plugin.response_prefix import ResponsePrefixSpec, response_prefix_end
     from r1_plugin.sinks import scan_sinks
 
-    batch = r1_chat_tokens(qwen, ["Hi", "What is two plus two, really?"])
+    batch = r1_chat_batch(qwen, ["Hi", "What is two plus two, really?"])
     out = qwen.generate(batch.tokens, max_new_tokens=12, use_past_kv_cache=True, **GEN)
     mask = torch.cat([batch.attention_mask, torch.ones(2, 12, dtype=torch.long)], dim=1)
     scanned = scan_sinks(qwen, out, attention_mask=mask, min_queries=1)

@@ -22,7 +22,7 @@ from wandb_oracle import exit_record_written, read_wandb_run, wait_for_run_file 
 
 from r1_plugin.tracking import (  # noqa: E402
     GENERATION_COLUMNS,
-    Tracker,
+    RunLogger,
     TrackingError,
     add_tracking_args,
     read_offline_run,
@@ -284,7 +284,7 @@ def test_cli_flags(tmp_path: Path) -> None:
     parser = add_tracking_args(argparse.ArgumentParser())
     parser.add_argument("--seed", type=int, default=0)
     off = tracker_from_args(parser.parse_args(["--no-wandb"]), "steer", {"a": 1})
-    assert isinstance(off, Tracker) and off.mode == "disabled"
+    assert isinstance(off, RunLogger) and off.mode == "disabled"
     off.finish()
     with pytest.raises(SystemExit):
         parser.parse_args(["--wandb-mode", "cloud"])
@@ -325,7 +325,6 @@ def test_bad_arguments_say_what_is_wrong(tmp_path: Path) -> None:
             tracker.log_figure("f", tmp_path / "missing.png")
     with pytest.raises(TrackingError, match="not a W&B run directory"):
         read_offline_run(tmp_path)
-    assert REPO.joinpath("r1_plugin", "tracking.py").is_file()
 
 
 def test_large_run_file_reads_back_across_blocks(tmp_path: Path) -> None:
@@ -379,3 +378,62 @@ def test_plain_copy_steps_match_wandb(tmp_path: Path) -> None:
 
     assert rows(read_offline_run(tracker.run_dir)) == expected
     assert rows(read_wandb_run(tracker.run_dir)) == expected
+
+
+def test_old_tracker_name_warns_and_is_the_run_logger() -> None:
+    """`Tracker` (renamed `RunLogger`: steering and sinks have trackers too) still imports, with a DeprecationWarning."""
+    import r1_plugin.tracking as tracking
+
+    with pytest.warns(DeprecationWarning, match="RunLogger"):
+        from r1_plugin.tracking import Tracker
+    assert Tracker is RunLogger
+    with pytest.warns(DeprecationWarning, match="SequenceTracker"):
+        assert tracking.Tracker is RunLogger
+    with pytest.raises(AttributeError, match="no attribute 'Trackr'"):
+        tracking.Trackr  # noqa: B018
+
+
+def test_split_modules_keep_one_job_each() -> None:
+    """The tracking package: the run logger, rendering, CLI flags and the offline reader live in their own modules,
+    and every public name is still importable from `r1_plugin.tracking`."""
+    import r1_plugin.tracking as tracking
+    from r1_plugin.tracking import cli_args, mode, offline, plain, render, run_logger
+
+    assert tracking.start_run is run_logger.start_run and tracking.RunLogger is run_logger.RunLogger
+    assert tracking.read_offline_run is offline.read_offline_run and tracking.OfflineRun is offline.OfflineRun
+    assert tracking.add_tracking_args is cli_args.add_tracking_args and tracking.resolve_mode is mode.resolve_mode
+    assert tracking.PLAIN_LOG == plain.PLAIN_LOG == "r1_plugin-log.jsonl"
+    html = render.activation_html(["a", "<b>"], __import__("numpy").array([[0.0], [2.0]]), ["feature_7"])
+    assert "&lt;b&gt;" in html and "rgba(255,120,0,1.000)" in html and "rgba(255,120,0,0.000)" in html
+    for name in tracking.__all__:
+        assert getattr(tracking, name) is not None
+    with pytest.raises(TrackingError, match="2-D"):
+        render.heatmap_figure([1.0, 2.0])
+
+
+def test_failed_online_start_falls_back_offline_but_a_bug_propagates(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Only W&B's own errors (no network, bad key), OSError and timeouts mean "log offline"; anything else is a bug."""
+    import wandb
+
+    real_init = wandb.init
+
+    def failing(error: Exception):
+        def init(*args, mode: str, **kwargs):
+            if mode == "online":
+                raise error
+            return real_init(*args, mode=mode, **kwargs)
+
+        return init
+
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr(wandb, "init", failing(wandb.errors.CommError("network is unreachable")))
+    with pytest.warns(UserWarning, match="online start failed .*network is unreachable.*logging offline"):
+        run = start_run("steer", mode="online", dir=tmp_path)
+    with run:
+        assert run.mode == "offline" and run.run_dir is not None
+    assert read_offline_run(run.run_dir).exit_code == 0
+    monkeypatch.setattr(wandb, "init", failing(ZeroDivisionError("a bug")))
+    with pytest.raises(ZeroDivisionError, match="a bug"):
+        start_run("steer", mode="online", dir=tmp_path)

@@ -27,9 +27,9 @@ from sae_lens.loading import pretrained_sae_loaders as loaders
 from sae_lens.loading import pretrained_saes_directory as directory_module
 from sae_lens.registry import SAE_CLASS_REGISTRY, register_sae_class
 
-from r1_plugin._patches._marks import is_patched, mark, require
+from r1_plugin._patches._marks import is_patched, keep, mark, replace, require
 from r1_plugin.saes import batch_topk, goodfire
-from r1_plugin.saes.registry import plugin_lookups
+from r1_plugin.saes.releases import plugin_lookups
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ def _register_loaders() -> None:
         (require(loaders, "NAMED_PRETRAINED_SAE_LOADERS", PATCH), goodfire.LOADERS),
         (require(loaders, "NAMED_PRETRAINED_SAE_CONFIG_GETTERS", PATCH), goodfire.CONFIG_GETTERS),
     ):
+        keep(table)
         for name, func in ours.items():
             current = table.get(name)
             if current is None:
@@ -65,6 +66,7 @@ def _register_loaders() -> None:
 
 def _register_sae_classes() -> None:
     if batch_topk.ARCHITECTURE not in SAE_CLASS_REGISTRY:
+        keep(SAE_CLASS_REGISTRY)
         register_sae_class(batch_topk.ARCHITECTURE, batch_topk.GoodfireBatchTopKSAE,
                            batch_topk.GoodfireBatchTopKSAEConfig)
 
@@ -84,11 +86,12 @@ def _wrap_directory() -> None:
         wrapper.cache_clear = original.cache_clear  # type: ignore[attr-defined]
         wrapper.cache_info = original.cache_info  # type: ignore[attr-defined]
         mark(wrapper, original)
-        directory_module.get_pretrained_saes_directory = wrapper
+        replace(directory_module, "get_pretrained_saes_directory", wrapper)
     for name, module in list(sys.modules.items()):
         if (name == "sae_lens" or name.startswith("sae_lens.")) and module is not None:
             if getattr(module, "get_pretrained_saes_directory", None) is original:
-                module.get_pretrained_saes_directory = wrapper
+                replace(module, "get_pretrained_saes_directory", wrapper)
+    keep(original())  # the cached dict the wrapper is about to fill: restored if this patch fails afterwards
     wrapper()  # fill the currently cached dict now
 
 

@@ -112,7 +112,7 @@ def _targets() -> list[tuple[type, str, Callable[[Callable[..., Any]], Callable[
 
 def apply() -> None:
     """Wrap the bridge's generate / generate_stream and its attention's cache keyword (idempotent)."""
-    from r1_plugin._patches._marks import is_patched, mark, require
+    from r1_plugin._patches._marks import is_patched, mark, replace, require
 
     targets = _targets()
     if targets is None:
@@ -122,4 +122,4 @@ def apply() -> None:
     for owner, name, wrap in targets:
         original = owner.__dict__[name]
         if not is_patched(original):
-            setattr(owner, name, mark(wrap(original), original))
+            replace(owner, name, mark(wrap(original), original))  # restored if a later patch of this module fails

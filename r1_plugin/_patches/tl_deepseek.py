@@ -13,7 +13,8 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.components import TransformerBlock
 from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
 
-from r1_plugin._patches._marks import bind, hooked_transformer_module, is_patched, mark, require
+from r1_plugin._patches._hooked import hooked_transformer_module
+from r1_plugin._patches._marks import bind, is_patched, mark, replace, require
 from r1_plugin.errors import UnsupportedArchitectureError
 from r1_plugin.models.deepseek_v3.config import ARCHITECTURE, DeepseekV3HookedConfig
 
@@ -39,7 +40,7 @@ def _patch_config_from_dict() -> None:
         return original(cls, *args, **kwargs)
 
     functools.update_wrapper(from_dict, original)
-    HookedTransformerConfig.from_dict = classmethod(mark(from_dict, original))  # type: ignore[method-assign]
+    replace(HookedTransformerConfig, "from_dict", classmethod(mark(from_dict, original)))
 
 
 class _BlockFactory(TransformerBlock):
@@ -63,7 +64,7 @@ def _patch_block_factory() -> None:
     """transformer_lens.HookedTransformer.TransformerBlock (module global read by __init__) -> _BlockFactory."""
     if is_patched(require(hooked_transformer_module, "TransformerBlock", PATCH)):
         return
-    hooked_transformer_module.TransformerBlock = _BlockFactory  # type: ignore[misc]
+    replace(hooked_transformer_module, "TransformerBlock", _BlockFactory)
 
 
 def _patch_init_cache() -> None:
@@ -82,7 +83,7 @@ def _patch_init_cache() -> None:
         return original(cls, *args, **kwargs)
 
     functools.update_wrapper(init_cache, original)
-    TransformerLensKeyValueCache.init_cache = classmethod(mark(init_cache, original))  # type: ignore[method-assign]
+    replace(TransformerLensKeyValueCache, "init_cache", classmethod(mark(init_cache, original)))
 
 
 def _patch_get_pos_offset() -> None:
@@ -105,7 +106,7 @@ def _patch_get_pos_offset() -> None:
             return past_kv_cache.length
         return original(self, *args, **kwargs)
 
-    hooked_transformer_module.HookedTransformer.get_pos_offset = mark(get_pos_offset, original)
+    replace(hooked_transformer_module.HookedTransformer, "get_pos_offset", mark(get_pos_offset, original))
 
 
 def _patch_from_pretrained() -> None:
@@ -134,7 +135,7 @@ def _patch_from_pretrained() -> None:
         return load_pretrained(cls, model_name, official, *args, **kwargs)
 
     functools.update_wrapper(from_pretrained, original)
-    ht.from_pretrained = classmethod(mark(from_pretrained, original))  # type: ignore[method-assign]
+    replace(ht, "from_pretrained", classmethod(mark(from_pretrained, original)))
 
 
 def _patch_load_and_process_state_dict() -> None:
@@ -157,21 +158,21 @@ def _patch_load_and_process_state_dict() -> None:
                               a["refactor_factored_attn_matrices"])
         return None
 
-    ht.load_and_process_state_dict = mark(load_and_process_state_dict, original)
+    replace(ht, "load_and_process_state_dict", mark(load_and_process_state_dict, original))
 
 
 def _patch_device_placement() -> None:
     """transformer_lens's `get_device_for_block_index`, as bound in HookedTransformer (its forward moves the residual
     to each block's device) and in the TL KV cache, and `HookedTransformer.move_model_modules_to_device` (which TL
     3.9 sends wholesale to one device): TL splits blocks by count; a DeepSeek-V3 config carrying a byte-balanced
-    `device_plan` (r1_plugin.models.placement) uses that plan instead. Every other config falls through."""
+    `device_plan` (r1_plugin.models.device_plan) uses that plan instead. Every other config falls through."""
     from transformer_lens.cache import key_value_cache
 
-    from r1_plugin.models.placement import block_device
+    from r1_plugin.models.device_plan import block_device
 
     ht = hooked_transformer_module.HookedTransformer
     for module in (hooked_transformer_module, key_value_cache):
-        original = module.get_device_for_block_index
+        original = require(module, "get_device_for_block_index", PATCH)
         if is_patched(original):
             continue
 
@@ -181,9 +182,9 @@ def _patch_device_placement() -> None:
             return _original(index, cfg, *args, **kwargs)
 
         functools.update_wrapper(get_device_for_block_index, original)
-        module.get_device_for_block_index = mark(get_device_for_block_index, original)
+        replace(module, "get_device_for_block_index", mark(get_device_for_block_index, original))
 
-    original_move = ht.move_model_modules_to_device
+    original_move = require(ht, "move_model_modules_to_device", PATCH)
     if is_patched(original_move):
         return
 
@@ -201,7 +202,7 @@ def _patch_device_placement() -> None:
             block.to(block_device(i, self.cfg))
         return None
 
-    ht.move_model_modules_to_device = mark(move_model_modules_to_device, original_move)
+    replace(ht, "move_model_modules_to_device", mark(move_model_modules_to_device, original_move))
 
 
 def apply() -> None:

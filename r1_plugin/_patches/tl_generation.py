@@ -24,11 +24,6 @@ from typing import Any
 OBSERVER_ATTR = "_r1_generation_observer"
 
 
-def observer_of(model: Any) -> Any:
-    """The observer attached to `model` (None: the wrappers pass straight through)."""
-    return model.__dict__.get(OBSERVER_ATTR)
-
-
 def _wrap_forward(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -79,21 +74,13 @@ _WRAPPERS = {"forward": _wrap_forward, "generate": _wrap_generate, "generate_str
 
 
 def apply() -> None:
-    """Wrap HookedTransformer.forward, .generate and .generate_stream (idempotent; self-contained)."""
-    from importlib.metadata import version
-
+    """Wrap HookedTransformer.forward, .generate and .generate_stream (idempotent; all three or none)."""
     from transformer_lens import HookedTransformer
 
-    from r1_plugin._patches._marks import is_patched, mark
-    from r1_plugin.errors import R1PluginError
+    from r1_plugin._patches._marks import is_patched, mark, replace, require
 
     for name, wrap in _WRAPPERS.items():
-        original = HookedTransformer.__dict__.get(name)
-        if original is None:
-            raise R1PluginError(
-                f"r1_plugin patch tl_generation: HookedTransformer.{name} is missing in transformer_lens "
-                f"{version('transformer_lens')}; position-gated steering cannot track generation"
-            )
+        original = require(HookedTransformer, name, "tl_generation")
         if is_patched(original):
             continue
-        setattr(HookedTransformer, name, mark(wrap(original), original))
+        replace(HookedTransformer, name, mark(wrap(original), original))

@@ -6,7 +6,7 @@ TransformerLens has no plugin API for HookedTransformer (TL issue #888), so a th
    alphabetical order (`str.casefold`) puts it, as TransformerLens's own tests require.
 2. `loading_from_pretrained.get_official_model_name`: official names and aliases resolve exactly as before; a name
    TransformerLens does not know resolves to a local checkpoint folder when it is written as a path
-   (`r1_plugin.models.local`), else an error names the closest registered names.
+   (`r1_plugin.models.local_folders`), else an error names the closest registered names.
 3. `loading_from_pretrained.convert_hf_model_config`: for the R1 family (r1_plugin's names, DeepSeek-V3 folders,
    distill folders) read the HF config and convert it ourselves; everything else goes to TransformerLens's
    conversion unchanged. TL's own chain assumes any name containing "llama" is a Meta Llama and never reads the
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -27,24 +28,20 @@ from typing import Any
 import transformer_lens.loading_from_pretrained as loading
 from transformer_lens import supported_models
 
-from r1_plugin._patches._marks import hooked_transformer_module, is_patched, mark, require
+from r1_plugin._patches._hooked import hooked_transformer_module
+from r1_plugin._patches._marks import is_patched, keep, mark, replace, require
 from r1_plugin.errors import (
     MissingFromCacheError,
     UnknownModelError,
     UnsupportedArchitectureError,
     hub_offline,
-    is_missing_file_error,
+    missing_from_cache,
 )
-from r1_plugin.models import configs, local, registry
+from r1_plugin.models import configs, local_folders, model_names
+
+logger = logging.getLogger(__name__)
 
 PATCH = "tl_models"
-
-
-def local_checkpoint_architecture(model_name: str) -> str | None:
-    """The architecture named by `<folder>/config.json` when `model_name` means a local checkpoint folder (a path,
-    not one of TransformerLens's names), else None; "" when config.json names no architecture."""
-    folder = local.local_folder(model_name)
-    return None if folder is None else local.folder_architecture(folder)
 
 
 def _insert_sorted(names: list[str], name: str) -> None:
@@ -56,10 +53,12 @@ def register_model_names() -> None:
     """Add every R1 model id and alias to TransformerLens's registry (in place, sorted, idempotent)."""
     names = require(supported_models, "OFFICIAL_MODEL_NAMES", PATCH)
     aliases = require(supported_models, "MODEL_ALIASES", PATCH)
-    for spec in registry.ALL_MODELS:
+    keep(names)
+    keep(aliases)
+    for spec in model_names.ALL_MODELS:
         if spec.hf_id not in names:
             _insert_sorted(names, spec.hf_id)
-    new_keys = [spec.hf_id for spec in registry.ALL_MODELS if spec.hf_id not in aliases]
+    new_keys = [spec.hf_id for spec in model_names.ALL_MODELS if spec.hf_id not in aliases]
     if new_keys:
         # A dict keeps insertion order: rebuild it in place with the new keys at their sorted positions.
         keys = list(aliases)
@@ -68,7 +67,7 @@ def register_model_names() -> None:
         old = dict(aliases)
         aliases.clear()
         aliases.update({key: old.get(key, []) for key in keys})
-    for spec in registry.ALL_MODELS:
+    for spec in model_names.ALL_MODELS:
         known = aliases[spec.hf_id]
         for alias in spec.aliases:
             if alias not in known:
@@ -85,13 +84,13 @@ def _patch_get_official_model_name() -> None:
         try:
             return original(model_name, *args, **kwargs)
         except ValueError as exc:
-            folder = local.local_folder(model_name)
+            folder = local_folders.local_folder(model_name)
             if folder is not None:
                 return str(folder)
             candidates = supported_models.OFFICIAL_MODEL_NAMES + [
                 a for als in supported_models.MODEL_ALIASES.values() for a in als
             ]
-            close = registry.closest_names(model_name, candidates)
+            close = model_names.closest_names(model_name, candidates)
             hint = f" Closest registered names: {', '.join(close)}." if close else ""
             raise UnknownModelError(
                 f"{model_name!r} is not a model TransformerLens or r1_plugin knows.{hint} "
@@ -101,7 +100,7 @@ def _patch_get_official_model_name() -> None:
 
     # HookedTransformer calls it as `loading.get_official_model_name`, and loading's own functions look the global
     # up at call time, so replacing the module attribute covers both.
-    loading.get_official_model_name = mark(get_official_model_name, original)
+    replace(loading, "get_official_model_name", mark(get_official_model_name, original))
 
 
 def load_hf_config(name: str, *args: Any, **kwargs: Any) -> Any:
@@ -111,28 +110,24 @@ def load_hf_config(name: str, *args: Any, **kwargs: Any) -> Any:
 
     allowed = dict(kwargs)
     allowed.setdefault("token", os.environ.get("HF_TOKEN") or None)
-    try:
+    with missing_from_cache(name, "config.json"):
         return AutoConfig.from_pretrained(name, *args, **allowed)
-    except Exception as exc:
-        if is_missing_file_error(exc):
-            raise MissingFromCacheError(name, "config.json") from exc
-        raise
 
 
 def r1_family_name(model_name: Any) -> str | None:
     """The name r1_plugin converts itself (an R1 HF id, or an R1-family local folder), else None."""
     if not isinstance(model_name, str):
         return None
-    folder = local.local_folder(model_name)
+    folder = local_folders.local_folder(model_name)
     if folder is not None:
-        arch = local.folder_architecture(folder)
+        arch = local_folders.folder_architecture(folder)
         if arch == "":
             raise UnsupportedArchitectureError(
                 f"{model_name}: its config.json names no architecture (`architectures` is missing or empty), so "
                 "it cannot be loaded as a HookedTransformer; add e.g. `\"architectures\": [\"LlamaForCausalLM\"]`."
             )
-        return str(folder) if local.is_r1_family_folder(folder) else None
-    spec = registry.lookup(model_name)
+        return str(folder) if local_folders.is_r1_family_folder(folder) else None
+    spec = model_names.lookup(model_name)
     return spec.hf_id if spec is not None else None
 
 
@@ -148,18 +143,18 @@ def _patch_convert_hf_model_config() -> None:
             try:
                 return original(model_name, *args, **kwargs)
             except NotImplementedError as exc:
-                folder = local.local_folder(model_name)
+                folder = local_folders.local_folder(model_name)
                 if folder is None:
                     raise
                 raise UnsupportedArchitectureError(
-                    f"{model_name}: its config.json says architecture {local.folder_architecture(folder)!r}, which "
+                    f"{model_name}: its config.json says architecture {local_folders.folder_architecture(folder)!r}, which "
                     "neither TransformerLens nor r1_plugin (DeepseekV3ForCausalLM, the R1 distills) can load as a "
                     f"HookedTransformer ({exc})."
                 ) from exc
         hf_config = load_hf_config(official, *args, **kwargs)
         return configs.hf_to_tl_config(hf_config, official)
 
-    loading.convert_hf_model_config = mark(convert_hf_model_config, original)
+    replace(loading, "convert_hf_model_config", mark(convert_hf_model_config, original))
 
 
 def _patch_get_pretrained_state_dict() -> None:
@@ -169,14 +164,10 @@ def _patch_get_pretrained_state_dict() -> None:
 
     @functools.wraps(original)
     def get_pretrained_state_dict(official_model_name: str, *args: Any, **kwargs: Any) -> Any:
-        try:
+        with missing_from_cache(official_model_name, "model weights (*.safetensors)"):
             return original(official_model_name, *args, **kwargs)
-        except Exception as exc:
-            if is_missing_file_error(exc):
-                raise MissingFromCacheError(official_model_name, "model weights (*.safetensors)") from exc
-            raise
 
-    loading.get_pretrained_state_dict = mark(get_pretrained_state_dict, original)
+    replace(loading, "get_pretrained_state_dict", mark(get_pretrained_state_dict, original))
 
 
 # Any one of these in the cache means the repo's tokenizer can be built offline.
@@ -192,12 +183,14 @@ def tokenizer_missing_offline(name: str, revision: str | None = None, cache_dir:
     if not hub_offline() or not isinstance(name, str) or Path(name).expanduser().is_dir():
         return False
     from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
 
     for filename in TOKENIZER_FILES:
         try:
             if isinstance(try_to_load_from_cache(name, filename, cache_dir=cache_dir, revision=revision), str):
                 return False
-        except Exception:  # an id huggingface_hub rejects: let transformers say what is wrong
+        except HFValidationError as exc:  # not a repo id: transformers' own error says what is wrong with it
+            logger.info("%r is not a Hugging Face repo id (%s); transformers loads or rejects it itself", name, exc)
             return False
     return True
 
@@ -213,12 +206,8 @@ class _AutoTokenizerWithClearErrors:
     def from_pretrained(self, name: str, *args: Any, **kwargs: Any) -> Any:
         if tokenizer_missing_offline(name, kwargs.get("revision"), kwargs.get("cache_dir")):
             raise MissingFromCacheError(name, "tokenizer files (tokenizer.json, tokenizer_config.json)")
-        try:
+        with missing_from_cache(name, "tokenizer files (tokenizer.json, tokenizer_config.json)"):
             return self._auto.from_pretrained(name, *args, **kwargs)
-        except Exception as exc:
-            if is_missing_file_error(exc):
-                raise MissingFromCacheError(name, "tokenizer files (tokenizer.json, tokenizer_config.json)") from exc
-            raise
 
     def __getattr__(self, item: str) -> Any:
         return getattr(self._auto, item)
@@ -228,7 +217,7 @@ def _patch_tokenizer_errors() -> None:
     current = require(hooked_transformer_module, "AutoTokenizer", PATCH)
     if is_patched(current):
         return
-    hooked_transformer_module.AutoTokenizer = _AutoTokenizerWithClearErrors(current)
+    replace(hooked_transformer_module, "AutoTokenizer", _AutoTokenizerWithClearErrors(current))
 
 
 def apply() -> None:

@@ -1,16 +1,26 @@
 """How `r1-plugin` reports bad input: one line on stderr and exit code 2, never a traceback.
 
 Usage errors come from `CLIParser.error`; errors r1_plugin raises on purpose (`R1PluginError`: a model that
-does not fit, an unreadable database, an unknown W&B mode, ...) are printed by `main` with `one_line`.
-Anything else is a bug and keeps its traceback.
+does not fit, an unreadable database, an unknown W&B mode, ...) are printed by `main` with `one_line`, and so are
+the errors of files the user gave (`input_error_message`). Anything else is a bug: one line too, saying so and
+how to see its traceback (`R1_PLUGIN_DEBUG=1`).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import sys
 from typing import NoReturn
 
+from r1_plugin.errors import R1PluginError
+
 USAGE_EXIT = 2
+INTERRUPTED_EXIT = 130  # the shell's code for Ctrl-C
+
+
+class MissingSubcommandError(R1PluginError, ImportError):
+    """A module of one of r1-plugin's commands is missing from the installation."""
 
 
 class CLIParser(argparse.ArgumentParser):
@@ -26,7 +36,32 @@ def one_line(message: object) -> str:
     return "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
 
 
-_DUCKDB_FILE_ERRORS = ("IOException", "SerializationException", "PermissionException", "InvalidInputException")
+_DUCKDB_FILE_ERRORS = ("IOException", "SerializationException", "PermissionException", "InvalidInputException",
+                       "ConversionException")
+
+
+def report_failure(prog: str, exc: BaseException, args: argparse.Namespace | None = None) -> int:
+    """Print `<prog>: error: <one line>` for `exc` on stderr; return the exit code (2)."""
+    if isinstance(exc, R1PluginError):
+        message = one_line(exc)
+    else:
+        message = input_error_message(exc, args)
+        if message is None:
+            detail = one_line(exc) or "(no message)"
+            message = (f"internal error, {type(exc).__name__}: {detail} (a bug in r1_plugin: please report it; "
+                       "R1_PLUGIN_DEBUG=1 shows the traceback)")
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return USAGE_EXIT
+
+
+def _database_message(kind: str, exc: BaseException, hint: str, given: list[str] | None = None) -> str:
+    """One line for a database error that is not a lock, a full disk or a path (`_not_damaged_hint`): a value of
+    the wrong type, or a damaged file (`hint`)."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    if type(exc).__name__ == "ConversionException":
+        files = ", ".join(given or []) or f"the {kind} database"
+        return f"cannot read {files}: a value has the wrong type ({first}); feature ids must be integers"
+    return f"cannot read the {kind} database: {one_line(exc)}{hint}"
 
 
 def input_error_message(exc: BaseException, args: argparse.Namespace | None = None) -> str | None:
@@ -47,16 +82,34 @@ def input_error_message(exc: BaseException, args: argparse.Namespace | None = No
     hint = f" (reading {', '.join(given)}: is the file damaged or incomplete? fetch it again)" if given else (
         " (is the file damaged or incomplete? fetch it again)"
     )
+    not_damaged = _not_damaged_hint(str(exc))  # a lock, a full disk or no write access: the file is fine
+    if not_damaged and (isinstance(exc, sqlite3.DatabaseError) or type(exc).__module__.lstrip("_").startswith("duckdb")):
+        return f"{one_line(exc)} ({not_damaged})"
     if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
         exc, (sqlite3.ProgrammingError, sqlite3.InterfaceError)
     ):
-        return f"cannot read the SQLite database: {one_line(exc)}{hint}"
+        return _database_message("SQLite", exc, hint, given)
     if type(exc).__module__.lstrip("_").startswith("duckdb") and name in _DUCKDB_FILE_ERRORS:
-        return f"cannot read the DuckDB database: {one_line(exc)}{hint}"
-    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)) and getattr(
-        exc, "filename", None
-    ):
+        return _database_message("DuckDB", exc, hint, given)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        where = getattr(exc, "filename", None)
+        return f"no space left on the device{f' writing {where}' if where else ''}: free some space and run again"
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+                        FileExistsError)) and getattr(exc, "filename", None):
         return f"{exc.strerror or name}: {exc.filename}"
+    return None
+
+
+def _not_damaged_hint(message: str) -> str | None:
+    """What to do when a database error is a lock conflict, a full disk or missing write access, not damage."""
+    if "Conflicting lock" in message or "Could not set lock" in message or "database is locked" in message:
+        return "another process has the database open: close it or wait for it to finish, then rerun"
+    if "No space left on device" in message:
+        return "no space left: free some space there or write elsewhere, then rerun"
+    if any(t in message for t in ("Permission denied", "Read-only file system", "attempt to write a readonly")):
+        return "no permission to write there: choose a folder you can write to"
+    if any(t in message for t in ("Not a directory", "Is a directory", "No such file or directory")):
+        return "the path cannot be opened as a database file: check it"
     return None
 
 

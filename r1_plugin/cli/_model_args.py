@@ -1,7 +1,7 @@
 """Model-loading flags shared by every `r1-plugin` command that loads a model, with from_pretrained's meanings.
 
     add_model_args(parser)            # --model --dtype --device --n-devices --first-n-layers --keep-fp8
-                                      # --sae-device --sae-dtype
+                                      # --memory-per-device --sae-device --sae-dtype
     model = load_model_from_args(args)              # HookedTransformer.from_pretrained_no_processing(...)
     sae = load_sae_from_args(args, model, release, sae_id)    # or path=... for an SAE on disk
     add_sae_source_args(group); release, sae_id, path = sae_source(args)   # --sae-release/--sae-id/--sae-path
@@ -13,6 +13,7 @@ only when given, so a flag left out means exactly what leaving the keyword out m
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,28 +28,68 @@ class ModelArgsError(R1PluginError, ValueError):
 
 
 def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
+    """argparse type: an integer >= 1 (r1_plugin.values.integer, as every count flag)."""
+    from r1_plugin.cli._values import count
+
+    return count()(text)
+
+
+def memory_size(text: str) -> int:
+    """argparse type: bytes from '141GB', '80GiB', '512 MiB' or a number of bytes (r1_plugin.plan_devices' reading)."""
+    from r1_plugin.models.device_plan import parse_bytes
+
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+        size = parse_bytes(text)
+    except (ValueError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return size
 
 
-def add_model_args(parser: argparse.ArgumentParser, *, model: bool = True, sae: bool = True) -> None:
-    """Add the model-loading flags (and `--model` unless `model=False`; the SAE flags unless `sae=False`)."""
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of a flag: stores into the new flag's dest and prints a one-line warning on stderr."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str = "", **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        import sys
+
+        print(f"{parser.prog}: warning: {option_string} is deprecated, use {self.new} "
+              "(the old spelling goes in the next release)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_model_args(
+    parser: argparse.ArgumentParser,
+    *,
+    model: bool = True,
+    sae: bool = True,
+    device: bool = True,
+    model_default: str | None = None,
+) -> None:
+    """Add the model-loading flags (and `--model` unless `model=False`; the SAE flags unless `sae=False`; --device
+    unless `device=False`, for commands that place nothing). With `model_default`, --model is optional."""
     group = parser.add_argument_group(
         "model loading (the keywords of HookedTransformer.from_pretrained; left out = its default)"
     )
     if model:
-        group.add_argument("--model", required=True, help="model name (HF id or alias) TransformerLens can load")
+        group.add_argument(
+            "--model", required=model_default is None, default=model_default,
+            help="model name (HF id or alias) TransformerLens can load, or a checkpoint folder"
+            + (" (default: %(default)s)" if model_default is not None else ""),
+        )  # fmt: skip
     group.add_argument(
         "--dtype", choices=DTYPES, default=None,
         help="weights and activations dtype (default: TransformerLens's float32; R1: bfloat16)",
     )
-    group.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: TransformerLens's choice)")
+    if device:
+        group.add_argument(
+            "--device", default=None, help="torch device, e.g. cuda:0 (default: TransformerLens's choice)"
+        )
     group.add_argument(
         "--n-devices", type=positive_int, default=None, metavar="N",
         help="split the blocks over N CUDA devices, starting at --device (default 1)",
@@ -61,6 +102,11 @@ def add_model_args(parser: argparse.ArgumentParser, *, model: bool = True, sae: 
         "--keep-fp8", action="store_true",
         help="keep FP8 checkpoint weights in FP8 in memory, dequantised per forward (R1 on one 8-GPU node)",
     )
+    group.add_argument(
+        "--memory-per-device", type=memory_size, default=None, metavar="SIZE",
+        help="memory of each device for the byte-balanced block plan, e.g. 141GB, 80GiB (DeepSeek-V3/R1; "
+        "default: each device's total memory)",
+    )  # fmt: skip
     group.add_argument(
         "--backend", choices=("hooked", "bridge"), default="hooked",
         help="hooked: HookedTransformer (default; SAELens's SAEs and r1_plugin's R1 path are built on it); "
@@ -79,7 +125,7 @@ def add_model_args(parser: argparse.ArgumentParser, *, model: bool = True, sae: 
 def model_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The from_pretrained keywords the flags give (only those given)."""
     kwargs: dict[str, Any] = {}
-    for flag in ("dtype", "device", "n_devices", "first_n_layers"):
+    for flag in ("dtype", "device", "n_devices", "first_n_layers", "memory_per_device"):
         value = getattr(args, flag, None)
         if value is not None:
             kwargs[flag] = value
@@ -168,7 +214,7 @@ def sae_source(args: argparse.Namespace, required: bool = False) -> tuple[str | 
     if path is not None:
         if release is not None:
             raise ModelArgsError("give the SAE as --sae-release/--sae-id or as --sae-path (exactly one)")
-        from r1_plugin.saes.local import check_sae_path
+        from r1_plugin.saes.sae_folders import check_sae_path
 
         return None, sae_id, str(check_sae_path(path))
     if (release is None) != (sae_id is None):
@@ -199,7 +245,7 @@ def load_sae_from_args(
 
     def load(on: str) -> Any:
         if path is not None:
-            from r1_plugin.saes.local import load_sae_from_path
+            from r1_plugin.saes.sae_folders import load_sae_from_path
 
             return load_sae_from_path(path, sae_id, device=on, dtype=dtype)
         return SAE.from_pretrained(release, sae_id, device=on, dtype=dtype)
@@ -216,3 +262,74 @@ def load_sae_from_args(
             hook_name = ""
     target = hook_device(model, hook_name)
     return sae if target.type == "cpu" else sae.to(target)
+
+
+_D_MODEL_HOOK = re.compile(r"(^|\.)(hook_resid_(pre|mid|post)|hook_attn_out|hook_mlp_out|hook_embed)$")
+
+
+def model_config_from_args(args: argparse.Namespace) -> Any:
+    """The HookedTransformerConfig `--model` and the flags give, from its config alone (no weight is read)."""
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+    kwargs = {k: v for k, v in model_kwargs_from_args(args).items() if k in ("n_devices", "first_n_layers")}
+    return get_pretrained_model_config(args.model, **kwargs)
+
+
+def load_sae_before_model(
+    args: argparse.Namespace, release: str | None, sae_id: str | None, path: str | None, hook_name: str | None = None
+) -> Any:
+    """The SAE, loaded on the CPU and checked against the model's config before the (slow) model load.
+
+    Raises ModelArgsError when the SAE reads a layer the model does not load (--first-n-layers) or a
+    d_model-wide hook with another width (`d_in`); `place_sae` then moves it next to the block it reads.
+    """
+    from r1_plugin.steering.sae_directions import sae_hook_name
+
+    cfg = model_config_from_args(args)
+    dtype = getattr(args, "sae_dtype", None) or getattr(args, "dtype", None) or str(cfg.dtype).removeprefix("torch.")
+    if path is not None:
+        from r1_plugin.saes.sae_folders import load_sae_from_path
+
+        sae = load_sae_from_path(path, sae_id, device="cpu", dtype=dtype)
+    else:
+        from sae_lens import SAE
+
+        sae = SAE.from_pretrained(release, sae_id, device="cpu", dtype=dtype)
+    try:
+        hook = hook_name or sae_hook_name(sae)
+    except ValueError:
+        return sae  # no hook to compare: the harvest names the problem
+    name = path or f"{release}/{sae_id}"
+    layer = hook_layer(hook)
+    if layer is not None and layer >= cfg.n_layers:
+        raise ModelArgsError(
+            f"the SAE {name} reads {hook}, but {args.model} loads {cfg.n_layers} layer(s)"
+            + (" (--first-n-layers)" if getattr(args, "first_n_layers", None) else "")
+            + f": load at least {layer + 1} layers, or pick an SAE of this model"
+        )
+    d_in = int(sae.cfg.d_in)
+    if _D_MODEL_HOOK.search(hook) and d_in != cfg.d_model:
+        raise ModelArgsError(
+            f"the SAE {name} reads vectors of width d_in={d_in} at {hook}, but {args.model} has "
+            f"d_model={cfg.d_model}: this SAE belongs to another model (check --sae-release/--sae-id/--sae-path "
+            "and --model)"
+        )
+    return sae
+
+
+def place_sae(args: argparse.Namespace, model: Any, sae: Any, hook_name: str | None = None) -> Any:
+    """`sae` (from `load_sae_before_model`) on --sae-device / --sae-dtype, by default the model's dtype and the
+    device of the block it reads, as `load_sae_from_args` places it."""
+    dtype = getattr(args, "sae_dtype", None) or str(model.cfg.dtype).removeprefix("torch.")
+    device = getattr(args, "sae_device", None)
+    if device is None:
+        from r1_plugin.steering.sae_directions import sae_hook_name
+
+        try:
+            hook_name = hook_name or sae_hook_name(sae)
+        except ValueError:
+            hook_name = ""
+        device = hook_device(model, hook_name)
+    import torch
+
+    return sae.to(device=device, dtype=getattr(torch, dtype))

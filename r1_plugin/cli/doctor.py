@@ -17,7 +17,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the report; exit 1 when a patch failed."""
+    """Print the report; exit 1 when a patch failed (a skipped patch, whose target is gone, is no failure)."""
     from r1_plugin.diagnostics import doctor
 
     info = doctor(apply=args.apply)

@@ -34,34 +34,27 @@ class ExperimentCLIError(R1PluginError, ValueError):
     """A bad combination of `r1-plugin experiment` arguments or an unreadable prompts/direction file."""
 
 
-def _strengths(text: str) -> list[float]:
-    """argparse type: comma-separated numbers."""
-    try:
-        values = [float(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one strength, e.g. 0,2,4,8")
-    return values
-
-
 def _add_common(parser: argparse.ArgumentParser, generate_default: int) -> None:
+    from r1_plugin.cli._values import count, in_file, out_dir
+
     group = parser.add_argument_group("prompts and output")
     group.add_argument("--prompt", action="append", default=None,
                        help="a user message (put in R1's chat format) or R1 chat text; repeatable")
-    group.add_argument("--prompts-file", type=Path, default=None, help="a text file with one user message per line")
-    group.add_argument("--max-new-tokens", type=int, default=generate_default,
+    group.add_argument("--prompts-file", type=in_file, default=None, help="a text file with one user message per line")
+    group.add_argument("--max-new-tokens", type=count(), default=generate_default,
                        help="tokens generated per continuation (default: %(default)s)")
-    group.add_argument("--out", type=Path, required=True, help="folder for report.md, results.json and the PNG")
-    group.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
-    group.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    group.add_argument("--out", type=out_dir, required=True, help="folder for report.md, results.json and the PNG")
+    group.add_argument("--n-boot", type=count(), default=1000, help="bootstrap resamples for the CIs (default 1000)")
+    group.add_argument("--seed", type=count(at_least=0), default=0, help="seed of the bootstrap (default 0)")
 
 
 def _add_prefix(parser: argparse.ArgumentParser) -> None:
+    from r1_plugin.cli._values import count
+
     group = parser.add_argument_group("response prefix (r1_plugin.response_prefix.ResponsePrefixSpec)")
     group.add_argument("--prefix-end", choices=("sentence", "newline"), default="sentence",
                        help="the prefix ends at the first sentence end or the first newline (default sentence)")
-    group.add_argument("--prefix-max-tokens", type=int, default=64,
+    group.add_argument("--prefix-max-tokens", type=count(), default=64,
                        help="the prefix ends after at most this many tokens after <think> (default 64)")
 
 
@@ -83,10 +76,11 @@ def _add_finished(parser: argparse.ArgumentParser) -> None:
 def _add_sae(parser: argparse.ArgumentParser, required: bool) -> None:
     group = parser.add_argument_group("SAE" if required else "what to steer with (an SAE feature or a direction)")
     from r1_plugin.cli._model_args import add_sae_source_args
+    from r1_plugin.cli._values import count
 
     add_sae_source_args(group, required=required)
     if not required:
-        group.add_argument("--feature", type=int, nargs="+", default=None,
+        group.add_argument("--feature", type=count(at_least=0), nargs="+", default=None,
                            help="SAE feature id(s) (several are steered and read out together)")
         group.add_argument("--direction", type=Path, default=None,
                            help="saved direction instead of an SAE: .pt (tensor or {'direction', 'hook_name'}) "
@@ -107,6 +101,7 @@ def _add_sae(parser: argparse.ArgumentParser, required: bool) -> None:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `experiment` and its four NAME subcommands."""
     from r1_plugin.cli._model_args import add_model_args
+    from r1_plugin.cli._values import count, finite_float, finite_floats, fraction, gate
     from r1_plugin.tracking import add_tracking_args
 
     parser = subparsers.add_parser(
@@ -125,40 +120,31 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             _add_sae(p, required=False)
             how = p.add_argument_group("steering")
             if name == "prefix-gating":
-                how.add_argument("--strength", type=float, default=8.0,
+                how.add_argument("--strength", type=finite_float, default=8.0,
                                  help="steering strength (clamp value with --mode clamp; default 8)")
             else:
-                how.add_argument("--strengths", type=_strengths, default=[0.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
+                how.add_argument("--strengths", type=finite_floats, default=[0.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
                                  help="comma-separated strengths (default 0,2,4,8,16,32,64)")
-                how.add_argument("--gate", default="prefix",
+                how.add_argument("--gate", type=gate, default="prefix",
                                  help="prefix[:sentence|newline][:N], thinking[:...], in-prefix[:...], generated, "
                                       "always, pos:N, text:..., regex:..., until:... (default: prefix)")
-                how.add_argument("--ngram", type=int, default=3, help="n of the repeated-n-gram rate (default 3)")
-                how.add_argument("--reversion-drop", type=float, default=0.5,
+                how.add_argument("--ngram", type=count(), default=3, help="n of the repeated-n-gram rate (default 3)")
+                how.add_argument("--reversion-drop", type=fraction, default=0.5,
                                  help="reverted when the effect falls below (1 - this) x its peak (default 0.5)")
-                how.add_argument("--batch-size", type=int, default=8, help="strengths per batch (default 8)")
+                how.add_argument("--batch-size", type=count(), default=8, help="strengths per batch (default 8)")
         elif name == "segments":
             _add_common(p, 256)
             _add_finished(p)
             _add_sae(p, required=True)
-            p.add_argument("--features", type=int, nargs="+", default=None,
+            p.add_argument("--features", type=count(at_least=0), nargs="+", default=None,
                            help="restrict the statistics to these feature ids (default: all)")
-            p.add_argument("--top-k", type=int, default=10, help="distinguishing features per segment (default 10)")
+            p.add_argument("--top-k", type=count(), default=10, help="distinguishing features per segment (default 10)")
         else:
-            from r1_plugin.sinks import detect
+            from r1_plugin.cli.sinks import add_threshold_args
 
             _add_common(p, 96)
             _add_finished(p)
-            th = p.add_argument_group("thresholds (r1_plugin.sinks)")
-            th.add_argument("--epsilon", type=float, default=detect.DEFAULT_EPSILON, help="alpha threshold (Gu et al.)")
-            th.add_argument("--min-sink-rate", type=float, default=detect.DEFAULT_MIN_SINK_RATE,
-                            help="sink_rate to count as a sink")
-            th.add_argument("--min-queries", type=int, default=detect.DEFAULT_MIN_QUERIES,
-                            help="queries a sink needs at or after it")
-            th.add_argument("--min-value", type=float, default=detect.DEFAULT_MIN_VALUE,
-                            help="massive: |value| above this")
-            th.add_argument("--min-ratio", type=float, default=detect.DEFAULT_MIN_RATIO,
-                            help="massive: at least this many times the layer median")
+            add_threshold_args(p, chunk_size=False)
         if name != "oversteer":  # oversteer's --gate spelling carries its own prefix options
             _add_prefix(p)
         add_tracking_args(p)
@@ -230,22 +216,24 @@ def run_experiment(args: argparse.Namespace, model: Any, sae: Any, prompts: list
         return experiments.segments(model, prompts, sae=sae, features=args.features, top_k=args.top_k,
                                     max_new_tokens=args.max_new_tokens, generate=not args.no_generate,
                                     spec=_spec(args))
+    from r1_plugin.cli.sinks import thresholds_from_args
+
+    th = thresholds_from_args(args)  # checked once, as the library checks it
     return experiments.sinks(model, prompts, max_new_tokens=args.max_new_tokens, generate=not args.no_generate,
-                             spec=_spec(args),
-                             epsilon=args.epsilon, min_sink_rate=args.min_sink_rate, min_queries=args.min_queries,
-                             min_value=args.min_value, min_ratio=args.min_ratio, **stats)
+                             spec=_spec(args), epsilon=th.epsilon, min_sink_rate=th.min_sink_rate,
+                             min_queries=th.min_queries, min_value=th.min_value, min_ratio=th.min_ratio, **stats)
 
 
 def run(args: argparse.Namespace) -> int:
     """Load, run the experiment, write the files, log to W&B, print the summary."""
+    from r1_plugin.cli._values import make_out_dir
     from r1_plugin.tracking import tracker_from_args
 
     prompts = read_prompts(args)
-    if args.max_new_tokens < 1:
-        raise ExperimentCLIError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     has_sae = args.experiment != "sinks" and (args.sae_release is not None or args.sae_path is not None)
     if args.experiment in ("prefix-gating", "oversteer") and has_sae == (args.direction is not None):
         raise ExperimentCLIError("give either --sae-release/--sae-id (or --sae-path) with --feature, or --direction (exactly one)")
+    make_out_dir(args.out)  # an output folder that cannot be made fails before the model loads
     model, sae = _load(args)
     try:
         result = run_experiment(args, model, sae, prompts)

@@ -70,22 +70,24 @@ def _add_tracking(parser: argparse.ArgumentParser) -> None:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `features` with its actions: search, show, download, merge, map, harvest."""
+    from r1_plugin.cli._values import count, in_file, out_file
+
     parser = subparsers.add_parser("features", help="search feature labels and show max-activating examples")
     actions = parser.add_subparsers(dest="features_command", metavar="ACTION")
     actions.required = True
 
     search = actions.add_parser("search", help="features whose label contains all the words, best first")
     search.add_argument("text", help='words to look for, e.g. "backtracking"')
-    search.add_argument("--limit", type=int, default=20, help="at most this many results (default 20)")
+    search.add_argument("--limit", type=count(), default=20, help="at most this many results (default 20)")
     search.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     _add_db_args(search)
     _add_tracking(search)
 
     show = actions.add_parser("show", help="a feature's label and its strongest activating examples")
-    show.add_argument("feature_id", type=int)
-    show.add_argument("-k", type=int, default=10, help="examples to show (default 10)")
-    show.add_argument("--context", type=int, default=8, help="tokens either side (default 8)")
-    show.add_argument("--html", type=Path, help="also write the examples as an HTML page to this file")
+    show.add_argument("feature_id", type=count(at_least=0))
+    show.add_argument("-k", type=count(), default=10, help="examples to show (default 10)")
+    show.add_argument("--context", type=count(at_least=0), default=8, help="tokens either side (default 8)")
+    show.add_argument("--html", type=out_file, help="also write the examples as an HTML page to this file")
     show.add_argument(
         "--no-color", action="store_true", help="mark the token with <<...>> instead of ANSI colour"
     )
@@ -100,14 +102,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     dl.add_argument("--csv", action="store_true", help="labels as autointerp.csv instead of autointerp.db")
     dl.add_argument("--base-url", help="bucket URL (default: $R1_FEATURES_BASE_URL or Goodfire's S3 bucket)")
     dl.add_argument("--yes", action="store_true", help="do not ask before a download over 10 GB")
+    dl.add_argument(
+        "--stall-timeout", type=float, default=60.0, metavar="SECONDS",
+        help="give up when no byte arrives for this long; the .part is kept and a re-run resumes (default 60)",
+    )  # fmt: skip
+    dl.add_argument(
+        "--check-remote", action="store_true",
+        help="also ask the server whether finished files changed, and fetch new versions (default: finished "
+        "files are verified from their records, offline)",
+    )  # fmt: skip
 
     merge = actions.add_parser("merge", help="merge harvest shards into one .ddb in Goodfire's schema")
     merge.add_argument("shards", nargs="+", type=Path, help="shard directories, or one harvest output folder")
-    merge.add_argument("-o", "--output", type=Path, required=True, help="the .ddb to write")
+    merge.add_argument("-o", "--output", type=out_file, required=True, help="the .ddb to write")
     merge.add_argument(
-        "--top-k", type=int, help="keep this many activations per feature (default: harvest's)"
+        "--top-k", type=count(), help="keep this many activations per feature (default: harvest's)"
     )
-    merge.add_argument("--labels", type=Path, help="copy labels from this autointerp file")
+    merge.add_argument("--labels", type=in_file, help="copy labels from this autointerp file")
     merge.add_argument("--overwrite", action="store_true")
     _add_map_parser(actions)
 
@@ -120,6 +131,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def _add_map_parser(actions: Any) -> None:
     """`features map RELEASE SAE_ID -o OUT` (or `--sae-path`): a UMAP of the SAE's decoder as a PNG and an offline
     HTML browser."""
+    from r1_plugin.cli._values import count, nonnegative_float, out_dir
+
     fmap = actions.add_parser(
         "map", help="2-D map of an SAE's features (UMAP of decoder directions): PNG + interactive HTML"
     )
@@ -127,9 +140,11 @@ def _add_map_parser(actions: Any) -> None:
     fmap.add_argument("sae_id", nargs="?", help="SAE id within the release, e.g. layer_37")
     fmap.add_argument(
         "--sae-path", type=Path,
-        help="instead of RELEASE SAE_ID: an SAE on disk (a SAELens folder, or a Goodfire .pt state dict)",
+        help="instead of RELEASE SAE_ID: an SAE on disk, as steer and harvest take it (a SAELens folder, or a "
+        "release folder with sae.yaml such as r1_plugin/assets/tiny-r1-sae, then optionally its SAE id as the one "
+        "positional argument), or a Goodfire .pt state dict",
     )  # fmt: skip
-    fmap.add_argument("-o", "--out", type=Path, required=True, help="output folder (the cache goes inside)")
+    fmap.add_argument("-o", "--out", type=out_dir, required=True, help="output folder (the cache goes inside)")
     fmap.add_argument("--name", default="feature_map", help="file names: NAME.png, NAME.html (default %(default)s)")
     _add_db_args(fmap)
     fmap.add_argument(
@@ -138,17 +153,17 @@ def _add_map_parser(actions: Any) -> None:
         "(numbers: a colour scale, e.g. firing rate; text: categories, e.g. a segment); repeatable",
     )  # fmt: skip
     fmap.add_argument("--color-by", help="the PNG's colouring (default: the first statistic, else a label score)")
-    fmap.add_argument("--top-n", type=int, default=5, help="top examples per feature in the HTML (default 5; 0: none)")
-    fmap.add_argument("--context", type=int, default=8, help="tokens either side of each example (default 8)")
-    fmap.add_argument("--seed", type=int, default=0)
-    fmap.add_argument("--n-neighbors", type=int, default=15)
-    fmap.add_argument("--min-dist", type=float, default=0.1)
+    fmap.add_argument("--top-n", type=count(at_least=0), default=5, help="top examples per feature in the HTML (default 5; 0: none)")
+    fmap.add_argument("--context", type=count(at_least=0), default=8, help="tokens either side of each example (default 8)")
+    fmap.add_argument("--seed", type=count(at_least=0), default=0, help="UMAP's random seed, >= 0 (default 0)")
+    fmap.add_argument("--n-neighbors", type=count(at_least=2), default=15, help="UMAP's n_neighbors, >= 2 (default 15)")
+    fmap.add_argument("--min-dist", type=nonnegative_float, default=0.1, help="UMAP's min_dist, >= 0 (default 0.1)")
     fmap.add_argument(
-        "--pca-dims", default="auto",
+        "--pca-dims", type=_pca_dims, default="auto",
         help="k-NN in this many projected dims (0: every dim, exact; default auto: every dim for small SAEs, else 64)",
     )  # fmt: skip
     fmap.add_argument("--knn", choices=("auto", "exact", "nndescent"), default="auto")
-    fmap.add_argument("--n-epochs", type=int, default=None, help="UMAP epochs (default: UMAP's)")
+    fmap.add_argument("--n-epochs", type=count(), default=None, help="UMAP epochs (default: UMAP's)")
     fmap.add_argument("--device", default="cpu", help="where to load the SAE (default cpu)")
     fmap.add_argument("--title", help="title of the map (default: the release and id)")
     fmap.add_argument("--no-png", action="store_true")
@@ -288,10 +303,13 @@ def _show(args: argparse.Namespace) -> int:
 
 def _download(args: argparse.Namespace) -> int:
     from r1_plugin.features.download import download
+    from r1_plugin.values import positive
 
+    stall = positive("--stall-timeout", args.stall_timeout)
     paths = download(
         args.sae, args.sample, args.dest, activations=not args.labels_only,
         labels_format="csv" if args.csv else "db", base=args.base_url, yes=args.yes,
+        stall_timeout=stall, check_remote=args.check_remote,
     )  # fmt: skip
     for path in paths:
         print(path)
@@ -309,35 +327,46 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _pca_dims(text: str) -> int | str | None:
-    """--pca-dims: 'auto', 0 (every dimension) or a number of dimensions."""
+    """argparse type of --pca-dims: 'auto', 0 (every dimension) or a number of dimensions."""
     if text == "auto":
         return "auto"
     if not text.isdigit():
-        raise R1PluginError(f"--pca-dims must be 'auto', 0 or a positive number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"--pca-dims must be 'auto', 0 or a positive number, got {text!r}")
     return int(text) or None
 
 
-def _map(args: argparse.Namespace) -> int:
-    from r1_plugin.features import FeatureDB
-    from r1_plugin.features.feature_map import (
-        FeatureMapError,
-        MapParams,
-        feature_map,
-        load_decoder,
-        load_sae,
-        read_stat_file,
-    )
+def _map_sae(args: argparse.Namespace) -> tuple[Any, str]:
+    """The SAE (or its decoder) the map is drawn from, and its name: RELEASE SAE_ID, or --sae-path [SAE_ID]."""
+    from r1_plugin.features.feature_map import FeatureMapError, load_decoder, load_sae
 
-    named = [name is not None for name in (args.release, args.sae_id)]
-    if not ((args.sae_path is not None and not any(named)) or (args.sae_path is None and all(named))):
-        raise FeatureMapError("give either RELEASE SAE_ID or --sae-path PATH (not both)")
-    if args.sae_path is not None:
-        sae, source = load_decoder(args.sae_path), str(args.sae_path)
-    else:
-        sae, source = load_sae(args.release, args.sae_id, device=args.device), f"{args.release} / {args.sae_id}"
+    if args.sae_path is None:
+        if args.release is None or args.sae_id is None:
+            raise FeatureMapError("give either RELEASE SAE_ID or --sae-path PATH (not both)")
+        return load_sae(args.release, args.sae_id, device=args.device), f"{args.release} / {args.sae_id}"
+    if args.sae_id is not None:
+        raise FeatureMapError("give either RELEASE SAE_ID or --sae-path PATH [SAE_ID] (not both)")
+    path, sae_id = args.sae_path.expanduser(), args.release  # with --sae-path, the one positional is the SAE id
+    if path.is_file():  # a Goodfire .pt state dict
+        if sae_id is not None:
+            raise FeatureMapError("give either RELEASE SAE_ID or --sae-path PATH [SAE_ID]; a .pt file holds one "
+                                  "SAE, so it takes no SAE id")
+        return load_decoder(path), str(path)
+    from r1_plugin.saes.sae_folders import load_sae_from_path
+
+    sae = load_sae_from_path(path, sae_id, device=args.device)  # the loader steer and harvest use
+    return sae, str(path) + (f" / {sae_id}" if sae_id else "")
+
+
+def _map(args: argparse.Namespace) -> int:
+    from r1_plugin.cli._model_args import check_device
+    from r1_plugin.features import FeatureDB
+    from r1_plugin.features.feature_map import MapParams, feature_map, read_stat_file
+
+    check_device(args.device)
+    sae, source = _map_sae(args)
     params = MapParams(
         seed=args.seed, n_neighbors=args.n_neighbors, min_dist=args.min_dist,
-        pca_dims=_pca_dims(args.pca_dims), knn=args.knn, n_epochs=args.n_epochs,
+        pca_dims=args.pca_dims, knn=args.knn, n_epochs=args.n_epochs,
     )  # fmt: skip
     stats = dict(read_stat_file(spec) for spec in args.stat)
     db = None

@@ -23,14 +23,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Plan a DeepSeek-V3/R1 model over devices from config.json alone (a hub id/alias in the HF "
         "cache, a checkpoint folder or a config.json path). Exit status 0 when it fits, 1 when it does not.",
     )
+    from r1_plugin.cli._model_args import DeprecatedAlias, add_model_args, memory_size
+    from r1_plugin.cli._values import count
+
     plan.add_argument("model", help="e.g. deepseek-ai/DeepSeek-R1, r1, a checkpoint folder or a config.json")
-    plan.add_argument("--n-devices", type=int, default=1, help="number of devices (default 1)")
-    plan.add_argument("--memory", required=True, help="memory per device: bytes, or e.g. 141GB, 80GiB")
-    plan.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    plan.add_argument("--keep-fp8", action="store_true", help="keep the checkpoint's FP8 weights FP8 (keep_fp8=True)")
-    plan.add_argument("--first-n-layers", type=int, default=None, help="load only the first N layers")
-    plan.add_argument("--kv-cache-tokens", type=int, default=0, help="tokens of latent KV cache per sequence")
-    plan.add_argument("--batch", type=int, default=1, help="sequences in the KV cache / forward")
+    add_model_args(plan, model=False, sae=False, device=False)  # the loading flags, as every command has them
+    plan.add_argument("--memory", type=memory_size, dest="memory_per_device", action=DeprecatedAlias,
+                      new="--memory-per-device", help="deprecated spelling of --memory-per-device")
+    plan.add_argument("--kv-cache-tokens", type=count(at_least=0), default=0,
+                      help="tokens of latent KV cache per sequence")
+    plan.add_argument("--batch", type=count(), default=1, help="sequences in the KV cache / forward")
+    if "--backend" not in plan._option_string_actions:  # until the shared model flags carry --backend
+        plan.add_argument("--backend", default="hooked", choices=["hooked", "bridge"],
+                          help="size r1_plugin's HookedTransformer (latent KV cache, default) or TransformerBridge "
+                               "(transformers' layout, per-head K/V cache: 71x the latent for R1)")
     return parser
 
 
@@ -47,12 +53,24 @@ def run(args: argparse.Namespace) -> int:
 
 def run_plan(args: argparse.Namespace) -> int:
     """Print the plan table (and what would fit when it does not)."""
-    from r1_plugin.models.placement import plan_devices
+    from pathlib import Path
 
+    from r1_plugin.cli._model_args import model_kwargs_from_args
+    from r1_plugin.models.device_plan import plan_devices
+
+    if args.model.startswith((".", "/", "~")) and not Path(args.model).expanduser().exists():
+        raise PlanCLIError(f"{args.model} does not exist: give a checkpoint folder, a config.json or a hub id")
+    if args.memory_per_device is None:
+        raise PlanCLIError("--memory-per-device is required: the memory of each device, e.g. 141GB or 80GiB")
+    kwargs = model_kwargs_from_args(args)  # the loading flags given, as from_pretrained would get them
+    n_devices = kwargs.pop("n_devices", 1)
+    memory = kwargs.pop("memory_per_device")
+    backend = kwargs.pop("backend", None) or getattr(args, "backend", None)
+    if backend is not None:
+        kwargs["backend"] = backend
     try:
         plan = plan_devices(
-            args.model, args.n_devices, args.memory, dtype=args.dtype, keep_fp8=args.keep_fp8,
-            first_n_layers=args.first_n_layers, kv_cache_tokens=args.kv_cache_tokens, batch=args.batch,
+            args.model, n_devices, memory, kv_cache_tokens=args.kv_cache_tokens, batch=args.batch, **kwargs
         )
     except R1PluginError:
         raise

@@ -15,6 +15,7 @@ what the keywords of `HookedTransformer.from_pretrained` mean (r1_plugin/cli/_mo
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import textwrap
 from pathlib import Path
@@ -30,6 +31,7 @@ class SteerCLIError(R1PluginError, ValueError):
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the `steer` subcommand."""
     from r1_plugin.cli._model_args import add_model_args, add_sae_source_args
+    from r1_plugin.cli._values import count, finite_float, finite_floats, gate, positive_float
     from r1_plugin.tracking import add_tracking_args
 
     parser = subparsers.add_parser(
@@ -46,26 +48,27 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--raw", action="store_true", help="do not apply R1's chat template")
     src = parser.add_argument_group("what to steer with (an SAE feature or a saved direction)")
     add_sae_source_args(src)
-    src.add_argument("--feature", type=int, nargs="+", default=None, help="SAE feature id(s)")
+    src.add_argument("--feature", type=count(at_least=0), nargs="+", default=None, help="SAE feature id(s)")
     src.add_argument("--direction", type=Path, default=None,
                      help="saved direction: .pt (tensor, or dict with 'direction' [and 'hook_name']) or .npy")
     src.add_argument("--hook", default=None, help="hook name (default: the SAE's / the direction file's)")
     how = parser.add_argument_group("how")
-    how.add_argument("--strength", type=float, default=8.0, help="multiplier (clamp value with --mode clamp)")
+    how.add_argument("--strength", type=finite_float, default=8.0, help="multiplier (clamp value with --mode clamp)")
     how.add_argument("--mode", choices=("add", "clamp", "ablate"), default="add",
                      help="add the direction; clamp/ablate the SAE feature through the SAE error term")
     how.add_argument("--normalize", action="store_true", help="use the unit direction")
     how.add_argument("--relative", action="store_true", help="strength as a fraction of the residual norm")
-    how.add_argument("--gate", default="prefix",
+    how.add_argument("--gate", type=gate, default="prefix",
                      help="prefix[:sentence|newline][:N], always, generated, pos:N, text:..., regex:... "
                           "(default: prefix)")
-    how.add_argument("--max-new-tokens", type=int, default=128)
+    how.add_argument("--max-new-tokens", type=count(), default=128)
     how.add_argument("--sample", action="store_true", help="sample (same seed for both runs) instead of greedy")
-    how.add_argument("--temperature", type=float, default=0.6)
-    how.add_argument("--seed", type=int, default=0)
+    how.add_argument("--temperature", type=positive_float, default=0.6, help="sampling temperature, > 0")
+    how.add_argument("--seed", type=count(at_least=0), default=0)
     how.add_argument("--no-cache", action="store_true", help="generate without the KV cache (slower, same result)")
-    how.add_argument("--sweep", default=None, help="comma-separated strengths: run a sweep and print its table")
-    how.add_argument("--width", type=int, default=None, help="output width (default: the terminal's)")
+    how.add_argument("--sweep", type=finite_floats, default=None,
+                     help="comma-separated strengths: run a sweep and print its table")
+    how.add_argument("--width", type=count(at_least=40), default=None, help="output width (default: the terminal's)")
     add_model_args(parser)
     add_tracking_args(parser)
     return parser
@@ -143,8 +146,8 @@ def run(args: argparse.Namespace) -> int:
         raise SteerCLIError(f"--mode {args.mode} works on SAE features: pass --sae-release/--sae-id/--feature")
     try:
         gate = as_gate(args.gate)
-    except ValueError as exc:
-        raise SteerCLIError(str(exc)) from exc
+    except (ValueError, re.error) as exc:  # regex:( does not compile: re.error is no ValueError
+        raise SteerCLIError(f"--gate {args.gate!r}: {exc}") from None
 
     steer_kwargs: dict[str, Any] = dict(mode=args.mode, normalize=args.normalize, relative=args.relative)
     if not use_sae:  # read the direction file before the (slow) model load, so a bad file fails at once
@@ -191,7 +194,7 @@ def _generate_and_show(
     if args.sweep:
         from r1_plugin.steering.sweep import sweep_strengths
 
-        strengths = [float(s) for s in args.sweep.split(",") if s.strip()]
+        strengths = args.sweep  # finite numbers, checked by the flag's type
         result = sweep_strengths(model, tokens, strengths, gate=gate, max_new_tokens=args.max_new_tokens,
                                  tracker=tracker, **steer_kwargs)
         cols = ["strength", "gate_open_at", "feature_act", "kl", "reverted", "text"]

@@ -65,7 +65,7 @@ def is_embedded_model(name: str | Path) -> bool:
 
 def sae_entry() -> dict[str, Any]:
     """The embedded SAE's description (SAELens's release schema: config_overrides, saes[id, path]) from sae.yaml."""
-    from r1_plugin.saes.local import release_entry
+    from r1_plugin.saes.sae_folders import release_entry
 
     if not SAE_ENTRY_FILE.is_file():
         raise MissingAssetsError(f"{SAE_ENTRY_FILE} is missing: rebuild with `scripts/make_tiny_r1.py --stage sae`")
@@ -85,9 +85,9 @@ def load_model(**kwargs: Any) -> Any:
 
 
 def load_sae(device: str = "cpu", dtype: str | None = None) -> Any:
-    """The tiny R1's SAE by path (`r1_plugin.saes.local.load_sae_from_path(SAE_DIR)`: SAE.load_from_disk of the
+    """The tiny R1's SAE by path (`r1_plugin.saes.sae_folders.load_sae_from_path(SAE_DIR)`: SAE.load_from_disk of the
     packaged .pt with the Goodfire converter)."""
-    from r1_plugin.saes.local import load_sae_from_path
+    from r1_plugin.saes.sae_folders import load_sae_from_path
 
     check_files(SAE_DIR, SAE_FILES)
     return load_sae_from_path(SAE_DIR, SAE_ID, device=device, dtype=dtype)

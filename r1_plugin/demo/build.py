@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from r1_plugin._patches.sae_lens_demo import register_tied_topk
 from r1_plugin.demo import assets
 from r1_plugin.demo.synthetic import (
     PUBLISHED_EXTRA_CONFIG,
@@ -297,62 +298,6 @@ class SAETrainingConfig:
     n_eval_traces: int = 200
 
 
-TIED_TOPK_ARCHITECTURE = "r1_plugin_tied_topk"
-
-
-def register_tied_topk() -> str:
-    """Register with SAELens a top-k SAE whose encoder is the decoder's transpose (Goodfire's tied `W`); idempotent.
-
-    Goodfire's file stores one matrix `W` used as `x @ W` to encode and `f @ W.T` to decode; an untied SAE cannot be
-    written in that format without changing what it computes, so the SAE is trained tied: SAELens's own top-k
-    training class (aux-k loss, evaluator, W&B logging) with `W_dec.T` in place of `W_enc` in the forward pass.
-    Registered through SAELens's `register_sae_training_class` / `register_sae_class` (only by this build stage).
-    """
-    from sae_lens.registry import (
-        SAE_CLASS_REGISTRY,
-        SAE_TRAINING_CLASS_REGISTRY,
-        register_sae_class,
-        register_sae_training_class,
-    )
-    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
-
-    if TIED_TOPK_ARCHITECTURE in SAE_TRAINING_CLASS_REGISTRY:
-        return TIED_TOPK_ARCHITECTURE
-
-    @dataclass
-    class TiedTopKSAEConfig(TopKSAEConfig):
-        """Inference config of the tied top-k SAE (SAELens needs one per training architecture)."""
-
-        @classmethod
-        def architecture(cls) -> str:
-            """SAELens architecture name."""
-            return TIED_TOPK_ARCHITECTURE
-
-    @dataclass
-    class TiedTopKTrainingSAEConfig(TopKTrainingSAEConfig):
-        """Training config of the tied top-k SAE."""
-
-        @classmethod
-        def architecture(cls) -> str:
-            """SAELens architecture name."""
-            return TIED_TOPK_ARCHITECTURE
-
-    class TiedTopKTrainingSAE(TopKTrainingSAE):
-        """Top-k training SAE with the encoder tied to the decoder (its own W_enc is unused)."""
-
-        def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            """Pre-activations `x @ W_dec.T + b_enc`, then SAELens's top-k."""
-            sae_in = self.process_sae_in(x)
-            hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_dec.T + self.b_enc)
-            feature_acts = self.hook_sae_acts_post(self.activation_fn(hidden_pre))
-            return feature_acts, hidden_pre
-
-    if TIED_TOPK_ARCHITECTURE not in SAE_CLASS_REGISTRY:
-        register_sae_class(TIED_TOPK_ARCHITECTURE, TopKSAE, TiedTopKSAEConfig)
-    register_sae_training_class(TIED_TOPK_ARCHITECTURE, TiedTopKTrainingSAE, TiedTopKTrainingSAEConfig)
-    return TIED_TOPK_ARCHITECTURE
-
-
 def goodfire_encode(state: dict[str, torch.Tensor], x: torch.Tensor, k: int) -> torch.Tensor:
     """Goodfire's reference encode (per-token top-k): `topk(relu(x @ W + b_enc))`."""
     pre = torch.relu(x @ state["W"] + state["b_enc"])
@@ -415,10 +360,6 @@ def build_sae(
     log: Log = print,
 ) -> dict[str, Any]:
     """Stage `sae`: train the SAE with SAELens (W&B offline), save `W`/`b_enc`/`b_dec` and the registry entry."""
-    import os
-
-    from r1_plugin.training import sae_runner_config, tokenized_dataset, train_sae
-
     cfg = cfg or SAETrainingConfig()
     started = time.time()
     from transformers import AutoTokenizer
@@ -427,14 +368,37 @@ def build_sae(
     d_in = int(json.loads((assets.MODEL_DIR / "config.json").read_text())["hidden_size"])
     traces = generate_traces(cfg.n_traces + cfg.n_eval_traces, SAE_DATA_SEED, TraceConfig())
     train_traces, eval_traces = traces[: cfg.n_traces], traces[cfg.n_traces :]
-    dataset = tokenized_dataset(tokenizer, _texts_without_bos(train_traces), cfg.context_size)
+    result = _train_sae(cfg, tokenizer, d_in, train_traces, wandb_dir, log)
+    trained = result.sae
+    state = {
+        "W": trained.W_dec.detach().T.contiguous().float().clone(),
+        "b_enc": trained.b_enc.detach().float().clone(),
+        "b_dec": trained.b_dec.detach().float().clone(),
+    }
+    heldout = _heldout_check(state, trained, tokenizer, eval_traces, cfg.k)
+    info = _save_sae(out_dir, state, cfg, d_in, heldout)
+    log(f"SAE saved to {out_dir / assets.SAE_FILE}: held-out variance explained "
+        f"{heldout['variance_explained']:.3f}, {heldout['alive_features']}/{heldout['d_sae']} alive "
+        f"({time.time() - started:.0f}s); W&B offline run: {result.run_dir}")
+    return info
+
+
+def _train_sae(
+    cfg: SAETrainingConfig, tokenizer: Any, d_in: int, traces: Sequence[Trace], wandb_dir: Path | None, log: Log
+) -> Any:
+    """Train the top-k SAE on `traces` with SAELens's runner (W&B offline); the `train_sae` result."""
+    import os
+
+    from r1_plugin.training import sae_runner_config, tokenized_dataset, train_sae
+
+    dataset = tokenized_dataset(tokenizer, _texts_without_bos(traces), cfg.context_size)
     d_sae = d_in * cfg.expansion_factor
     runner_cfg = sae_runner_config(
         str(assets.MODEL_DIR),
         assets.SAE_HOOK,
         d_sae=d_sae,
         d_in=d_in,
-        architecture=register_tied_topk(),
+        architecture=register_tied_topk(),  # SAELens's registries: written only by r1_plugin._patches
         sae_kwargs={"k": cfg.k, "apply_b_dec_to_input": False, "rescale_acts_by_decoder_norm": False},
         context_size=cfg.context_size,
         training_tokens=cfg.training_tokens,
@@ -453,33 +417,43 @@ def build_sae(
     torch.manual_seed(cfg.seed)
     wandb_dir = wandb_dir or Path(os.environ.get("WANDB_DIR") or "build/make_tiny_r1")
     log(f"training SAE d_in={d_in} d_sae={d_sae} k={cfg.k} on {assets.SAE_HOOK} ({cfg.training_tokens} tokens)")
-    result = train_sae(runner_cfg, dataset, wandb_mode="offline", wandb_dir=wandb_dir)
-    trained = result.sae
-    state = {
-        "W": trained.W_dec.detach().T.contiguous().float().clone(),
-        "b_enc": trained.b_enc.detach().float().clone(),
-        "b_dec": trained.b_dec.detach().float().clone(),
-    }
+    return train_sae(runner_cfg, dataset, wandb_mode="offline", wandb_dir=wandb_dir)
 
-    # Check the Goodfire-format tensors compute what the trained SAE computes, and measure them on held-out traces.
+
+def _heldout_check(
+    state: dict[str, torch.Tensor], trained: Any, tokenizer: Any, traces: Sequence[Trace], k: int
+) -> dict[str, Any]:
+    """Check the Goodfire-format tensors compute what the trained SAE computes, and measure them on `traces`:
+    tokens, variance explained, alive features and d_sae."""
     model = _load_tiny_model()
     acts = []
     with torch.no_grad():
-        for trace in eval_traces:
+        for trace in traces:
             ids = tokenizer(trace.text(), add_special_tokens=False, return_tensors="pt")["input_ids"]
             _, cache = model.run_with_cache(ids, names_filter=assets.SAE_HOOK)
             acts.append(cache[assets.SAE_HOOK][0, 1:])  # BOS excluded (its norm dwarfs the rest)
     x = torch.cat(acts)
     with torch.no_grad():
-        f = goodfire_encode(state, x, cfg.k)
+        f = goodfire_encode(state, x, k)
         recon = goodfire_decode(state, f)
         trained_recon = trained.decode(trained.encode(x))
     mismatch = float((recon - trained_recon).abs().max())
     if mismatch > 1e-4:
         raise RuntimeError(f"Goodfire-format SAE differs from the trained SAELens SAE by {mismatch}")
     variance_explained = float(1 - (x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
-    alive = int((f > 0).any(0).sum())
+    return {
+        "tokens": int(x.shape[0]),
+        "variance_explained": variance_explained,
+        "alive_features": int((f > 0).any(0).sum()),
+        "d_sae": int(f.shape[-1]),
+    }
 
+
+def _save_sae(
+    out_dir: Path, state: dict[str, torch.Tensor], cfg: SAETrainingConfig, d_in: int, heldout: dict[str, Any]
+) -> dict[str, Any]:
+    """Write the SAE folder (weights, config.json, build_info.json) and its registry entry; the build info."""
+    variance_explained = heldout["variance_explained"]
     target = out_dir / assets.SAE_FILE
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -494,17 +468,10 @@ def build_sae(
         "training": cfg.__dict__,
         "hook_name": assets.SAE_HOOK,
         "data": {"seed": SAE_DATA_SEED, "n_traces": cfg.n_traces},
-        "heldout": {
-            "tokens": int(x.shape[0]),
-            "variance_explained": round(variance_explained, 4),
-            "alive_features": alive,
-            "d_sae": d_sae,
-        },
+        "heldout": {**heldout, "variance_explained": round(variance_explained, 4)},
     }
     (target.parent / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    assets.SAE_ENTRY_FILE.write_text(sae_entry_yaml(d_in, d_sae, cfg.k, variance_explained))
-    log(f"SAE saved to {target}: held-out variance explained {variance_explained:.3f}, {alive}/{d_sae} alive "
-        f"({time.time() - started:.0f}s); W&B offline run: {result.run_dir}")
+    assets.SAE_ENTRY_FILE.write_text(sae_entry_yaml(d_in, heldout["d_sae"], cfg.k, variance_explained))
     return info
 
 

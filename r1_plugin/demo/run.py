@@ -516,38 +516,38 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> DemoResult:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The demo's command-line options."""
-    p = argparse.ArgumentParser(
+    """The demo's command-line options (the model flags are r1-plugin's own: r1_plugin/cli/_model_args.py)."""
+    from r1_plugin.cli._errors import CLIParser
+    from r1_plugin.cli._model_args import add_model_args
+    from r1_plugin.cli._values import count, finite_float, in_file, out_dir
+
+    p = CLIParser(
         prog="python -m r1_plugin.demo",
         description="Steer an SAE feature of R1 after its response prefix, look at the prefix-end attention sinks, "
-        "log to W&B. Defaults: the embedded tiny R1, offline.",
+        "log to W&B. Defaults: the embedded tiny R1, offline, on the CPU in float32.",
     )
-    p.add_argument("--model", default=str(assets.MODEL_DIR),
-                   help="HF id, alias or checkpoint folder (default: the embedded tiny R1's folder)")
+    add_model_args(p, model_default=str(assets.MODEL_DIR))
+    p.set_defaults(device="cpu", dtype="float32")  # the demo's defaults: the tiny R1 on the CPU, in float32
+    for flag, text in (("--device", "torch device, e.g. cuda:0 (default: cpu)"),
+                       ("--dtype", "weights and activations dtype (default: float32)")):
+        p._option_string_actions[flag].help = text  # the same flag, with the demo's default
     p.add_argument("--sae-release", default=None,
                    help="SAELens release (default: the embedded tiny R1's SAE, loaded from the package folder)")
     p.add_argument("--sae-id", default=assets.SAE_ID, help="SAE id within the release (default: %(default)s)")
     p.add_argument("--feature", default=DEFAULT_FEATURE,
                    help="feature id, or words to search the labels for (default: %(default)s)")
-    p.add_argument("--strength", type=float, default=None,
+    p.add_argument("--strength", type=finite_float, default=None,
                    help=f"steering strength (default: {DEFAULT_STRENGTH_FACTOR} x the feature's top activation)")
     p.add_argument("--prompt", action="append", default=None, help="user prompt (repeatable; default: 4 questions)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    p.add_argument("--first-n-layers", type=int, default=None, help="load only the first N layers (memory)")
-    p.add_argument("--n-devices", type=int, default=1, help="split the blocks across N GPUs by bytes (default: 1)")
-    p.add_argument("--keep-fp8", action="store_true",
-                   help="keep R1's FP8 weights FP8 in memory (from_pretrained's keep_fp8; R1 on one 8xH200 node)")
-    p.add_argument("--sae-device", default=None, help="device of the SAE (default: --device)")
-    p.add_argument("--max-new-tokens", type=int, default=120)
-    p.add_argument("--features-labels", type=Path, default=None, help="autointerp.db/.csv of the SAE")
-    p.add_argument("--features-activations", type=Path, default=None, help="<sae>.ddb activations file")
+    p.add_argument("--max-new-tokens", type=count(), default=120)
+    p.add_argument("--features-labels", type=in_file, default=None, help="autointerp.db/.csv of the SAE")
+    p.add_argument("--features-activations", type=in_file, default=None, help="<sae>.ddb activations file")
     p.add_argument("--no-sweep", action="store_true", help="skip the strength sweep")
     p.add_argument("--no-experiments", action="store_true", help="skip the four findings experiments")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
+    p.add_argument("--out", type=out_dir, default=DEFAULT_OUT, help="output folder (default: %(default)s)")
     p.add_argument("--wandb-mode", choices=("offline", "online", "disabled"), default="offline")
     p.add_argument("--wandb-dir", type=Path, default=None, help="W&B folder (default: $WANDB_DIR, else --out)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=count(at_least=0), default=0)
     p.add_argument("--backend", choices=("hooked", "bridge"), default="hooked",
                    help="drive the model as a HookedTransformer (default: SAELens's SAEs and r1_plugin's R1 path are "
                    "built on it) or a TransformerBridge (TransformerLens 4's only path)")
@@ -556,6 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
     """A DemoConfig from parsed options."""
+    from r1_plugin.cli._model_args import ModelArgsError
+
+    for flag in ("sae_dtype", "memory_per_device"):
+        if getattr(args, flag, None) is not None:
+            raise ModelArgsError(f"the demo does not take --{flag.replace('_', '-')} (it runs with the model's dtype "
+                                 "and each device's total memory)")
     return DemoConfig(
         model=args.model,
         sae_release=args.sae_release,
@@ -566,7 +572,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         device=args.device,
         dtype=args.dtype,
         first_n_layers=args.first_n_layers,
-        n_devices=args.n_devices,
+        n_devices=args.n_devices or 1,
         keep_fp8=args.keep_fp8,
         sae_device=args.sae_device,
         out=args.out,
@@ -583,14 +589,25 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m r1_plugin.demo`."""
-    args = build_parser().parse_args(argv)
-    cfg = config_from_args(args)
+    """Entry point of `python -m r1_plugin.demo`: any failure is one line on stderr and exit code 2."""
+    from r1_plugin.cli import debug
+    from r1_plugin.cli._errors import report_failure
+
+    prog = "python -m r1_plugin.demo"
     try:
-        result = run_demo(cfg)
-    except R1PluginError as exc:
-        print(f"error: {exc}")
-        return 2
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a usage error already printed on one line (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        from r1_plugin.cli._model_args import check_device
+
+        check_device(args.device, "--device", args.n_devices or 1)  # a device this machine lacks: before any load
+        check_device(args.sae_device, "--sae-device")
+        result = run_demo(config_from_args(args))
+    except Exception as exc:
+        if debug():
+            raise
+        return report_failure(prog, exc, args)
     print()
     print(result.report)
     return 0

@@ -41,7 +41,7 @@ from r1_plugin.response_prefix import (
     find_think_start,
     response_prefix_end,
 )
-from r1_plugin.saes.placement import encode_on_sae
+from r1_plugin.saes.sae_devices import encode_on_sae
 
 NAME = "segments"
 SEGMENTS = ("prompt", "response_prefix", "thinking", "answer")

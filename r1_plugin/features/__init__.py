@@ -1,7 +1,8 @@
 """The feature database: Goodfire's max-activating examples and labels, searchable, and buildable by harvesting.
 
 - `FeatureDB(labels=..., activations=...)` reads Goodfire's published files (or harvested ones), read-only.
-- `harvest(...)` / `merge_shards(...)` build a database in the same schema from any model + SAE.
+- `harvest(...)` / `merge_shards(...)` build a database in the same schema from any model + SAE (module
+  `r1_plugin.features.harvester`; named apart from the function, so `features.harvest` is always the function).
 - `r1_plugin.features.download` fetches the public files (never called by tests).
 
 The names below load on first use, so `r1-plugin features search` (DuckDB only) never imports torch.
@@ -9,9 +10,7 @@ The names below load on first use, so `r1-plugin features search` (DuckDB only) 
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from r1_plugin._lazy import lazy_exports
 
@@ -24,7 +23,7 @@ if TYPE_CHECKING:  # what the lazy exports are, for type checkers and the API do
         FeatureLabel,
         detect_format,
     )
-    from r1_plugin.features.harvest import (
+    from r1_plugin.features.harvester import (
         HarvestConfig,
         HarvestResult,
         harvest,
@@ -43,12 +42,12 @@ _EXPORTS: dict[str, str] = {
     "FeatureDBError": "r1_plugin.features.db",
     "FeatureLabel": "r1_plugin.features.db",
     "detect_format": "r1_plugin.features.db",
-    "HarvestConfig": "r1_plugin.features.harvest",
-    "HarvestResult": "r1_plugin.features.harvest",
-    "harvest": "r1_plugin.features.harvest",
-    "merge_shards": "r1_plugin.features.harvest",
-    "kept_token_mask": "r1_plugin.features.harvest",
-    "special_token_ids": "r1_plugin.features.harvest",
+    "HarvestConfig": "r1_plugin.features.harvester",
+    "HarvestResult": "r1_plugin.features.harvester",
+    "harvest": "r1_plugin.features.harvester",
+    "merge_shards": "r1_plugin.features.harvester",
+    "kept_token_mask": "r1_plugin.features.harvester",
+    "special_token_ids": "r1_plugin.features.harvester",
     "render_html": "r1_plugin.features.render",
     "render_terminal": "r1_plugin.features.render",
 }
@@ -73,16 +72,3 @@ __all__ = [
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
-
-
-class _Package(types.ModuleType):
-    """The function `harvest` shadows the submodule of the same name: when the import system binds the submodule
-    on the package (after any `import r1_plugin.features.harvest`), the package keeps the function instead."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "harvest" and isinstance(value, types.ModuleType):
-            value = value.harvest
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -1,8 +1,20 @@
-"""The records a feature database returns, shared by the database (`db`) and its renderers (`render`)."""
+"""The records a feature database returns, shared by the database (`db`), its queries and its renderers (`render`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FeatureLabel:
+    """One feature's auto-interpretation label, with Goodfire's quality and interestingness scores (0..1)."""
+
+    feature_id: int
+    label: str
+    quality: float | None = None
+    interestingness: float | None = None
+    model_name: str | None = None
+    prompt_version: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
-"""Feature databases over HTTP(S) and S3: DuckDB's httpfs extension from PyPI, loaded without the network.
+"""Feature databases over HTTP(S) and S3 through DuckDB's httpfs extension.
 
 DuckDB reads an attached database over HTTP with Range requests, one 256 KiB block at a time, so a query
-fetches only the blocks it touches. The httpfs extension comes from the `duckdb-extension-httpfs` wheel, whose
-version must equal duckdb's exactly; it ships the signed extension file, which is LOADed by path (never
-`INSTALL httpfs`, which would download it from DuckDB's own repository). Small labels files are fetched once
-into a cache next to the Hugging Face cache; the activations file is never downloaded.
+fetches only the blocks it touches. The httpfs extension comes from the `duckdb-extension-httpfs` wheel where
+one of duckdb's exact version is installed (it ships the signed extension file, LOADed by path, no network);
+otherwise from DuckDB's extension directory, where an earlier `INSTALL httpfs` left it; otherwise it is
+INSTALLed from DuckDB's own extension repository (the network, once). PyPI's wheels stop at duckdb 1.5.5, so a
+duckdb 2.x gets httpfs from the repository. Small labels files are fetched once into a cache next to the
+Hugging Face cache; the activations file is never downloaded.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,11 +25,16 @@ import duckdb
 from r1_plugin.errors import R1PluginError
 from r1_plugin.features.download import SAES, SAMPLES, activations_filename
 
+logger = logging.getLogger(__name__)
+
 REMOTE_SCHEMES = ("http://", "https://", "s3://")
 EXTENSION_PACKAGE = "duckdb-extension-httpfs"
-# The duckdb + extension pair pyproject.toml pins: the newest duckdb with an httpfs wheel on PyPI.
-PINNED_DUCKDB = "1.5.5"
+# The newest duckdb with an httpfs wheel on PyPI: the pair the tests pin (pyproject's dev extra).
+NEWEST_HTTPFS_WHEEL = "1.5.5"
 EXTENSION_MODULE = "duckdb_extension_httpfs"  # the wheel's import name
+# Where `INSTALL httpfs` fetches from when no wheel matches: None is DuckDB's own repository (the tests point it
+# at a local server).
+EXTENSION_REPOSITORY: str | None = None
 CACHE_ENV = "R1_FEATURES_CACHE"
 # Options of DuckDB's S3 secret that FeatureDB passes through (`CREATE SECRET (TYPE s3, ...)`).
 S3_OPTIONS = ("region", "endpoint", "url_style", "use_ssl", "key_id", "secret", "session_token")
@@ -42,15 +50,24 @@ def is_remote(location: str | Path | None) -> bool:
     return isinstance(location, str) and location.lower().startswith(REMOTE_SCHEMES)
 
 
-def pip_pin() -> str:
-    """The pip command that installs duckdb and a matching httpfs extension (the pair pyproject.toml pins)."""
-    command = f'pip install "duckdb=={PINNED_DUCKDB}" "{EXTENSION_PACKAGE}=={PINNED_DUCKDB}"'
-    if duckdb.__version__ != PINNED_DUCKDB:
-        command += (
-            f" (duckdb {duckdb.__version__} is installed; the extension must be the same version as duckdb "
-            f"exactly, and PyPI has it up to {PINNED_DUCKDB})"
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+
+
+def install_hint() -> str:
+    """How to get an httpfs extension for the installed duckdb."""
+    version = duckdb.__version__
+    if _version_tuple(version) <= _version_tuple(NEWEST_HTTPFS_WHEEL):
+        return (
+            f'pip install "{EXTENSION_PACKAGE}=={version}" (the extension must be duckdb\'s version exactly), or '
+            "let DuckDB `INSTALL httpfs` from its extension repository (needs the network once)"
         )
-    return command
+    return (
+        f"PyPI's {EXTENSION_PACKAGE} stops at {NEWEST_HTTPFS_WHEEL}, so duckdb {version} gets httpfs from "
+        "DuckDB's extension repository: connect to the network once (or run `INSTALL httpfs` in duckdb "
+        f'{version} where it can), or pip install "duckdb=={NEWEST_HTTPFS_WHEEL}" '
+        f'"{EXTENSION_PACKAGE}=={NEWEST_HTTPFS_WHEEL}"'
+    )
 
 
 def download_hint(url: str | None = None) -> str:
@@ -73,17 +90,14 @@ def extension_path() -> Path:
     """
     spec = importlib.util.find_spec(EXTENSION_MODULE)
     if spec is None or not spec.submodule_search_locations:
-        raise RemoteDBError(
-            f"reading a feature database over HTTP(S)/S3 needs DuckDB's httpfs extension: {pip_pin()}; "
-            f"or {download_hint()}"
-        )
+        raise RemoteDBError(f"no {EXTENSION_PACKAGE} wheel is installed")
     root = Path(next(iter(spec.submodule_search_locations)))
     path = root / "extensions" / f"v{duckdb.__version__}" / "httpfs.duckdb_extension"
     if not path.is_file():
         found = sorted(p.parent.name for p in root.glob("extensions/*/httpfs.duckdb_extension"))
         raise RemoteDBError(
             f"{EXTENSION_PACKAGE} ships httpfs {', '.join(found) or '(none)'} but duckdb is "
-            f"v{duckdb.__version__}; they must match exactly: {pip_pin()}"
+            f"v{duckdb.__version__}; they must match exactly"
         )
     return path
 
@@ -96,17 +110,54 @@ def sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def load_httpfs(con: duckdb.DuckDBPyConnection) -> None:
-    """LOAD the wheel's httpfs extension into `con` (by path: no download) and log its reads for `reads`."""
-    path = extension_path()
+def load_httpfs(con: duckdb.DuckDBPyConnection) -> str:
+    """LOAD httpfs into `con` and log its reads for `reads`; returns where it came from: 'wheel' (the matching
+    PyPI wheel, by path, no network) or 'repository' (DuckDB's extension directory, INSTALLed there if needed)."""
     try:
-        con.execute(f"LOAD {sql_literal(str(path))}")
-    except duckdb.Error as exc:
-        raise RemoteDBError(
-            f"could not load DuckDB's httpfs extension from {path}: {exc}; {pip_pin()}"
-        ) from exc
+        path: Path | None = extension_path()
+        no_wheel = ""
+    except RemoteDBError as exc:
+        path, no_wheel = None, str(exc)
+    if path is not None:
+        try:
+            con.execute(f"LOAD {sql_literal(str(path))}")
+        except duckdb.Error as exc:
+            raise RemoteDBError(
+                f"could not load DuckDB's httpfs extension from {path}: {_first_line(exc)}; {install_hint()}"
+            ) from exc
+        source = "wheel"
+    else:
+        _load_from_repository(con, no_wheel)
+        source = "repository"
     # Every read DuckDB makes through httpfs, with its size: the bytes counter of `remote_reads`.
     con.execute("CALL enable_logging('FileSystem', level := 'trace')")
+    return source
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _load_from_repository(con: duckdb.DuckDBPyConnection, no_wheel: str) -> None:
+    """LOAD httpfs from DuckDB's extension directory, INSTALLing it from the repository first if it is not
+    there; a clear RemoteDBError when neither works (offline, say)."""
+    try:
+        con.execute("LOAD httpfs")  # INSTALLed before: DuckDB keeps it in its extension directory
+        return
+    except duckdb.Error:
+        pass
+    where = EXTENSION_REPOSITORY or "DuckDB's extension repository"
+    logger.info("%s; installing httpfs for duckdb %s from %s", no_wheel, duckdb.__version__, where)
+    source = f" FROM {sql_literal(EXTENSION_REPOSITORY)}" if EXTENSION_REPOSITORY else ""
+    try:
+        con.execute(f"INSTALL httpfs{source}")
+        con.execute("LOAD httpfs")
+    except duckdb.Error as exc:
+        raise RemoteDBError(
+            f"reading a feature database over HTTP(S)/S3 needs DuckDB's httpfs extension: {no_wheel}, and "
+            f"INSTALL httpfs from {where} failed ({_first_line(exc)}); {install_hint()}; or {download_hint()}"
+        ) from exc
 
 
 def create_s3_secret(con: duckdb.DuckDBPyConnection, options: Mapping[str, str | bool] | None) -> None:

@@ -6,8 +6,45 @@ from typing import Any
 
 from r1_plugin.errors import UnsupportedArchitectureError
 from r1_plugin.models.hf_config import get as _get
-from r1_plugin.models.hf_config import rope_parameters
-from r1_plugin.models.registry import SUPPORTED_ARCHITECTURES
+from r1_plugin.models.hf_config import int_field, positive_field, rope_parameters
+from r1_plugin.models.model_names import SUPPORTED_ARCHITECTURES
+from r1_plugin.values import InvalidValueError
+
+
+def validate_dense_config(hf_config: Any, where: str) -> None:
+    """Refuse a distill's (Qwen2/Llama) config values that would load and then give wrong or NaN numbers, naming
+    the field, its value and the allowed range."""
+    for key in ("hidden_size", "num_hidden_layers", "intermediate_size", "max_position_embeddings"):
+        int_field(hf_config, key, where, 1)
+    int_field(hf_config, "vocab_size", where, 1, optional=True, why="null: taken from the tokenizer")
+    heads = int_field(hf_config, "num_attention_heads", where, 1)
+    assert heads is not None
+    kv_heads = int_field(hf_config, "num_key_value_heads", where, 1, heads, optional=True) or heads
+    if heads % kv_heads:
+        raise InvalidValueError(
+            f"{where}: config field `num_key_value_heads`={kv_heads} must divide num_attention_heads={heads} "
+            "(each key/value head serves an equal group of query heads)."
+        )
+    if int_field(hf_config, "head_dim", where, 1, optional=True) is None and _get(hf_config, "hidden_size") % heads:
+        raise InvalidValueError(
+            f"{where}: hidden_size={_get(hf_config, 'hidden_size')} is not divisible by num_attention_heads={heads}, "
+            "and no `head_dim` is given."
+        )
+    positive_field(hf_config, "rms_norm_eps", where, why="RMSNorm divides by sqrt(mean(x^2) + eps)")
+    rope = rope_parameters(hf_config)
+    positive_field(rope, "rope_theta", where)
+    if str(rope.get("rope_type", "default")).lower() == "llama3":
+        scaling = f"{where} rope_scaling"
+        for key in ("factor", "low_freq_factor", "high_freq_factor"):
+            if rope.get(key) is not None:
+                positive_field(rope, key, scaling)
+        int_field(rope, "original_max_position_embeddings", scaling, 1, optional=True)
+        low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+        if high <= low:
+            raise InvalidValueError(
+                f"{scaling}: `high_freq_factor`={high} must be greater than `low_freq_factor`={low} (llama3 scaling "
+                "divides by their difference)."
+            )
 
 
 def _dense_decoder_config(hf_config: Any) -> dict[str, Any]:
@@ -71,6 +108,7 @@ def hf_to_tl_config(hf_config: Any, official_name: str) -> dict[str, Any]:
 
         cfg = hf_to_tl_config_dict(hf_config, official_name)
     elif architecture == "Qwen2ForCausalLM":
+        validate_dense_config(hf_config, official_name)
         if _get(hf_config, "use_sliding_window", False):
             raise UnsupportedArchitectureError(
                 f"{official_name}: sliding-window attention (use_sliding_window=true) is not supported; "
@@ -79,6 +117,7 @@ def hf_to_tl_config(hf_config: Any, official_name: str) -> dict[str, Any]:
         cfg = _dense_decoder_config(hf_config)
         cfg["use_attn_scale"] = True  # Qwen2 has q/k/v biases: TransformerLens's Attention carries b_Q/b_K/b_V.
     elif architecture == "LlamaForCausalLM":
+        validate_dense_config(hf_config, official_name)
         if _get(hf_config, "attention_bias", False) or _get(hf_config, "mlp_bias", False):
             raise UnsupportedArchitectureError(
                 f"{official_name}: Llama checkpoints with attention_bias/mlp_bias are not supported."

@@ -13,6 +13,7 @@ Opt in with `GoodfireBatchTopKSAE.from_pretrained(release, sae_id)`, `to_batch_t
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -26,8 +27,11 @@ from r1_plugin.errors import SAEMaskError
 ARCHITECTURE = "goodfire_batch_topk"
 
 
-class BatchTopK(nn.Module):
-    """Keep the k * n_tokens largest ReLU'd pre-activations over the whole input (Goodfire's `_batch_topk`)."""
+class GoodfireBatchTopK(nn.Module):
+    """Keep the k * n_tokens largest ReLU'd pre-activations over the whole input (Goodfire's `_batch_topk`).
+
+    Named apart from SAELens's own `BatchTopK` (a training-time activation with another constructor).
+    """
 
     def __init__(self, k: int, d_sae: int, tiebreak: bool = False, tiebreaker_epsilon: float = 1e-6) -> None:
         super().__init__()
@@ -95,8 +99,8 @@ class GoodfireBatchTopKSAE(TopKSAE):
         super().__init__(cfg, use_error_term)  # type: ignore[arg-type]
 
     @override
-    def get_activation_fn(self) -> BatchTopK:  # type: ignore[override]
-        return BatchTopK(self.cfg.k, self.cfg.d_sae, self.cfg.tiebreak, self.cfg.tiebreaker_epsilon)
+    def get_activation_fn(self) -> GoodfireBatchTopK:  # type: ignore[override]
+        return GoodfireBatchTopK(self.cfg.k, self.cfg.d_sae, self.cfg.tiebreak, self.cfg.tiebreaker_epsilon)
 
     @override
     def encode(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -160,3 +164,16 @@ def to_batch_topk(sae: TopKSAE, tiebreak: bool = False, tiebreaker_epsilon: floa
     new.cfg.device = device
     new.device = torch.device(device)
     return new
+
+
+def __getattr__(name: str) -> Any:
+    """`BatchTopK`, this module's old name for `GoodfireBatchTopK`, still imports for one release, with a warning."""
+    if name == "BatchTopK":
+        warnings.warn(
+            "r1_plugin.saes.batch_topk.BatchTopK is deprecated: use GoodfireBatchTopK (SAELens has its own, "
+            "different BatchTopK)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return GoodfireBatchTopK
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

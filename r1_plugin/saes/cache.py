@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def load_with_copy(file_path: str | Path, load_original: Callable[[Path], StateD
             state = load_file(str(target))
             logger.debug("loaded %s from its safetensors copy %s", file_path, target)
             return state, "safetensors"
-        except Exception as exc:  # a damaged copy: drop it and fall back to the original file
+        except (SafetensorError, OSError) as exc:  # a damaged or unreadable copy: drop it, use the original file
             warnings.warn(f"ignoring the damaged safetensors copy {target} ({exc}); rebuilding it", stacklevel=2)
             target.unlink(missing_ok=True)
     state = load_original(file_path)

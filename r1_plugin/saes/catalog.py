@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from r1_plugin.models.registry import ALL_MODELS
-from r1_plugin.models.registry import lookup as lookup_model
-from r1_plugin.saes.registry import raw_releases
+from r1_plugin.models.model_names import ALL_MODELS
+from r1_plugin.models.model_names import lookup as lookup_model
+from r1_plugin.saes.releases import raw_releases
 
 R1_MODEL = "deepseek-ai/DeepSeek-R1"
 

@@ -15,19 +15,24 @@ from __future__ import annotations
 import json
 import pickle
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from r1_plugin.errors import MissingFromCacheError, R1PluginError, is_missing_file_error
+from r1_plugin.errors import R1PluginError, missing_from_cache
 from r1_plugin.saes import cache
 
 CONVERSION_FUNC = "goodfire_r1"
 REQUIRED_CONFIG_KEYS: tuple[str, ...] = ("d_in", "d_sae", "k", "hook_name", "model_name")
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = ("topk", "goodfire_batch_topk")
 FILE_KEYS: tuple[str, ...] = ("W", "b_enc", "b_dec")
+REFETCH = (
+    "delete it and fetch it again (e.g. `SAE.from_pretrained(..., force_download=True)` or "
+    "`hf download <repo> <file> --force-download`)"
+)
+_FINITE_CHUNK = 1 << 24  # elements checked at a time: a bounded temporary even for a 205M-entry W
 
 _CFG_DEFAULTS: dict[str, Any] = {
     "architecture": "topk",
@@ -123,21 +128,14 @@ def download(repo_id: str, filename: str, force_download: bool = False) -> Path:
     """`hf_hub_download` with a clear error naming the repo/file and how to fetch it when it is not cached offline."""
     from huggingface_hub import hf_hub_download
 
-    try:
+    with missing_from_cache(repo_id, filename):
         return Path(hf_hub_download(repo_id=repo_id, filename=filename, force_download=force_download))
-    except Exception as exc:
-        if is_missing_file_error(exc):
-            raise MissingFromCacheError(repo_id, filename) from exc
-        raise
 
 
 def load_pt_weights_only(path: str | Path) -> dict[str, torch.Tensor]:
     """`torch.load(path, weights_only=True)` of a tensor dict, with clear errors for unsafe or damaged files."""
     path = Path(path)
-    fix = (
-        "delete it and fetch it again (e.g. `SAE.from_pretrained(..., force_download=True)` or "
-        "`hf download <repo> <file> --force-download`)"
-    )
+    fix = REFETCH
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -155,6 +153,29 @@ def load_pt_weights_only(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise SAEFileError(f"{path} does not hold a state dict of tensors (got {type(obj).__name__}): {fix}")
     return obj
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str, fix: str = "", note: str = "") -> None:
+    """Refuse an SAE whose floating-point tensors hold NaN or inf, naming the file and the tensor: one such entry
+    turns every encoded activation, and every steered residual, into NaN."""
+    fix = fix or f"the file is damaged, or the SAE diverged in training; {REFETCH}"
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():
+            continue
+        flat = tensor.detach().reshape(-1)
+        bad, first = 0, -1
+        for start in range(0, flat.numel(), _FINITE_CHUNK):
+            wrong = ~torch.isfinite(flat[start : start + _FINITE_CHUNK])
+            count = int(wrong.sum())
+            if count and first < 0:
+                first = start + int(wrong.nonzero()[0, 0])
+            bad += count
+        if bad:
+            index = tuple(int(i) for i in torch.unravel_index(torch.tensor(first), tuple(tensor.shape)))
+            raise SAEFileError(
+                f"{source}: tensor `{name}` {tuple(tensor.shape)} holds {bad} non-finite value(s) (NaN or inf), the "
+                f"first at {list(index)}{note}; encoding or steering with it gives NaN everywhere: {fix}"
+            )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -183,15 +204,20 @@ def convert_state_dict(raw: dict[str, torch.Tensor], cfg: dict[str, Any], source
         raise SAEFileError(f"{source}: W, b_enc and b_dec must be floating-point tensors")
     from sae_lens.util import str_to_dtype
 
+    check_finite({key: raw[key] for key in FILE_KEYS}, source)
     dtype = str_to_dtype(cfg["dtype"]) if isinstance(cfg["dtype"], str) else cfg["dtype"]
     device = cfg["device"]
-    W_enc = raw["W"].to(device=device, dtype=dtype)
+    converted = {key: raw[key].to(device=device, dtype=dtype) for key in FILE_KEYS}
+    if any(converted[key].dtype != raw[key].dtype for key in FILE_KEYS):  # e.g. 1e5 overflows float16
+        check_finite(converted, source, fix=f"load it in a wider dtype (dtype='float32'), not {dtype}",
+                     note=f" after casting to {dtype}")
+    W_enc = converted["W"]
     return {
         "W_enc": W_enc,
         # An own contiguous copy, not a view of W_enc: editing one must not edit the other.
         "W_dec": W_enc.T.clone(memory_format=torch.contiguous_format),
-        "b_enc": raw["b_enc"].to(device=device, dtype=dtype),
-        "b_dec": raw["b_dec"].to(device=device, dtype=dtype),
+        "b_enc": converted["b_enc"],
+        "b_dec": converted["b_dec"],
     }
 
 

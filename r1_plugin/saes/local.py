@@ -1,63 +1,17 @@
-"""SAEs on disk, loaded by path: a folder SAELens saved (cfg.json + weights), or a release folder described by a
-`sae.yaml` in SAELens's release schema (`config_overrides`, `saes: [{id, path}]`) whose files are Goodfire-format
-`.pt` state dicts, as the embedded demo SAE is. Nothing here touches the hub or the HF cache."""
+"""Deprecated module path: `r1_plugin.saes.local` moved to `r1_plugin.saes.sae_folders` (models/ and saes/ had modules of the same name)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import warnings
 from typing import Any
 
-from r1_plugin.errors import R1PluginError
+from r1_plugin.saes import sae_folders as _moved
 
-RELEASE_FILE = "sae.yaml"
-
-
-class SAEPathError(R1PluginError, FileNotFoundError):
-    """A path that holds no SAE r1_plugin can load (neither a SAELens folder nor a described release folder)."""
+warnings.warn(
+    "r1_plugin.saes.local is deprecated: import from r1_plugin.saes.sae_folders (kept for one release)", DeprecationWarning, stacklevel=2
+)
 
 
-def release_entry(folder: Path) -> dict[str, Any]:
-    """The one release `folder/sae.yaml` describes (SAELens's release schema)."""
-    import yaml
-
-    data = yaml.safe_load((folder / RELEASE_FILE).read_text())
-    if not isinstance(data, dict) or len(data) != 1:
-        raise SAEPathError(f"{folder / RELEASE_FILE} must describe exactly one release (name: {{config_overrides, "
-                           "saes}}), as SAELens's pretrained_saes.yaml does")
-    entry = dict(next(iter(data.values())))
-    if entry.get("conversion_func") != "goodfire_r1" or not entry.get("saes"):
-        raise SAEPathError(f"{folder / RELEASE_FILE}: only `conversion_func: goodfire_r1` releases with `saes` load "
-                           "by path; save other SAEs with SAELens (`sae.save_model(folder)`)")
-    return entry
-
-
-def check_sae_path(path: str | Path) -> Path:
-    """`path` expanded, if it holds an SAE this module loads (checked before any slow model load); else an error."""
-    folder = Path(path).expanduser()
-    if not ((folder / "cfg.json").is_file() or (folder / RELEASE_FILE).is_file()):
-        raise SAEPathError(
-            f"{folder} holds no SAE: expected a folder saved by SAELens (cfg.json) or a release folder with "
-            f"{RELEASE_FILE} (e.g. the embedded demo SAE, r1_plugin/assets/tiny-r1-sae)"
-        )
-    return folder
-
-
-def load_sae_from_path(path: str | Path, sae_id: str | None = None, device: str = "cpu", dtype: str | None = None,
-                       ) -> Any:
-    """`SAE.load_from_disk` for a SAELens folder, or for `sae_id` (default: the only one) of a release folder."""
-    from sae_lens import SAE
-
-    folder = check_sae_path(path)
-    if (folder / "cfg.json").is_file():
-        return SAE.load_from_disk(str(folder), device=device, dtype=dtype)
-    from r1_plugin.saes.goodfire import disk_converter
-
-    entry = release_entry(folder)
-    saes = {str(sae["id"]): sae for sae in entry["saes"]}
-    if sae_id is None and len(saes) == 1:
-        sae_id = next(iter(saes))
-    if sae_id not in saes:
-        raise SAEPathError(f"{folder} has SAEs {sorted(saes)}; pass one of them as the SAE id")
-    overrides = dict(entry.get("config_overrides") or {})
-    return SAE.load_from_disk(folder / saes[sae_id]["path"], device=device, dtype=dtype,
-                              converter=disk_converter(overrides))
+def __getattr__(name: str) -> Any:
+    """Every name of `r1_plugin.saes.sae_folders`, for old imports."""
+    return getattr(_moved, name)

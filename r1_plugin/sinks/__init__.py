@@ -1,8 +1,9 @@
 """Attention sinks and massive activations: one-shot detectors, a generation tracker, and R1's prefix-end check.
 
     from r1_plugin.sinks import find_attention_sinks, find_massive_activations
-    report = find_attention_sinks(model, tokens, epsilon=0.3)   # alpha [L, H, seq], sink_rate [seq], sink_positions
-    hits = find_massive_activations(model, tokens)               # records: .layer .position .dim .value .ratio
+    report = find_attention_sinks(model, tokens)    # alpha [L, H, seq], sink_rate [seq], sink_positions
+    hits = find_massive_activations(model, tokens)  # records: .layer .position .dim .value .ratio
+    report = find_attention_sinks(model, tokens, SinkThresholds(epsilon=0.2, min_queries=4))
 
 See docs/sinks.md for the definitions, thresholds and memory bound.
 """
@@ -25,7 +26,8 @@ from r1_plugin.sinks.detect import (
 )
 from r1_plugin.sinks.plotting import heatmap_figure, heatmap_html, save_heatmap
 from r1_plugin.sinks.r1 import ResponsePrefixSinkCheck, check_response_prefix_sink
-from r1_plugin.sinks.tracker import SinkTracker
+from r1_plugin.sinks.thresholds import SinkThresholdError, SinkThresholds
+from r1_plugin.sinks.tracker import SinkMonitor
 from r1_plugin.sinks.wandb_log import log_sinks
 
 __all__ = [
@@ -40,8 +42,10 @@ __all__ = [
     "ResponsePrefixSinkCheck",
     "ScanResult",
     "SinkDetectionError",
+    "SinkMonitor",
     "SinkReport",
-    "SinkTracker",
+    "SinkThresholdError",
+    "SinkThresholds",
     "check_response_prefix_sink",
     "find_attention_sinks",
     "find_massive_activations",
@@ -51,3 +55,12 @@ __all__ = [
     "save_heatmap",
     "scan_sinks",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """`SinkTracker`, the old name of SinkMonitor, with a DeprecationWarning (it goes in the next release)."""
+    if name == "SinkTracker":
+        from r1_plugin.sinks import tracker
+
+        return tracker.SinkTracker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

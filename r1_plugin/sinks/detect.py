@@ -16,16 +16,16 @@ from typing import Any, overload
 import torch
 
 from r1_plugin.sinks._scan import ScanState, SinkDetectionError, run_chunked
-
-DEFAULT_EPSILON = 0.3
-# A position is reported as a sink when at least this fraction of (layer, head) pairs have alpha > epsilon.
-DEFAULT_MIN_SINK_RATE = 0.1
-# ... and at least this many queries can see it: alpha of the last few positions averages over 1-3 queries, so a
-# head that only attends locally (total attention <= ~2 summed over queries) would give alpha >= 0.3 there.
-DEFAULT_MIN_QUERIES = 8
-DEFAULT_MIN_VALUE = 100.0
-DEFAULT_MIN_RATIO = 1000.0
-DEFAULT_CHUNK_SIZE = 512
+from r1_plugin.sinks.thresholds import (  # noqa: F401  (the DEFAULT_* names stay importable from here)
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_EPSILON,
+    DEFAULT_MIN_QUERIES,
+    DEFAULT_MIN_RATIO,
+    DEFAULT_MIN_SINK_RATE,
+    DEFAULT_MIN_VALUE,
+    SinkThresholds,
+    resolve_thresholds,
+)
 
 
 # --- input handling -------------------------------------------------------------------------------------------
@@ -257,15 +257,14 @@ class SinkReport:
 
 def sink_report_from_state(
     state: ScanState,
+    thresholds: SinkThresholds,
     *,
-    epsilon: float = DEFAULT_EPSILON,
-    min_sink_rate: float = DEFAULT_MIN_SINK_RATE,
-    min_queries: int = DEFAULT_MIN_QUERIES,
     batched: bool = True,
     str_tokens: list[list[str]] | None = None,
     tokens: torch.Tensor | None = None,
 ) -> SinkReport:
     """Turn the hooks' sums into a `SinkReport` (squeezing the batch dim when not `batched`)."""
+    epsilon, min_sink_rate, min_queries = thresholds.epsilon, thresholds.min_sink_rate, thresholds.min_queries
     alpha = state.alpha()  # [batch, layer, head, seq]
     n_queries = state.n_queries()
     rate = (alpha > epsilon).double().mean(dim=(1, 2))
@@ -409,13 +408,13 @@ class MassiveActivationReport(Sequence[MassiveActivation]):
 
 def massive_report_from_state(
     state: ScanState,
+    thresholds: SinkThresholds,
     *,
-    min_value: float = DEFAULT_MIN_VALUE,
-    min_ratio: float = DEFAULT_MIN_RATIO,
     batched: bool = True,
     str_tokens: list[list[str]] | None = None,
 ) -> MassiveActivationReport:
     """Apply Sun et al.'s two thresholds to the hooks' candidates and build the report."""
+    min_value, min_ratio = thresholds.min_value, thresholds.min_ratio
     assert state.norms is not None
     medians, exact = state.medians()
     medians = medians.cpu()
@@ -476,79 +475,60 @@ def scan_sinks(
     model: Any,
     tokens: Any,
     *,
-    epsilon: float = DEFAULT_EPSILON,
-    min_sink_rate: float = DEFAULT_MIN_SINK_RATE,
-    min_queries: int = DEFAULT_MIN_QUERIES,
+    thresholds: SinkThresholds | None = None,
     attention: bool = True,
     massive: bool = True,
-    min_value: float = DEFAULT_MIN_VALUE,
-    min_ratio: float = DEFAULT_MIN_RATIO,
-    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     attention_mask: torch.Tensor | None = None,
     batched: bool | None = None,
+    **deprecated: Any,
 ) -> ScanResult:
-    """Attention sinks and/or massive activations from a single forward pass run in query chunks."""
+    """Attention sinks and/or massive activations from a single forward pass run in query chunks.
+
+    `thresholds` (default `SinkThresholds()`) says what counts as a sink or a massive activation and the query
+    chunk; the old keywords (`epsilon=`, `min_sink_rate=`, ..., `chunk_size=`) still work for one release, with a
+    DeprecationWarning.
+    """
+    th = resolve_thresholds(thresholds, deprecated, "scan_sinks")
     if not (attention or massive):
         raise SinkDetectionError("nothing to scan: attention and massive are both False")
-    if not 0 <= epsilon <= 1:
-        raise SinkDetectionError(f"epsilon must be in [0, 1], got {epsilon}")
     ids, mask, is_batched = prepare_tokens(model, tokens, attention_mask, batched)
     state = ScanState(
-        model, track_alpha=attention, track_residual=massive, min_value=min_value, query_mask=mask
+        model, track_alpha=attention, track_residual=massive, min_value=th.min_value, query_mask=mask
     )
-    run_chunked(model, ids, mask, state, chunk_size)
+    run_chunked(model, ids, mask, state, th.chunk_size)
     if state.length != ids.shape[1]:
         raise SinkDetectionError(f"the hooks saw {state.length} of {ids.shape[1]} positions")
     str_tokens = str_tokens_of(model, ids)
     sinks = (
-        sink_report_from_state(
-            state,
-            epsilon=epsilon,
-            min_sink_rate=min_sink_rate,
-            min_queries=min_queries,
-            batched=is_batched,
-            str_tokens=str_tokens,
-            tokens=ids,
-        )
+        sink_report_from_state(state, th, batched=is_batched, str_tokens=str_tokens, tokens=ids)
         if attention
         else None
     )
-    hits = (
-        massive_report_from_state(
-            state, min_value=min_value, min_ratio=min_ratio, batched=is_batched, str_tokens=str_tokens
-        )
-        if massive
-        else None
-    )
+    hits = massive_report_from_state(state, th, batched=is_batched, str_tokens=str_tokens) if massive else None
     return ScanResult(sinks, hits, state.max_pattern_numel, state.kept_numel())
 
 
 def find_attention_sinks(
     model: Any,
     tokens: Any,
-    epsilon: float = DEFAULT_EPSILON,
+    thresholds: SinkThresholds | None = None,
     *,
-    min_sink_rate: float = DEFAULT_MIN_SINK_RATE,
-    min_queries: int = DEFAULT_MIN_QUERIES,
-    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     attention_mask: torch.Tensor | None = None,
     batched: bool | None = None,
+    **deprecated: Any,
 ) -> SinkReport:
     """Gu et al.'s alpha and sink_rate for every position, computed layer by layer from `hook_pattern`.
 
-    Memory: the hooks keep O(batch x layers x heads x seq); the forward runs in query chunks of `chunk_size`
-    over a KV cache, so no layer materialises more than [batch, heads, chunk_size, seq] attention.
+    Memory: the hooks keep O(batch x layers x heads x seq); the forward runs in query chunks of
+    `thresholds.chunk_size` over a KV cache, so no layer materialises more than [batch, heads, chunk_size, seq]
+    attention. A number in place of `thresholds` is the old positional epsilon (deprecated).
     """
+    if thresholds is not None and not isinstance(thresholds, SinkThresholds):
+        deprecated = {"epsilon": thresholds, **deprecated}  # the old signature's third positional argument
+        thresholds = None
+    th = resolve_thresholds(thresholds, deprecated, "find_attention_sinks")
     report = scan_sinks(
-        model,
-        tokens,
-        epsilon=epsilon,
-        min_sink_rate=min_sink_rate,
-        min_queries=min_queries,
-        massive=False,
-        chunk_size=chunk_size,
-        attention_mask=attention_mask,
-        batched=batched,
+        model, tokens, thresholds=th, massive=False, attention_mask=attention_mask, batched=batched
     ).sinks
     assert report is not None
     return report
@@ -558,25 +538,15 @@ def find_massive_activations(
     model: Any,
     tokens: Any,
     *,
-    min_value: float = DEFAULT_MIN_VALUE,
-    min_ratio: float = DEFAULT_MIN_RATIO,
-    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+    thresholds: SinkThresholds | None = None,
     attention_mask: torch.Tensor | None = None,
     batched: bool | None = None,
+    **deprecated: Any,
 ) -> MassiveActivationReport:
     """Sun et al.'s massive activations in `blocks.{l}.hook_resid_post`: |value| > min_value and >= min_ratio x median."""
-    if min_value < 0 or min_ratio < 0:
-        raise SinkDetectionError(f"min_value and min_ratio must be >= 0, got {min_value}, {min_ratio}")
+    th = resolve_thresholds(thresholds, deprecated, "find_massive_activations")
     result = scan_sinks(
-        model,
-        tokens,
-        attention=False,
-        massive=True,
-        min_value=min_value,
-        min_ratio=min_ratio,
-        chunk_size=chunk_size,
-        attention_mask=attention_mask,
-        batched=batched,
+        model, tokens, thresholds=th, attention=False, massive=True, attention_mask=attention_mask, batched=batched
     )
     assert result.massive is not None
     return result.massive

@@ -18,19 +18,15 @@ import torch
 from r1_plugin.response_prefix import ResponsePrefixSpec, find_think_start, response_prefix_end
 from r1_plugin.sinks._scan import SinkDetectionError
 from r1_plugin.sinks.detect import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_EPSILON,
-    DEFAULT_MIN_QUERIES,
-    DEFAULT_MIN_RATIO,
-    DEFAULT_MIN_SINK_RATE,
-    DEFAULT_MIN_VALUE,
     MassiveActivation,
     MassiveActivationReport,
     SinkReport,
     scan_sinks,
 )
-from r1_plugin.sinks.tracker import SinkTracker
+from r1_plugin.sinks.thresholds import SinkThresholds, resolve_thresholds
+from r1_plugin.sinks.tracker import SinkMonitor
 from r1_plugin.token_text import text_pieces
+from r1_plugin.values import integer
 
 DEFAULT_MAX_NEW_TOKENS = 96  # the prefix is <= 64 tokens (ResponsePrefixSpec.max_tokens) + min_queries after it
 
@@ -138,30 +134,49 @@ def _r1_tokens(model: Any, prompt_or_tokens: Any) -> torch.Tensor:
         raise SinkDetectionError(str(exc)) from exc
 
 
+def _verdict(report: SinkReport, end: int | None, th: SinkThresholds, max_new_tokens: int) -> tuple[bool, str]:
+    """Whether the prefix end `end` is a sink under `th`, and why (or why it cannot be said)."""
+    if end is None:
+        return False, "no response-prefix end found" + (
+            "" if max_new_tokens > 0 else " (max_new_tokens=0: nothing was generated)"
+        )
+    if int(report.n_queries[end]) < th.min_queries:
+        return False, (
+            f"only {int(report.n_queries[end])} queries at or after the prefix end (need {th.min_queries}): "
+            "raise max_new_tokens"
+        )
+    is_sink = end in report.sink_positions  # type: ignore[operator]
+    return is_sink, (
+        f"prefix end pos {end} sink_rate {float(report.sink_rate[end]):.3f} "
+        f"{'>=' if is_sink else '<'} {th.min_sink_rate}"
+    )
+
+
 def check_response_prefix_sink(
     model: Any,
     prompt_or_tokens: Any,
     *,
     spec: ResponsePrefixSpec | None = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    epsilon: float = DEFAULT_EPSILON,
-    min_sink_rate: float = DEFAULT_MIN_SINK_RATE,
-    min_queries: int = DEFAULT_MIN_QUERIES,
+    thresholds: SinkThresholds | None = None,
     window: int = 2,
     massive: bool = True,
-    min_value: float = DEFAULT_MIN_VALUE,
-    min_ratio: float = DEFAULT_MIN_RATIO,
-    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     generate_kwargs: dict[str, Any] | None = None,
+    **deprecated: Any,
 ) -> ResponsePrefixSinkCheck:
     """Whether the token ending R1's response prefix is an attention sink, next to BOS and the other sinks.
 
     `prompt_or_tokens`: R1 chat text (e.g. `format_r1_prompt(model, question)`, optionally followed by the
     model's response) or its token ids. When the text does not yet contain a complete response prefix with at
     least `min_queries` tokens after it, the model continues it for up to `max_new_tokens` tokens (greedy unless
-    `generate_kwargs` say otherwise) under a `SinkTracker`, so the statistics cover prompt and generation in one
-    KV-cached pass; otherwise the text is scanned as is.
+    `generate_kwargs` say otherwise) under a `SinkMonitor`, so the statistics cover prompt and generation in one
+    KV-cached pass; otherwise the text is scanned as is. `thresholds` defaults to `SinkThresholds()`; the old
+    `epsilon=`, `min_queries=`, ... keywords still work for one release, with a DeprecationWarning.
     """
+    th = resolve_thresholds(thresholds, deprecated, "check_response_prefix_sink")
+    min_queries = th.min_queries
+    max_new_tokens = integer("max_new_tokens", max_new_tokens, at_least=0)
+    window = integer("window", window, at_least=0)
     spec = spec or ResponsePrefixSpec()
     if model.tokenizer is None:
         raise SinkDetectionError("the response prefix is found from token strings: the model needs a tokenizer")
@@ -174,15 +189,7 @@ def check_response_prefix_sink(
     end = response_prefix_end(model, ids[0], spec, complete=False)
     n_generated = 0
     if (end is None or ids.shape[1] - end < min_queries) and max_new_tokens > 0:
-        tracker = SinkTracker(
-            model,
-            epsilon=epsilon,
-            min_sink_rate=min_sink_rate,
-            min_queries=min_queries,
-            track_residual=massive,
-            min_value=min_value,
-            min_ratio=min_ratio,
-        )
+        tracker = SinkMonitor(model, th, track_residual=massive)
         kwargs = {"do_sample": False, "stop_at_eos": True, **(generate_kwargs or {})}
         out = tracker.generate(ids, max_new_tokens=max_new_tokens, **kwargs)
         processed = tracker.tokens(out)
@@ -195,18 +202,7 @@ def check_response_prefix_sink(
             end = None  # the prefix ended on the last sampled token, which the model never ran
         ids = processed
     else:
-        result = scan_sinks(
-            model,
-            ids,
-            epsilon=epsilon,
-            min_sink_rate=min_sink_rate,
-            min_queries=min_queries,
-            massive=massive,
-            min_value=min_value,
-            min_ratio=min_ratio,
-            chunk_size=chunk_size,
-            batched=False,
-        )
+        result = scan_sinks(model, ids, thresholds=th, massive=massive, batched=False)
         assert result.sinks is not None
         report, hits = result.sinks, result.massive
         if end is None:
@@ -215,22 +211,7 @@ def check_response_prefix_sink(
     sinks: list[int] = list(report.sink_positions)  # type: ignore[arg-type]
     bos_id = getattr(model.tokenizer, "bos_token_id", None)
     bos = 0 if bos_id is not None and int(ids[0, 0]) == bos_id else None
-    if end is None:
-        is_sink, reason = False, "no response-prefix end found" + (
-            "" if max_new_tokens > 0 else " (max_new_tokens=0: nothing was generated)"
-        )
-    elif int(report.n_queries[end]) < min_queries:
-        is_sink = False
-        reason = (
-            f"only {int(report.n_queries[end])} queries at or after the prefix end (need {min_queries}): "
-            "raise max_new_tokens"
-        )
-    else:
-        is_sink = end in sinks
-        reason = (
-            f"prefix end pos {end} sink_rate {float(report.sink_rate[end]):.3f} "
-            f"{'>=' if is_sink else '<'} {min_sink_rate}"
-        )
+    is_sink, reason = _verdict(report, end, th, max_new_tokens)
     nearby = [p for p in sinks if end is not None and p != end and abs(p - end) <= window]
     others = [p for p in sinks if p not in (end, bos)]
     return ResponsePrefixSinkCheck(

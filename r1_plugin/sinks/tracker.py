@@ -1,37 +1,37 @@
-"""Sink tracking during `model.generate` with a KV cache: alpha for every key position, across decode steps.
+"""Sink monitoring during `model.generate` with a KV cache: alpha for every key position, across decode steps.
 
 R1's traces run to thousands of tokens, and re-running the final sequence to find its sinks would cost a full
-quadratic forward. With the KV cache each decode step's `hook_pattern` is [batch, head, 1, keys]: the tracker
+quadratic forward. With the KV cache each decode step's `hook_pattern` is [batch, head, 1, keys]: the monitor
 adds that row into per-key sums, so after generation it holds exactly what the one-shot detector computes on
 the sequence the model ran (float64 sums; the only difference is the forward's own float rounding between a
 cached decode step and a full forward).
+
+`SinkMonitor` was called `SinkTracker` (a name it shared with W&B's `Tracker` and steering's `SequenceTracker`);
+the old name still imports, with a DeprecationWarning, for one release.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 
 from r1_plugin.sinks._scan import ScanState, SinkDetectionError
 from r1_plugin.sinks.detect import (
-    DEFAULT_EPSILON,
-    DEFAULT_MIN_QUERIES,
-    DEFAULT_MIN_RATIO,
-    DEFAULT_MIN_SINK_RATE,
-    DEFAULT_MIN_VALUE,
     MassiveActivationReport,
     SinkReport,
     massive_report_from_state,
     sink_report_from_state,
     str_tokens_of,
 )
+from r1_plugin.sinks.thresholds import SinkThresholds, resolve_thresholds
 
 
-class SinkTracker:
+class SinkMonitor:
     """Hooks that accumulate attention-sink (and residual) statistics over `model.generate`'s decode steps.
 
-    Use as a context manager around `model.generate(..., use_past_kv_cache=True)`, or call `tracker.generate`.
+    Use as a context manager around `model.generate(..., use_past_kv_cache=True)`, or call `monitor.generate`.
     `generate` never runs the last token it samples, so the tracked sequence is `output[:, :-1]` (every token
     the model processed); `report()` equals `find_attention_sinks(model, output[:, :-1])`.
     """
@@ -39,22 +39,16 @@ class SinkTracker:
     def __init__(
         self,
         model: Any,
+        thresholds: SinkThresholds | None = None,
         *,
-        epsilon: float = DEFAULT_EPSILON,
-        min_sink_rate: float = DEFAULT_MIN_SINK_RATE,
-        min_queries: int = DEFAULT_MIN_QUERIES,
         track_residual: bool = True,
-        min_value: float = DEFAULT_MIN_VALUE,
-        min_ratio: float = DEFAULT_MIN_RATIO,
+        **deprecated: Any,
     ) -> None:
-        """Prepare (not yet attach) the hooks for `model` with the detector's thresholds."""
+        """Prepare (not yet attach) the hooks for `model` with the detector's thresholds (default SinkThresholds();
+        the old `epsilon=`, `min_value=`, ... keywords still work for one release, with a DeprecationWarning)."""
         self.model = model
-        self.epsilon = epsilon
-        self.min_sink_rate = min_sink_rate
-        self.min_queries = min_queries
+        self.thresholds = resolve_thresholds(thresholds, deprecated, type(self).__name__)
         self.track_residual = track_residual
-        self.min_value = min_value
-        self.min_ratio = min_ratio
         self.output: torch.Tensor | None = None
         self._ctx: Any = None
         self.state = self._new_state()
@@ -62,7 +56,7 @@ class SinkTracker:
     def _new_state(self) -> ScanState:
         """Empty accumulators."""
         return ScanState(
-            self.model, track_alpha=True, track_residual=self.track_residual, min_value=self.min_value
+            self.model, track_alpha=True, track_residual=self.track_residual, min_value=self.thresholds.min_value
         )
 
     def reset(self) -> None:
@@ -77,10 +71,10 @@ class SinkTracker:
         """Number of positions the model has processed so far (prompt + decoded tokens fed back in)."""
         return self.state.length
 
-    def __enter__(self) -> SinkTracker:
+    def __enter__(self) -> SinkMonitor:
         """Attach the hooks to the model."""
         if self._ctx is not None:
-            raise SinkDetectionError("this SinkTracker is already attached")
+            raise SinkDetectionError(f"this {type(self).__name__} is already attached")
         self._ctx = self.model.hooks(fwd_hooks=self.state.fwd_hooks())
         self._ctx.__enter__()
         return self
@@ -94,7 +88,7 @@ class SinkTracker:
     def generate(self, input: Any, max_new_tokens: int = 64, **kwargs: Any) -> Any:
         """`model.generate(input, max_new_tokens, use_past_kv_cache=True, **kwargs)` with the hooks attached."""
         if kwargs.get("use_past_kv_cache") is False:
-            raise SinkDetectionError("the tracker needs use_past_kv_cache=True (each position must run once)")
+            raise SinkDetectionError("the monitor needs use_past_kv_cache=True (each position must run once)")
         kwargs["use_past_kv_cache"] = True
         kwargs.setdefault("verbose", False)
         if self.state.length:
@@ -112,7 +106,7 @@ class SinkTracker:
             return None
         out = out if out.dim() == 2 else out[None]
         if out.shape[1] < self.n_positions:
-            raise SinkDetectionError(f"output has {out.shape[1]} tokens, the tracker saw {self.n_positions}")
+            raise SinkDetectionError(f"output has {out.shape[1]} tokens, the monitor saw {self.n_positions}")
         return out[:, : self.n_positions]
 
     def _str_tokens(self, output: torch.Tensor | None) -> tuple[torch.Tensor | None, list[list[str]] | None]:
@@ -127,9 +121,7 @@ class SinkTracker:
         assert self.state.batch is not None
         return sink_report_from_state(
             self.state,
-            epsilon=self.epsilon,
-            min_sink_rate=self.min_sink_rate,
-            min_queries=self.min_queries,
+            self.thresholds,
             batched=self.state.batch > 1 if batched is None else batched,
             str_tokens=strs,
             tokens=toks,
@@ -140,14 +132,25 @@ class SinkTracker:
     ) -> MassiveActivationReport:
         """Massive activations and residual norms over the processed positions (needs track_residual)."""
         if not self.track_residual:
-            raise SinkDetectionError("this tracker was made with track_residual=False")
+            raise SinkDetectionError(f"this {type(self).__name__} was made with track_residual=False")
         self.state.check_ran()
         _, strs = self._str_tokens(output)
         assert self.state.batch is not None
         return massive_report_from_state(
             self.state,
-            min_value=self.min_value,
-            min_ratio=self.min_ratio,
+            self.thresholds,
             batched=self.state.batch > 1 if batched is None else batched,
             str_tokens=strs,
         )
+
+
+def __getattr__(name: str) -> Any:
+    """`SinkTracker`, the old name of SinkMonitor, with a DeprecationWarning (it goes in the next release)."""
+    if name == "SinkTracker":
+        warnings.warn(
+            "r1_plugin.sinks.SinkTracker is now SinkMonitor (the old name goes in the next release)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return SinkMonitor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,7 @@
 - ablate: clamp to 0 (only changes positions where the feature fires).
 
 Works with any SAELens `SAE` (standard, top-k, JumpReLU, ...) and with r1_plugin's Goodfire SAEs, on any device and
-in any dtype: the SAE maths runs where the SAE is (`r1_plugin.saes.placement`) and what is written back to the
+in any dtype: the SAE maths runs where the SAE is (`r1_plugin.saes.sae_devices`) and what is written back to the
 layer arrives on the layer's device and in its dtype.
 """
 
@@ -22,7 +22,7 @@ import torch
 from r1_plugin.hook_names import (
     sae_hook_name as sae_hook_name,  # re-exported: r1_plugin.steering.sae_hook_name
 )
-from r1_plugin.saes.placement import on_sae, sae_placement
+from r1_plugin.saes.sae_devices import on_sae, sae_placement
 from r1_plugin.steering.interventions import AddDirection, Intervention
 
 

@@ -277,7 +277,7 @@ def checkpoint_bytes(files: dict[str, Any]) -> int:
 
 
 __all__ = [
-    "TinyCheckpoint", "YARN", "checkpoint_bytes", "hf_reference_model", "hf_state_dict", "published_tensor_specs",
+    "DAMAGES", "TinyCheckpoint", "YARN", "checkpoint_bytes", "damage_checkpoint", "hf_reference_model", "hf_state_dict", "published_tensor_specs",
     "random_fp8_model", "random_published_weights", "tiny_config", "to_fp8", "write_tiny_checkpoint",
 ]
 
@@ -355,7 +355,7 @@ def random_fp8_model(
     from transformer_lens import HookedTransformer
 
     from r1_plugin.models.deepseek_v3.config import DeepseekV3HookedConfig, hf_to_tl_config_dict
-    from r1_plugin.models.deepseek_v3.loading import StreamingLoader
+    from r1_plugin.models.deepseek_v3.streaming import StreamingLoader
 
     config = dict(config)
     config["quantization_config"] = {
@@ -392,3 +392,47 @@ def random_fp8_model(
         loader.add(key, value if kind == "router_bias" else value.to(dtype))
     loader.finish()
     return model.eval()
+
+
+# Damages a downloaded checkpoint folder can suffer (interrupted downloads, disk faults, files from another model).
+DAMAGES = (
+    "truncated_shard", "garbage_index", "index_without_weight_map", "index_names_missing_shard",
+    "tensor_missing_from_shard", "wrong_dtype", "wrong_shape", "garbage_config",
+)
+
+
+def damage_checkpoint(folder: Path, damage: str) -> tuple[str, str | None]:
+    """Apply one of DAMAGES to a sharded checkpoint folder (n_shards >= 2); returns (damaged file, tensor or None)."""
+    from safetensors.torch import load_file, save_file
+
+    index_path = folder / "model.safetensors.index.json"
+    weight_map: dict[str, str] = json.loads(index_path.read_text())["weight_map"]
+    shard = sorted(set(weight_map.values()))[-1]
+    key = sorted(k for k, s in weight_map.items() if s == shard and k.endswith("o_proj.weight"))[0]
+    if damage == "truncated_shard":
+        data = (folder / shard).read_bytes()
+        (folder / shard).write_bytes(data[: len(data) // 2])
+        return shard, None
+    if damage == "garbage_index":
+        index_path.write_text('{"metadata": {"total_size": 12}, "weight_map": {"model.embed')
+        return index_path.name, None
+    if damage == "index_without_weight_map":
+        index_path.write_text(json.dumps({"metadata": {"total_size": 12}}))
+        return index_path.name, None
+    if damage == "index_names_missing_shard":
+        (folder / shard).unlink()
+        return shard, None
+    if damage == "garbage_config":
+        (folder / "config.json").write_text('{"architectures": ["DeepseekV3ForCausalLM"], "hidden_size": 4')
+        return "config.json", None
+    tensors = load_file(folder / shard)
+    if damage == "tensor_missing_from_shard":
+        del tensors[key]
+    elif damage == "wrong_dtype":
+        tensors[key] = torch.zeros(tensors[key].shape, dtype=torch.int32)
+    elif damage == "wrong_shape":
+        tensors[key] = tensors[key][:-1].contiguous()
+    else:
+        raise ValueError(f"unknown damage {damage!r}; one of {DAMAGES}")
+    save_file(tensors, folder / shard, metadata={"format": "pt"})
+    return shard, key

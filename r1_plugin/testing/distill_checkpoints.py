@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from r1_plugin.models.registry import lookup
+from r1_plugin.models.model_names import lookup
 from r1_plugin.testing.hub import write_hf_repo
 from r1_plugin.testing.tokenizers import build_tokenizer_files
 

@@ -58,10 +58,3 @@ def write_hf_repo(
     (root / "refs").mkdir(parents=True, exist_ok=True)
     (root / "refs" / revision).write_text(commit)
     return snapshot
-
-
-def write_hf_repo_from_folder(repo_id: str, folder: str | Path, **kwargs: object) -> Path:
-    """Store every file under `folder` (e.g. a `save_pretrained` output) as a commit of `repo_id`."""
-    folder = Path(folder)
-    files = {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file()}
-    return write_hf_repo(repo_id, files, **kwargs)  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from r1_plugin.saes.registry import raw_releases
+from r1_plugin.saes.releases import raw_releases
 from r1_plugin.testing.hub import write_hf_repo
 
 GOODFIRE_RELEASES: dict[str, str] = {"logic": "goodfire-deepseek-r1-logic", "math": "goodfire-deepseek-r1-math"}

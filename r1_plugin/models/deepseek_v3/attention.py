@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -49,6 +50,18 @@ def run_hook(hook: HookPoint, x: torch.Tensor, watch: bool) -> tuple[torch.Tenso
     out = hook(x)
     same = out.shape == before.shape and out.dtype == before.dtype and torch.equal(out, before)
     return out, not same
+
+
+@functools.lru_cache(maxsize=8)
+def causal_hide(n_q: int, past: int, device: torch.device) -> torch.Tensor:
+    """[n_q, past + n_q] bool, True where query i (at position past + i) would see a later key; shared, read-only."""
+    with torch.inference_mode(False):  # a normal tensor: autograd may save it even if first built in inference
+        return torch.ones(n_q, past + n_q, dtype=torch.bool, device=device).triu_(past + 1)
+
+
+def records_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records an op on these tensors (then no `out=` writes, which it cannot differentiate)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def latent_norm(cfg: DeepseekV3HookedConfig, length: int) -> RMSNorm:
@@ -115,10 +128,37 @@ class DeepseekV3Attention(nn.Module):
             return torch.arange(past, past + n_new, device=device)[None].expand(batch, -1)
         return get_offset_position_ids(past, attention_mask).to(device)
 
-    def rotate_heads(self, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def rotate_heads(self, t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, hook: HookPoint) -> torch.Tensor:
         """[batch, pos, head, nope + rope] with its rope part rotated (cos/sin [batch, pos, rope/2])."""
         nope, rope = t.split([self.cfg.qk_nope_head_dim, self.cfg.qk_rope_head_dim], dim=-1)
-        return torch.cat([nope, self.rotary.apply(rope, cos[:, :, None], sin[:, :, None])], dim=-1)
+        cos, sin = cos[:, :, None], sin[:, :, None]
+        if records_grad(t):
+            return torch.cat([nope, *self.rotary.halves(rope, cos, sin)], dim=-1)
+        out = self.assemble(hook, nope, width=t.shape[-1])
+        self.rotary.rotate_into(rope, cos, sin, out[..., nope.shape[-1] :])
+        return out
+
+    def assemble(self, hook: HookPoint, *parts: torch.Tensor, width: int | None = None) -> torch.Tensor:
+        """Concatenate [batch, pos, head, *] parts (broadcast over heads) on the last dim, for `hook` to see; with
+        `width`, a wider result whose remaining columns the caller fills.
+
+        Unless `hook` is observed (or autograd records), the memory is laid out head-major, as the score matmul
+        reads it, which saves it a copy; a hook sees an ordinary contiguous [batch, pos, head, d] tensor. Either way
+        the matmul gets the same contiguous head-major operand, so observing never changes the numbers.
+        """
+        batch, n, h = parts[0].shape[:3]
+        if records_grad(*parts):
+            return torch.cat([p.expand(batch, n, h, -1) for p in parts], dim=-1)
+        width = sum(p.shape[-1] for p in parts) if width is None else width
+        if is_observed(hook):
+            out = parts[0].new_empty(batch, n, h, width)
+        else:
+            out = parts[0].new_empty(batch, h, n, width).transpose(1, 2)
+        start = 0
+        for part in parts:
+            out[..., start : start + part.shape[-1]].copy_(part)
+            start += part.shape[-1]
+        return out
 
     def forward(
         self,
@@ -156,22 +196,36 @@ class DeepseekV3Attention(nn.Module):
         k_rope = self.hook_k_rope(k_rope)
 
         past = 0 if entry is None else entry.length
-        pos = self.positions(batch, n_new, past, attention_mask, x.device)
-        cos, sin = self.rotary.cos_sin(pos, q.dtype)  # [batch, pos, rope/2]
-        q = self.hook_rot_q(self.rotate_heads(q, cos, sin))
+        if attention_mask is None:  # positions past..past+n_new-1 in every row: a slice of the table
+            cos, sin = self.rotary.cos_sin_range(past, past + n_new, batch, q.dtype, x.device)  # [batch, pos, rope/2]
+        else:
+            pos = self.positions(batch, n_new, past, attention_mask, x.device)
+            cos, sin = self.rotary.cos_sin(pos, q.dtype, past + n_new)
+        q = self.hook_rot_q(self.rotate_heads(q, cos, sin, self.hook_rot_q))
         # What the cache stores for these positions: the latent and the rotated shared rope key.
-        new_latent = torch.cat([kv_latent, self.rotary.apply(k_rope, cos, sin)], dim=-1)
+        if records_grad(kv_latent, k_rope):
+            new_latent = torch.cat([kv_latent, self.rotary.apply(k_rope, cos, sin)], dim=-1)
+        else:  # written in place: no concatenation
+            new_latent = kv_latent.new_empty(batch, n_new, cfg.kv_lora_rank + cfg.qk_rope_head_dim)
+            new_latent[..., : cfg.kv_lora_rank].copy_(kv_latent)
+            self.rotary.rotate_into(k_rope, cos, sin, new_latent[..., cfg.kv_lora_rank :])
+        rotated_rope = new_latent[..., cfg.kv_lora_rank :]
         # Per-head K/V of the current positions only, as in TransformerLens; an edit to them is detected only
         # where it has to outlive this forward (a cache that stores), never by changing how anything is computed.
         watch = entry is not None and not entry.frozen
         # Read once per forward (FP8 weights dequantise on access).
         w_k_b, w_v_b = self.W_K_b, self.W_V_b
         k_nope = (kv_latent @ heads_matrix(w_k_b)).view(batch, n_new, h, cfg.qk_nope_head_dim)
-        k, k_edited = run_hook(self.hook_k, torch.cat([k_nope, k_rope[:, :, None].expand(-1, -1, h, -1)], -1), watch)
+        if is_observed(self.hook_k):
+            k = torch.cat([k_nope, k_rope[:, :, None].expand(-1, -1, h, -1)], -1)
+            k, k_edited = run_hook(self.hook_k, k, watch)
+            rot_k = self.rotate_heads(k, cos, sin, self.hook_rot_k)
+        else:  # nothing can edit the pre-rotary keys: rotate the shared rope key once, not once per head
+            k_edited, rot_k = False, self.assemble(self.hook_rot_k, k_nope, rotated_rope[:, :, None])
         v, v_edited = run_hook(
             self.hook_v, (kv_latent @ heads_matrix(w_v_b)).view(batch, n_new, h, cfg.v_head_dim), watch
         )
-        k, rot_k_edited = run_hook(self.hook_rot_k, self.rotate_heads(k, cos, sin), watch)
+        k, rot_k_edited = run_hook(self.hook_rot_k, rot_k, watch)
 
         past_latent = None if entry is None else entry.past_latent
         if entry is not None:
@@ -190,10 +244,13 @@ class DeepseekV3Attention(nn.Module):
                 k, v = torch.cat([past_kv[0], k], dim=1), torch.cat([past_kv[1], v], dim=1)
             if keep_kv:
                 entry.edited_kv = (k, v)  # type: ignore[union-attr]
-            scores, z_of = self.expanded_scores(q, k, v)
-        scores = self.hook_attn_scores(self.apply_causal_mask(scores * cfg.softmax_scale, past, attention_mask))
+            scores, z_of = self.expanded_scores(q, k, v, cfg.softmax_scale)
+        # Already scaled (inside the matmul), masked in place: no extra pass over [batch, head, pos, kv_pos].
+        scores = self.hook_attn_scores(self.apply_causal_mask(scores, past, attention_mask))
         pattern = F.softmax(scores, dim=-1, dtype=torch.float32)
-        pattern = self.hook_pattern(torch.nan_to_num(pattern, nan=0.0).to(new_latent.dtype))
+        if attention_mask is not None:  # a padding query sees no key: its row is 0/0, made 0 (causal rows never are)
+            pattern = torch.nan_to_num(pattern, nan=0.0)
+        pattern = self.hook_pattern(pattern.to(new_latent.dtype))
         z = self.hook_z(z_of(pattern))  # [batch, pos, head, v_head_dim]
 
         if cfg.use_attn_result:
@@ -231,11 +288,19 @@ class DeepseekV3Attention(nn.Module):
 
     @staticmethod
     def expanded_scores(
-        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
     ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-        """Per-head q [b, q, h, qk], k [b, K, h, qk], v [b, K, h, v]: unscaled scores [b, h, q, K], pattern -> z."""
-        scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1))
-        return scores, lambda pattern: torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2)
+        """Per-head q [b, q, h, qk], k [b, K, h, qk], v [b, K, h, v]: scaled scores [b, h, q, K], pattern -> z.
+
+        The scale is the matmul's own alpha (one pass over the scores fewer than multiplying afterwards). q and K
+        go in head-major and contiguous, K read transposed (no copy when `assemble` built them that way).
+        """
+        batch, n_q, h, d = q.shape
+        n_k = k.shape[1]
+        qh = q.transpose(1, 2).reshape(batch * h, n_q, d)
+        kh = k.transpose(1, 2).contiguous().view(batch * h, n_k, d)
+        scores = torch.baddbmm(qh.new_empty(()), qh, kh.transpose(1, 2), beta=0.0, alpha=scale)
+        return scores.view(batch, h, n_q, n_k), lambda pattern: torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2)
 
     def absorbed_scores(
         self,
@@ -246,7 +311,7 @@ class DeepseekV3Attention(nn.Module):
         w_k_b: torch.Tensor,
         w_v_b: torch.Tensor,
     ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-        """Scores and z over cached latents c [b, P, r + rope] without rebuilding their K/V, then the current
+        """Scaled scores and z over cached latents c [b, P, r + rope] without rebuilding their K/V, then the current
         positions' per-head k/v: q_nope . (c W_K_b) = (q_nope W_K_b^T) . c and pattern @ (c W_V_b) =
         (pattern @ c) W_V_b per head."""
         cfg = self.cfg
@@ -257,8 +322,11 @@ class DeepseekV3Attention(nn.Module):
         q_absorbed = torch.matmul(q_nope.permute(2, 0, 1, 3).reshape(h, batch * n_q, nope), w_k_b.transpose(1, 2))
         q_latent = torch.cat([q_absorbed.view(h, batch, n_q, r).transpose(0, 1), q_rope.transpose(1, 2)], dim=-1)
         # Heads folded into the query axis: one [b, h*q, r+rope] @ [b, r+rope, P], the latent read once per batch.
-        past_scores = torch.matmul(q_latent.reshape(batch, h * n_q, -1), past_latent.transpose(1, 2))
-        current_scores, current_z = self.expanded_scores(q, k, v)
+        past_scores = torch.baddbmm(
+            q.new_empty(()), q_latent.reshape(batch, h * n_q, -1), past_latent.transpose(1, 2),
+            beta=0.0, alpha=cfg.softmax_scale,
+        )
+        current_scores, current_z = self.expanded_scores(q, k, v, cfg.softmax_scale)
         scores = torch.cat([past_scores.view(batch, h, n_q, n_past), current_scores], dim=-1)
 
         def z_of(pattern: torch.Tensor) -> torch.Tensor:
@@ -273,13 +341,11 @@ class DeepseekV3Attention(nn.Module):
     def apply_causal_mask(
         scores: torch.Tensor, past: int, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """-inf where a query would see a later key or a padding key (TL's convention)."""
+        """-inf where a query would see a later key or a padding key (TL's convention), IN PLACE on `scores`."""
         n_q, n_k = scores.shape[-2:]
         if past + n_q != n_k:
             raise ValueError(f"{n_q} new queries + {past} cached positions != {n_k} keys; the cache is inconsistent.")
-        q_pos = torch.arange(past, past + n_q, device=scores.device)
-        keep = torch.arange(n_k, device=scores.device)[None, :] <= q_pos[:, None]
-        keep = keep[None, None]
+        hide = causal_hide(n_q, past, scores.device)
         if attention_mask is not None:
-            keep = keep & attention_mask.to(scores.device).bool()[:, None, None, :]
-        return scores.masked_fill(~keep, float("-inf"))
+            hide = hide | ~attention_mask.to(scores.device).bool()[:, None, None, :]
+        return scores.masked_fill_(hide, float("-inf"))

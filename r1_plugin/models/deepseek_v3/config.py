@@ -8,9 +8,12 @@ from typing import Any
 
 from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
 
-from r1_plugin.errors import UnsupportedArchitectureError
+from r1_plugin.models.deepseek_v3.config_checks import validate_config
 from r1_plugin.models.hf_config import get as _get
-from r1_plugin.models.hf_config import rope_parameters
+from r1_plugin.models.hf_config import get_nonnull, rope_parameters
+from r1_plugin.values import InvalidValueError
+
+__all__ = ["ARCHITECTURE", "DeepseekV3HookedConfig", "hf_to_tl_config_dict", "validate_config", "yarn_get_mscale"]
 
 ARCHITECTURE = "DeepseekV3ForCausalLM"
 
@@ -46,7 +49,7 @@ class DeepseekV3HookedConfig(HookedTransformerConfig):
     # routed experts are dequantised only when they receive tokens, this many experts at a time.
     keep_fp8: bool = False
     fp8_experts_per_chunk: int = 16
-    # Byte-balanced placement (models/placement.py): device index of each block; None = TransformerLens's split.
+    # Byte-balanced placement (models/device_plan.py): device index of each block; None = TransformerLens's split.
     device_plan: list[int] | None = None
 
     def __post_init__(self) -> None:
@@ -54,6 +57,7 @@ class DeepseekV3HookedConfig(HookedTransformerConfig):
         self.positional_embedding_type = "rotary"
         self.d_head = self.v_head_dim
         self.rotary_dim = self.qk_rope_head_dim
+        self._validate()
         if self.softmax_scale < 0:
             scale = self.qk_head_dim**-0.5
             if self.use_yarn_rope and self.yarn_mscale_all_dim:
@@ -61,7 +65,6 @@ class DeepseekV3HookedConfig(HookedTransformerConfig):
             self.softmax_scale = scale
         self.attn_scale = 1.0 / self.softmax_scale
         self.use_attn_scale = True
-        self._validate()
         super().__post_init__()
         self.n_params = self.count_block_params()
 
@@ -90,19 +93,35 @@ class DeepseekV3HookedConfig(HookedTransformerConfig):
         return min(self.fp8_experts_per_chunk, self.num_experts or 0) * per
 
     def _validate(self) -> None:
-        """Reject configs whose maths this implementation does not reproduce, saying what is wrong."""
+        """Reject configs whose maths this implementation does not reproduce (the same rules as validate_config,
+        read from this config's TransformerLens field names)."""
         if self.num_experts is None or self.experts_per_token is None:
-            raise ValueError("DeepseekV3HookedConfig needs num_experts (n_routed_experts) and experts_per_token.")
-        if self.num_experts % self.n_group:
-            raise ValueError(f"n_routed_experts={self.num_experts} is not divisible by n_group={self.n_group}.")
-        if self.num_experts // self.n_group < 2:
-            raise ValueError("group-limited routing scores each group by its top-2 experts: need >= 2 per group.")
-        if not 1 <= self.topk_group <= self.n_group:
-            raise ValueError(f"topk_group={self.topk_group} must be in [1, n_group={self.n_group}].")
-        if self.experts_per_token > self.topk_group * (self.num_experts // self.n_group):
-            raise ValueError("num_experts_per_tok exceeds the experts available in the topk_group selected groups.")
-        if self.qk_rope_head_dim % 2:
-            raise ValueError(f"qk_rope_head_dim={self.qk_rope_head_dim} must be even for rotary embeddings.")
+            raise InvalidValueError(
+                "DeepseekV3HookedConfig needs num_experts (n_routed_experts) and experts_per_token."
+            )
+        validate_config(self.hf_fields(), "DeepseekV3HookedConfig")
+
+    def hf_fields(self) -> dict[str, Any]:
+        """This config's architecture fields under HF's config.json names (what validate_config checks)."""
+        fields: dict[str, Any] = {
+            "hidden_size": self.d_model, "num_hidden_layers": self.n_layers, "num_attention_heads": self.n_heads if self.n_heads != -1 else self.d_model // self.d_head,
+            "intermediate_size": self.d_mlp, "moe_intermediate_size": self.d_mlp_moe,
+            "q_lora_rank": self.q_lora_rank, "kv_lora_rank": self.kv_lora_rank,
+            "qk_nope_head_dim": self.qk_nope_head_dim, "qk_rope_head_dim": self.qk_rope_head_dim,
+            "v_head_dim": self.v_head_dim, "n_routed_experts": self.num_experts,
+            "num_experts_per_tok": self.experts_per_token, "n_shared_experts": self.n_shared_experts,
+            "n_group": self.n_group, "topk_group": self.topk_group, "first_k_dense_replace": self.first_k_dense_replace,
+            "rms_norm_eps": self.eps, "rope_theta": self.rotary_base, "routed_scaling_factor": self.routed_scaling_factor,
+            "max_position_embeddings": self.n_ctx,
+            "vocab_size": self.d_vocab if self.d_vocab != -1 else None,  # -1: TransformerLens sets it from the tokenizer
+        }
+        if self.use_yarn_rope:
+            fields["rope_scaling"] = {
+                "type": "yarn", "factor": self.yarn_factor, "beta_fast": self.yarn_beta_fast,
+                "beta_slow": self.yarn_beta_slow, "mscale": self.yarn_mscale, "mscale_all_dim": self.yarn_mscale_all_dim,
+                "original_max_position_embeddings": self.yarn_original_max_position_embeddings,
+            }
+        return fields
 
     def count_block_params(self) -> int:
         """Exact parameter count of the blocks (embeddings, final norm and unembedding excluded, as in TL)."""
@@ -126,22 +145,8 @@ class DeepseekV3HookedConfig(HookedTransformerConfig):
 
 def hf_to_tl_config_dict(hf_config: Any, official_name: str) -> dict[str, Any]:
     """Convert an HF DeepseekV3 config (object or config.json dict) to DeepseekV3HookedConfig keyword arguments."""
-    scoring = _get(hf_config, "scoring_func", "sigmoid")
-    topk_method = _get(hf_config, "topk_method", "noaux_tc")
-    if scoring != "sigmoid" or topk_method != "noaux_tc":
-        raise UnsupportedArchitectureError(
-            f"{official_name}: scoring_func={scoring!r}, topk_method={topk_method!r}; r1_plugin implements "
-            "DeepSeek-V3 routing (sigmoid scores, noaux_tc group-limited top-k) like transformers' DeepseekV3."
-        )
-    if _get(hf_config, "moe_layer_freq", 1) != 1:
-        raise UnsupportedArchitectureError(f"{official_name}: moe_layer_freq != 1 is not supported.")
-    if (_get(hf_config, "hidden_act", "silu") or "silu") != "silu":
-        raise UnsupportedArchitectureError(f"{official_name}: hidden_act must be 'silu'.")
+    validate_config(hf_config, official_name)
     n_heads = _get(hf_config, "num_attention_heads")
-    n_kv = _get(hf_config, "num_key_value_heads") or n_heads
-    if n_kv != n_heads:
-        raise UnsupportedArchitectureError(f"{official_name}: MLA needs num_key_value_heads == num_attention_heads.")
-
     rope = rope_parameters(hf_config)
     rope_type = str(rope.get("rope_type", "default")).lower()
     max_pos = _get(hf_config, "max_position_embeddings")
@@ -152,7 +157,7 @@ def hf_to_tl_config_dict(hf_config: Any, official_name: str) -> dict[str, Any]:
         "n_layers": _get(hf_config, "num_hidden_layers"),
         "n_ctx": max_pos,
         "d_mlp": _get(hf_config, "intermediate_size"),
-        "d_vocab": _get(hf_config, "vocab_size"),
+        "d_vocab": get_nonnull(hf_config, "vocab_size", -1),  # -1: TransformerLens takes it from the tokenizer
         "eps": _get(hf_config, "rms_norm_eps", 1e-6),
         "act_fn": "silu",
         "normalization_type": "RMS",
@@ -175,12 +180,12 @@ def hf_to_tl_config_dict(hf_config: Any, official_name: str) -> dict[str, Any]:
         "d_mlp_moe": _get(hf_config, "moe_intermediate_size"),
         "num_experts": _get(hf_config, "n_routed_experts"),
         "experts_per_token": _get(hf_config, "num_experts_per_tok"),
-        "n_shared_experts": _get(hf_config, "n_shared_experts", 0) or 0,
-        "n_group": _get(hf_config, "n_group", 1) or 1,
-        "topk_group": _get(hf_config, "topk_group", 1) or 1,
+        "n_shared_experts": get_nonnull(hf_config, "n_shared_experts", 0),
+        "n_group": get_nonnull(hf_config, "n_group", 1),
+        "topk_group": get_nonnull(hf_config, "topk_group", 1),
         "norm_topk_prob": bool(_get(hf_config, "norm_topk_prob", True)),
         "routed_scaling_factor": float(_get(hf_config, "routed_scaling_factor", 1.0)),
-        "first_k_dense_replace": _get(hf_config, "first_k_dense_replace", 0) or 0,
+        "first_k_dense_replace": get_nonnull(hf_config, "first_k_dense_replace", 0),
     }
     if rope_type == "yarn":
         factor = rope.get("factor")
@@ -204,9 +209,5 @@ def hf_to_tl_config_dict(hf_config: Any, official_name: str) -> dict[str, Any]:
             cfg["yarn_attention_factor"] = yarn_get_mscale(factor, mscale) / yarn_get_mscale(factor, mscale_all)
         else:
             cfg["yarn_attention_factor"] = yarn_get_mscale(factor)
-    elif rope_type not in ("default", "none"):
-        raise UnsupportedArchitectureError(
-            f"{official_name}: rope type {rope_type!r} is not supported for DeepSeek-V3 (use 'default' or 'yarn')."
-        )
     cfg["tokenizer_name"] = official_name
     return cfg

@@ -6,6 +6,15 @@ import math
 
 import torch
 
+# The scale-shape check is torch-free (plan_devices and `r1-plugin models plan` import no torch); it is defined once
+# in r1_plugin.models.fp8_blocks and used from here on every load path.
+from r1_plugin.models.fp8_blocks import Fp8ScaleError, block_size_of, check_scale_shape
+
+__all__ = [
+    "FP8_DTYPES", "Fp8ScaleError", "block_size_of", "check_scale_shape", "dequantize_blockwise", "dequantize_stacked",
+    "is_fp8", "quantize_blockwise",
+]
+
 FP8_DTYPES = tuple(
     getattr(torch, name) for name in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2") if hasattr(torch, name)
 )
@@ -21,6 +30,7 @@ def dequantize_blockwise(
     scale_inv: torch.Tensor,
     block_size: tuple[int, int] | list[int] = (128, 128),
     dtype: torch.dtype = torch.float32,
+    name: str = "FP8 weight",
 ) -> torch.Tensor:
     """weight [rows, cols] (fp8) times scale_inv [ceil(rows/B0), ceil(cols/B1)] broadcast over its blocks.
 
@@ -29,15 +39,8 @@ def dequantize_blockwise(
     is computed in float32 and cast to `dtype`.
     """
     if weight.ndim != 2:
-        raise ValueError(f"block-wise FP8 weights are 2-D; got shape {tuple(weight.shape)}.")
-    b0, b1 = int(block_size[0]), int(block_size[1])
-    rows, cols = weight.shape
-    expected = (math.ceil(rows / b0), math.ceil(cols / b1))
-    if tuple(scale_inv.shape) != expected:
-        raise ValueError(
-            f"weight_scale_inv has shape {tuple(scale_inv.shape)} but a {rows}x{cols} weight with block size "
-            f"{b0}x{b1} needs {expected[0]}x{expected[1]}; check quantization_config.weight_block_size."
-        )
+        raise Fp8ScaleError(f"block-wise FP8 weights are 2-D; got shape {tuple(weight.shape)}.")
+    b0, b1 = check_scale_shape(name, weight.shape, scale_inv.shape, block_size)
     return dequantize_stacked(weight, scale_inv, (b0, b1), dtype)
 
 

@@ -17,10 +17,11 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from r1_plugin.models.deepseek_v3.fp8 import dequantize_stacked
+from r1_plugin.models.deepseek_v3.fp8 import check_scale_shape, dequantize_stacked
 
-# How the dequantised [.., out, in] checkpoint matrix becomes the TL attribute (always a view, never a copy).
-LAYOUTS = ("t", "heads", "o", "experts")
+# How the dequantised [.., out, in] checkpoint matrix becomes the TL attribute (always a view, never a copy);
+# "hf": unchanged, for transformers' modules (nn.Linear.weight and the fused experts keep the checkpoint layout).
+LAYOUTS = ("t", "heads", "o", "experts", "hf")
 
 class Fp8Weight(nn.Module):
     """Parametrization: e4m3 weight [..., out, in] (checkpoint layout) -> dequantised TL-oriented weight in `dtype`."""
@@ -86,6 +87,8 @@ def tl_view(w: torch.Tensor, layout: str, heads: int = 0) -> torch.Tensor:
         return w.view(heads, -1, w.shape[-1]).transpose(1, 2)
     if layout == "o":  # [d_model, h*v] -> [h, v, d_model]
         return w.t().reshape(heads, -1, w.shape[0])
+    if layout == "hf":
+        return w
     return w.transpose(-1, -2)  # experts: [E, out, in] -> [E, in, out]
 
 
@@ -127,8 +130,15 @@ def keep_fp8_weight(
     layout: str,
     heads: int = 0,
     row_block: torch.Tensor | None = None,
+    name: str | None = None,
 ) -> None:
-    """Store `fp8` (+ scales) as `module.<attr>`'s parametrization, replacing its (meta) parameter."""
+    """Store `fp8` (+ scales) as `module.<attr>`'s parametrization, replacing its (meta) parameter.
+
+    The scale's shape is checked against the weight and block size first (`check_scale_shape`): a scale that
+    does not fit would otherwise broadcast into wrong numbers at every forward.
+    """
+    scale_rows = None if row_block is None or not row_block.numel() else int(row_block.max()) + 1
+    check_scale_shape(name or attr, fp8.shape, scale_inv.shape, block_size, scale_rows=scale_rows)
     module._parameters[attr] = nn.Parameter(fp8, requires_grad=False)
     weight = Fp8Weight(scale_inv.to(fp8.device), block_size, dtype, layout, heads,
                        None if row_block is None else row_block.to(fp8.device))

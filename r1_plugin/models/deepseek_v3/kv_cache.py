@@ -57,7 +57,7 @@ class DeepseekLatentKVCache(TransformerLensKeyValueCache):
         cls, cfg: Any, device: torch.device | str | None, batch_size: int = 1
     ) -> DeepseekLatentKVCache:
         """One latent entry per layer, on the device of that layer's block (cfg.device_plan's, or TL's split)."""
-        from r1_plugin.models.placement import block_device
+        from r1_plugin.models.device_plan import block_device
 
         entries = [
             LatentKVCacheEntry.init_cache_entry(cfg, block_device(i, cfg, device), batch_size)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -15,8 +18,39 @@ from r1_plugin.models.deepseek_v3.mlp import DeepseekV3DenseMLP
 # rows: grouped_mm's per-call cost over all experts dominates there (measured ~2x slower at 4-8 rows, 256 experts).
 SEGMENT_LOOP_MAX_ROWS = 16
 
-# (device type, dtype) pairs where torch's grouped_mm raised: use the per-expert segment loop there.
-_GROUPED_MM_UNSUPPORTED: set[tuple[str, torch.dtype]] = set()
+logger = logging.getLogger(__name__)
+
+# The dtypes torch's grouped_mm multiplies; others (float64) take the per-expert loop without trying.
+GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# torch's own words when grouped_mm refuses an operand's memory layout (strides or offset not 16-byte aligned):
+# that call takes the per-expert loop; every other RuntimeError (out of memory above all) propagates.
+_LAYOUT_ERRORS = (
+    "strides should be multiple of 16 bytes", "Invalid strides/sizes", "storage offset to be a multiple of 16 bytes",
+)
+# Device types with no grouped_mm kernel (it raised NotImplementedError): the per-expert loop there from then on.
+_GROUPED_MM_UNSUPPORTED: set[str] = set()
+_LAYOUTS_REPORTED: set[tuple[str, torch.dtype, str]] = set()
+
+
+def _grouped_mm_failed(exc: RuntimeError | NotImplementedError, x: torch.Tensor, weight: torch.Tensor) -> None:
+    """Decide what a grouped_mm failure means: no kernel on this device (warned once, fast path off there for the
+    process), an unsupported layout (said once at INFO, this call only), or anything else (re-raised)."""
+    if isinstance(exc, NotImplementedError):
+        _GROUPED_MM_UNSUPPORTED.add(x.device.type)
+        warnings.warn(
+            f"torch.nn.functional.grouped_mm has no kernel for {x.device.type} ({str(exc).splitlines()[0][:160]}); "
+            "DeepSeek-V3 MoE layers use one matmul per expert on this device from now on (same numbers, slower).",
+            RuntimeWarning, stacklevel=3,
+        )
+        return
+    layout = next((words for words in _LAYOUT_ERRORS if words in str(exc)), None)
+    if layout is None:
+        raise exc
+    key = (x.device.type, x.dtype, layout)
+    if key not in _LAYOUTS_REPORTED:
+        _LAYOUTS_REPORTED.add(key)
+        logger.info("grouped_mm refused the layout of x %s / weight %s strides %s (%s): those experts' matmuls run "
+                    "one per expert (same numbers).", tuple(x.shape), tuple(weight.shape), weight.stride(), layout)
 
 
 def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, counts: list[int], offsets: torch.Tensor) -> torch.Tensor:
@@ -26,15 +60,19 @@ def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, counts: list[int], off
     torch 2.13) and there are more than SEGMENT_LOOP_MAX_ROWS rows; else one matmul per expert that received
     tokens, on contiguous slices (no gathers).
     """
-    key = (x.device.type, x.dtype)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     grouped_mm = getattr(F, "grouped_mm", None)
     few_rows = x.shape[0] <= SEGMENT_LOOP_MAX_ROWS  # decode: a handful of rows, most experts empty
-    if grouped_mm is not None and not needs_grad and not few_rows and key not in _GROUPED_MM_UNSUPPORTED:
+    usable = x.dtype in GROUPED_MM_DTYPES and weight.dtype == x.dtype and x.device.type not in _GROUPED_MM_UNSUPPORTED
+    if grouped_mm is not None and usable and not needs_grad and not few_rows:
         try:
             return grouped_mm(x, weight, offs=offsets)
-        except (RuntimeError, NotImplementedError, TypeError):
-            _GROUPED_MM_UNSUPPORTED.add(key)
+        except NotImplementedError as exc:  # no kernel for this device
+            _grouped_mm_failed(exc, x, weight)
+        except RuntimeError as exc:  # an operand layout grouped_mm refuses; anything else is re-raised
+            if isinstance(exc, torch.OutOfMemoryError):
+                raise
+            _grouped_mm_failed(exc, x, weight)
     out = x.new_empty(x.shape[0], weight.shape[-1])
     start = 0
     for expert, count in enumerate(counts):

@@ -548,9 +548,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb-mode", choices=("offline", "online", "disabled"), default="offline")
     p.add_argument("--wandb-dir", type=Path, default=None, help="W&B folder (default: $WANDB_DIR, else --out)")
     p.add_argument("--seed", type=count(at_least=0), default=0)
-    p.add_argument("--backend", choices=("hooked", "bridge"), default="hooked",
-                   help="drive the model as a HookedTransformer (default: SAELens's SAEs and r1_plugin's R1 path are "
-                   "built on it) or a TransformerBridge (TransformerLens 4's only path)")
     return p
 
 

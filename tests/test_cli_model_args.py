@@ -117,7 +117,7 @@ def test_devices_this_machine_lacks_are_refused_before_loading(
 
 
 MODEL_FLAGS = ("--model", "--dtype", "--device", "--n-devices", "--first-n-layers", "--keep-fp8",
-               "--memory-per-device", "--sae-device", "--sae-dtype")
+               "--memory-per-device", "--backend", "--sae-device", "--sae-dtype")
 
 
 def _model_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:

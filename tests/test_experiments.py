@@ -14,7 +14,7 @@ import torch
 
 from r1_plugin.experiments import ExperimentError, oversteer, prefix_gating, segments, sinks
 from r1_plugin.experiments.base import bootstrap_ci, edit_distance, repeated_ngram_rate
-from r1_plugin.experiments.segments import SEGMENTS, js_divergence, segment_labels
+from r1_plugin.experiments.segmentation import SEGMENTS, js_divergence, segment_labels
 
 PROMPTS = ["What is 7 + 8?", "Which is larger, 3 or 9?"]
 FEATURE = 398  # the demo's "before backtracking" feature of the embedded SAE
@@ -112,7 +112,7 @@ def test_segment_labels_on_a_hand_made_trace() -> None:
 # --- prefix gating ------------------------------------------------------------------------------------------
 def test_prefix_gating_against_plain_generations(tiny: tuple[Any, Any]) -> None:
     from r1_plugin.chat import r1_chat_tokens
-    from r1_plugin.experiments.prefix_gating import default_conditions
+    from r1_plugin.experiments.gating import default_conditions
     from r1_plugin.steering import FromPositions, Until, steer
 
     model, sae = tiny
@@ -389,7 +389,7 @@ def test_reversion_region_and_its_shading() -> None:
     import pandas as pd
 
     from r1_plugin.experiments.base import ExperimentResult
-    from r1_plugin.experiments.oversteer import _draw, reversion_region
+    from r1_plugin.experiments.oversteering import _draw, reversion_region
 
     rows = [(s, "reverted", r) for s, r in ((-8, 0.5), (-2, 0.0), (2, 0.0), (4, 0.0), (8, 1.0), (16, 0.5))]
     rows += [(s, "expression_effect", e) for s, e in ((-8, -1.0), (-2, -2.0), (2, 1.0), (4, 3.0), (8, 0.5),
@@ -401,3 +401,17 @@ def test_reversion_region_and_its_shading() -> None:
                               config={"steering": "x", "gate": "g"}, draw=_draw)
     fig = result.plot()
     assert len(fig.axes[0].patches) == 2  # one shaded span per sign
+
+
+def test_experiment_modules_are_not_shadowed_by_their_functions() -> None:
+    """`import r1_plugin.experiments.<module> as m` gives the module; the package exports the four functions."""
+    import importlib
+    import inspect
+
+    import r1_plugin.experiments as package
+
+    for module, function in (("gating", "prefix_gating"), ("oversteering", "oversteer"),
+                             ("segmentation", "segments"), ("sink_check", "sinks")):
+        mod = importlib.import_module(f"r1_plugin.experiments.{module}")
+        assert inspect.ismodule(mod) and inspect.ismodule(getattr(package, module))
+        assert getattr(package, function) is getattr(mod, function) and inspect.isfunction(getattr(mod, function))

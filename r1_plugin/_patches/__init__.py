@@ -6,6 +6,8 @@
   latent KV cache, streaming from_pretrained).
 - `tl_generation`: class-level pass-throughs of HookedTransformer.forward / generate / generate_stream that report
   forward and generation boundaries to an observer attached to one instance (the steering tracker).
+- `tl_bridge_generation`: the same generation boundaries for TransformerBridge.generate / generate_stream, and the
+  bridge attention's KV cache under transformers 5.2x (which names it `cache`).
 - `sae_lens`: SAELens's pretrained-SAE directory and loader registries (Goodfire's R1 SAEs from our yaml).
 
 Each module has `apply()`: idempotent (guarded by a marker attribute), and each patch says in a comment what it
@@ -56,7 +58,7 @@ __all__ = [
 ]
 
 # Applied in this order within a target; adding a patch module is one name here.
-PATCH_MODULES: tuple[str, ...] = ("tl_models", "tl_deepseek", "tl_generation", "tl_bridge", "sae_lens")
+PATCH_MODULES: tuple[str, ...] = ("tl_models", "tl_deepseek", "tl_generation", "tl_bridge", "tl_bridge_generation", "sae_lens")
 
 # Patch-module name prefix -> the top-level package whose import applies it.
 TARGET_PREFIXES: tuple[tuple[str, str], ...] = (("tl_", "transformer_lens"), ("sae_lens", "sae_lens"))

@@ -107,6 +107,11 @@ def add_model_args(
         help="memory of each device for the byte-balanced block plan, e.g. 141GB, 80GiB (DeepSeek-V3/R1; "
         "default: each device's total memory)",
     )  # fmt: skip
+    group.add_argument(
+        "--backend", choices=("hooked", "bridge"), default="hooked",
+        help="hooked: HookedTransformer (default; SAELens's SAEs and r1_plugin's R1 path are built on it); "
+        "bridge: TransformerLens's TransformerBridge.boot_transformers (TransformerLens 4's only path)",
+    )
     if sae:
         group.add_argument(
             "--sae-device", default=None,
@@ -167,6 +172,11 @@ def load_model_from_args(args: argparse.Namespace, cls: Any = None, processing: 
         cls = HookedTransformer
     check_device(getattr(args, "device", None), "--device", getattr(args, "n_devices", None) or 1)
     check_device(getattr(args, "sae_device", None), "--sae-device")
+    if getattr(args, "backend", "hooked") == "bridge":
+        from r1_plugin.drive import load_model
+
+        sae_lens = getattr(cls, "__module__", "").startswith("sae_lens")  # HookedSAETransformer -> its bridge
+        return load_model(args.model, "bridge", sae_lens=sae_lens, **model_kwargs_from_args(args))
     loader = cls.from_pretrained if processing else cls.from_pretrained_no_processing
     return loader(args.model, **model_kwargs_from_args(args))
 

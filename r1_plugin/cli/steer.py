@@ -164,12 +164,10 @@ def run(args: argparse.Namespace) -> int:
         steer_kwargs.update(sae=sae, feature=features, hook_name=args.hook)
         what = f"{sae_path or release}/{sae_id or ''} feature {args.feature}"
 
+    from r1_plugin.drive import driver
+
     text = args.prompt if args.raw or THINK_OPEN in args.prompt else format_r1_prompt(model, args.prompt)
-    if args.raw:
-        tokens = model.to_tokens(text)  # TransformerLens's BOS rule for raw text
-    else:  # the chat template already starts with BOS
-        tokens = model.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    tokens = tokens.to(model.cfg.device)
+    tokens = driver(model).prompt_tokens(text, chat=False)  # R1 chat text as is; raw text with the model's BOS
     n_prompt = tokens.shape[1]
     width = args.width or shutil.get_terminal_size((120, 40)).columns
     config = dict(model=args.model, what=what, strength=args.strength, gate=repr(gate), mode=args.mode,
@@ -203,16 +201,19 @@ def _generate_and_show(
         with_text = result.table.assign(text=result.table["text"].str.slice(0, 60).str.replace("\n", " "))
         print(with_text[cols].to_string(index=False))
         return 0
-    gen = dict(max_new_tokens=args.max_new_tokens, use_past_kv_cache=not args.no_cache, verbose=False,
-               do_sample=args.sample, temperature=args.temperature)
+    from r1_plugin.drive import driver
+
+    drv = driver(model)
+    gen = dict(use_past_kv_cache=not args.no_cache, do_sample=args.sample, temperature=args.temperature,
+               stop_at_eos=True)
     with torch.no_grad():
         torch.manual_seed(args.seed)
-        plain = model.generate(tokens, **gen)
+        plain = drv.generate(tokens, args.max_new_tokens, **gen)  # a sampling temperature <= 0 is refused here
         torch.manual_seed(args.seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", GateNeverOpenedWarning)
             with steer(model, strength=args.strength, gate=gate, **steer_kwargs) as result:
-                steered = model.generate(tokens, **gen)
+                steered = drv.generate(tokens, args.max_new_tokens, **gen)
     open_at = result.open_at[0]
     unsteered_text = model.tokenizer.decode(plain[0, n_prompt:])
     steered_text = model.tokenizer.decode(steered[0, n_prompt:])

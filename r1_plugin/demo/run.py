@@ -16,7 +16,6 @@ import json
 import os
 import re
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -80,6 +79,7 @@ class DemoConfig:
     wandb_mode: str | None = "offline"
     wandb_dir: Path | None = None  # default: $WANDB_DIR, else <out>
     seed: int = 0
+    backend: str = "hooked"  # "hooked" (HookedTransformer, the default) or "bridge" (TransformerBridge)
 
     @property
     def embedded(self) -> bool:
@@ -111,9 +111,11 @@ class DemoResult:
 
 
 def load_model(cfg: DemoConfig) -> Any:
-    """`HookedTransformer.from_pretrained_no_processing(cfg.model, ...)`: the same call for the tiny R1 (its
-    packaged folder, through r1_plugin's local-folder path) and R1."""
-    from transformer_lens import HookedTransformer
+    """The model through `r1_plugin.drive.load_model`: `HookedTransformer.from_pretrained_no_processing(cfg.model,
+    ...)` (backend "hooked") or `TransformerBridge.boot_transformers(cfg.model, ...)` (backend "bridge"); the same
+    call for the tiny R1 (its packaged folder) and R1."""
+    from r1_plugin.drive import ModelDriveError
+    from r1_plugin.drive import load_model as drive_load
 
     kwargs: dict[str, Any] = {"device": cfg.device, "dtype": cfg.dtype}
     if cfg.first_n_layers is not None:
@@ -122,9 +124,10 @@ def load_model(cfg: DemoConfig) -> Any:
         kwargs["n_devices"] = cfg.n_devices
     if cfg.keep_fp8:
         kwargs["keep_fp8"] = True
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        model = HookedTransformer.from_pretrained_no_processing(cfg.model, **kwargs)
+    try:
+        model = drive_load(cfg.model, cfg.backend, **kwargs)
+    except ModelDriveError as exc:
+        raise DemoError(str(exc)) from exc
     model.eval()
     return model
 
@@ -202,25 +205,16 @@ def _completion(model: Any, tokens: torch.Tensor, prompt_len: int) -> str:
 
 def generate(model: Any, prompt_tokens: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
     """Greedy KV-cached generation that stops at EOS; returns prompt + completion ids [1, seq]."""
-    out = model.generate(
-        prompt_tokens,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        use_past_kv_cache=True,
-        stop_at_eos=True,
-        verbose=False,
-        return_type="tokens",
-    )
-    return out
+    from r1_plugin.drive import driver
+
+    return driver(model).generate_greedy(prompt_tokens, max_new_tokens)
 
 
 def first_divergence(a: torch.Tensor, b: torch.Tensor) -> int | None:
     """First position where two [1, seq] token sequences differ (a length difference counts), else None."""
-    x, y = a[0].tolist(), b[0].tolist()
-    for i, (p, q) in enumerate(zip(x, y)):
-        if p != q:
-            return i
-    return None if len(x) == len(y) else min(len(x), len(y))
+    from r1_plugin.experiments.base import first_difference
+
+    return first_difference(a[0].tolist(), b[0].tolist())
 
 
 def count_backtracks(text: str) -> int:
@@ -243,11 +237,12 @@ def steered_generation(
 
 def feature_activations(model: Any, sae: Any, tokens: torch.Tensor, feature: int) -> torch.Tensor:
     """The feature's SAE activation at every position of `tokens` [1, seq] (no steering): [seq]."""
+    from r1_plugin.drive import driver
     from r1_plugin.steering import encode_features, sae_hook_name
 
     hook = sae_hook_name(sae)
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=hook)
+        _, cache = driver(model).run_with_cache(tokens, [hook])
     return encode_features(sae, cache[hook], feature)[0, :, 0].float().cpu()
 
 
@@ -374,7 +369,7 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> DemoResult:
     log(f"loaded {cfg.model} and SAE {cfg.sae_name} in {time.time() - t0:.1f}s")
     import pandas as pd
 
-    from r1_plugin.chat import r1_chat_tokens
+    from r1_plugin.drive import driver
     from r1_plugin.sinks import check_response_prefix_sink
     from r1_plugin.steering import sae_hook_name
     from r1_plugin.tracking import start_run
@@ -391,6 +386,7 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> DemoResult:
 
     wandb_dir = cfg.wandb_dir or (Path(os.environ["WANDB_DIR"]) if os.environ.get("WANDB_DIR") else out)
     run_config = {
+        "backend": cfg.backend,
         "model": cfg.model,
         "sae_release": cfg.sae_release or assets.SAE_NAME,
         "sae_id": cfg.sae_id,
@@ -417,7 +413,7 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> DemoResult:
         act_traces: list[tuple[str, torch.Tensor, torch.Tensor, int | None]] = []
         first_unsteered: torch.Tensor | None = None
         for i, prompt in enumerate(cfg.prompts):
-            tokens = r1_chat_tokens(model, prompt)
+            tokens = driver(model).prompt_tokens(prompt)
             n = tokens.shape[1]
             plain = generate(model, tokens, cfg.max_new_tokens)
             steered, gate = steered_generation(model, sae, fid, strength, tokens, cfg.max_new_tokens)
@@ -448,7 +444,7 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> DemoResult:
 
         sweep: list[dict[str, Any]] = []
         if cfg.sweep and cfg.prompts:
-            tokens = r1_chat_tokens(model, cfg.prompts[0])
+            tokens = driver(model).prompt_tokens(cfg.prompts[0])
             for factor in SWEEP_FACTORS:
                 s = strength * factor
                 seq, _ = steered_generation(model, sae, fid, s, tokens, cfg.max_new_tokens)
@@ -585,6 +581,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         wandb_mode=args.wandb_mode,
         wandb_dir=args.wandb_dir,
         seed=args.seed,
+        backend=args.backend,
     )
 
 

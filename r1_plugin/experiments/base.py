@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from r1_plugin.errors import R1PluginError
+from r1_plugin.steering.spec import SteeringSpec, SteeringSpecError, keywords_given
 
 DEFAULT_N_BOOT = 1000
 DEFAULT_CI = 0.95
@@ -59,24 +60,14 @@ def summarize(
 
 # --- text and tokens ----------------------------------------------------------------------------------------
 def prompt_tokens(model: Any, prompt: str | torch.Tensor, chat: bool = True) -> torch.Tensor:
-    """`[1, seq]` ids: a user message in R1's chat format (`chat`), raw text, or ids given as they are."""
-    if isinstance(prompt, torch.Tensor):
-        ids = prompt if prompt.dim() == 2 else prompt.unsqueeze(0)
-        if ids.shape[0] != 1 or ids.shape[1] == 0:
-            raise ExperimentError(f"each prompt must be one non-empty sequence, got shape {tuple(ids.shape)}")
-        return ids.to(model.cfg.device)
-    if not isinstance(prompt, str) or not prompt:
-        raise ExperimentError(f"prompts must be non-empty strings or [1, seq] token ids, got {prompt!r}")
-    if model.tokenizer is None:
-        raise ExperimentError("text prompts need a model with a tokenizer: set model.tokenizer or pass token ids")
-    if chat:
-        from r1_plugin.chat import THINK_OPEN, r1_chat_tokens
+    """`[1, seq]` ids: a user message in R1's chat format (`chat`), R1 chat text as is, raw text, or ids as given
+    (`r1_plugin.drive.Driver.prompt_tokens`)."""
+    from r1_plugin.drive import ModelDriveError, driver
 
-        if THINK_OPEN in prompt:  # already R1 chat text: encode as is (it carries its own BOS)
-            ids = model.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-            return ids.to(model.cfg.device)
-        return r1_chat_tokens(model, prompt)
-    return model.to_tokens(prompt)
+    try:
+        return driver(model).prompt_tokens(prompt, chat)
+    except ModelDriveError as exc:
+        raise ExperimentError(str(exc)) from exc
 
 
 def prompt_list(prompts: str | torch.Tensor | Sequence[str | torch.Tensor]) -> list[str | torch.Tensor]:
@@ -102,23 +93,17 @@ def eos_id(model: Any) -> int | None:
 
 def generate_greedy(model: Any, tokens: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
     """Greedy KV-cached generation of one sequence, stopping at EOS: prompt + continuation ids `[1, seq]`."""
-    with torch.no_grad():
-        return model.generate(tokens, max_new_tokens=max_new_tokens, do_sample=False, use_past_kv_cache=True,
-                              stop_at_eos=True, verbose=False, return_type="tokens")
+    from r1_plugin.drive import driver
+
+    return driver(model).generate_greedy(tokens, max_new_tokens)
 
 
 def trace(model: Any, tokens: torch.Tensor, max_new_tokens: int, generate: bool = True) -> torch.Tensor:
     """The sequence to analyse: `tokens` as given (a finished trace), or its greedy continuation cut after the
     first generated EOS (what follows it is padding from generate)."""
-    if not generate:
-        return tokens
-    seq = generate_greedy(model, tokens, max_new_tokens).clone()
-    eos = eos_id(model)
-    if eos is not None:
-        hits = (seq[0, tokens.shape[1] :] == eos).nonzero()
-        if len(hits):
-            seq = seq[:, : tokens.shape[1] + int(hits[0]) + 1]
-    return seq
+    from r1_plugin.drive import driver
+
+    return driver(model).trace(tokens, max_new_tokens) if generate else tokens
 
 
 def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
@@ -165,38 +150,19 @@ def repeated_ngram_rate(ids: Sequence[int], n: int = 3) -> float:
 
 
 # --- what is steered and read out ---------------------------------------------------------------------------
-@dataclass
-class SteeringSpec:
-    """What to steer with: an SAE feature (or several) or a direction at a hook; the keywords of `steer`."""
-
-    sae: Any = None
-    feature: int | Sequence[int] | None = None
-    direction: Any = None
-    hook_name: str | None = None
-    mode: str = "add"
-    normalize: bool = False
-    relative: bool = False
-
-    def __post_init__(self) -> None:
-        if (self.sae is None) == (self.direction is None):
-            raise ExperimentError("give either an SAE with feature(s) or a direction (exactly one)")
-        if self.sae is not None and self.feature is None:
-            raise ExperimentError("steering by SAE needs `feature` (an id or a list of ids)")
-        if self.direction is not None and self.hook_name is None:
-            raise ExperimentError("a direction needs `hook_name` (e.g. 'blocks.12.hook_resid_post')")
-        if self.mode != "add" and self.sae is None:
-            raise ExperimentError(f"mode={self.mode!r} needs an SAE feature; a direction is only added")
-
-    def steer_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `r1_plugin.steering.steer` / `sweep_strengths`."""
-        return dict(sae=self.sae, feature=self.feature, direction=self.direction, hook_name=self.hook_name,
-                    mode=self.mode, normalize=self.normalize, relative=self.relative)
-
-    def describe(self) -> str:
-        """Short text for reports."""
-        if self.sae is not None:
-            return f"SAE feature {self.feature} ({self.mode})"
-        return f"direction at {self.hook_name}"
+def steering_spec(steering: SteeringSpec | None = None, **keywords: Any) -> SteeringSpec:
+    """The experiment's one `SteeringSpec`: `steering` as given, or built (and validated) from the seven steering
+    keywords of `steer` (sae, feature, direction, hook_name, mode, normalize, relative); both is an error."""
+    given = keywords_given(**keywords)
+    if steering is not None:
+        if given:
+            raise ExperimentError(f"give the steering as `steering=SteeringSpec(...)` or as keywords, not both "
+                                  f"({', '.join(given)})")
+        return steering
+    try:
+        return SteeringSpec(**keywords)
+    except SteeringSpecError as exc:
+        raise ExperimentError(str(exc)) from exc
 
 
 class FeatureReadout:

@@ -30,11 +30,16 @@ class SinkDetectionError(R1PluginError, ValueError):
 
 def pattern_layers(model: Any) -> list[int]:
     """Indices of the layers whose `blocks.{l}.attn.hook_pattern` exists, sorted; raises if there are none."""
-    layers = sorted(int(m.group(1)) for name in model.hook_dict if (m := PATTERN_HOOK.match(name)))
+    from r1_plugin.drive import ModelDriveError, driver
+
+    try:
+        layers = sorted(driver(model).pattern_hook_names())
+    except ModelDriveError as exc:
+        raise SinkDetectionError(f"the sink detector reads blocks.<l>.attn.hook_pattern hooks: {exc}") from exc
     if not layers:
         raise SinkDetectionError(
             f"{type(model).__name__} has no blocks.<l>.attn.hook_pattern hook: the sink detector needs a "
-            "HookedTransformer-style model"
+            "HookedTransformer or TransformerBridge with attention-pattern hooks"
         )
     return layers
 
@@ -204,10 +209,14 @@ class ScanState:
             (f"blocks.{layer}.attn.hook_pattern", self._pattern_hook(layer)) for layer in self.layers
         ]
         if self.track_residual:
+            from r1_plugin.drive import HookNameError, driver
+
+            drv = driver(self.model)
             for layer in self.layers:
-                name = RESID_HOOK.format(layer=layer)
-                if name not in self.model.hook_dict:
-                    raise SinkDetectionError(f"{type(self.model).__name__} has no {name} hook")
+                try:
+                    name = drv.resid_post_name(layer)
+                except HookNameError as exc:
+                    raise SinkDetectionError(str(exc)) from exc
                 hooks.append((name, self._resid_hook(layer)))
         return hooks
 
@@ -272,27 +281,21 @@ def run_chunked(
 ) -> None:
     """Run `model` on `tokens` with `state`'s hooks, in query chunks of `chunk_size` over a KV cache.
 
-    One chunk (chunk_size None or >= seq) is a plain forward. Several chunks go through
-    TransformerLens's KV cache (`TransformerLensKeyValueCache.init_cache`, which r1_plugin dispatches to the latent
-    cache for DeepSeek-V3): chunk c's queries attend to all earlier keys exactly as in the full causal forward,
-    so every attention row is computed once, but each layer only ever materialises [batch, head, chunk, seq]
+    One chunk (chunk_size None or >= seq) is a plain forward. Several chunks go through the model's KV cache
+    (`r1_plugin.drive.Driver.run_chunked`: TransformerLens's, the latent cache for the DeepSeek-V3
+    HookedTransformer, or transformers' own under a bridge): chunk c's queries attend to all earlier keys exactly
+    as in the full causal forward, so every attention row is computed once, but each layer only ever materialises [batch, head, chunk, seq]
     scores instead of [batch, head, seq, seq].
     """
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    from r1_plugin.drive import driver
 
     if chunk_size is not None and chunk_size < 1:
         raise SinkDetectionError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+    drv = driver(model)
     seq = tokens.shape[1]
     with torch.no_grad(), model.hooks(fwd_hooks=state.fwd_hooks()):
         if chunk_size is None or seq <= chunk_size:
             model(tokens, attention_mask=attention_mask, return_type=None)
             return
-        cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, tokens.shape[0])
-        for start in range(0, seq, chunk_size):
-            stop = min(seq, start + chunk_size)
-            model(
-                tokens[:, start:stop],
-                attention_mask=attention_mask[:, start:stop],
-                past_kv_cache=cache,
-                return_type=None,
-            )
+        drv.run_chunked(tokens, attention_mask, chunk_size)
+

@@ -37,12 +37,17 @@ def prepare_tokens(
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """(tokens [batch, seq], attention mask [batch, seq], batched) for a str, list of str or token tensor.
 
-    Strings go through `model.to_tokens` (TransformerLens's BOS rule; pass token ids for R1 chat text, which
-    carries its own BOS). A list of strings is padded and masked as TransformerLens does. `batched` None means:
+    A string goes through `r1_plugin.drive` (R1 chat text, i.e. any text containing `<think>`, as is: it carries
+    its own BOS; other text with the model's BOS rule). A list of strings is padded and masked as TransformerLens does. `batched` None means:
     batched for a list or a 2-D tensor with more than one row, unbatched for a str, a 1-D tensor or [1, seq].
     """
     if isinstance(tokens, str):
-        ids = model.to_tokens(tokens)
+        from r1_plugin.drive import ModelDriveError, driver
+
+        try:
+            ids = driver(model).prompt_tokens(tokens, chat=False)
+        except ModelDriveError as exc:
+            raise SinkDetectionError(str(exc)) from exc
         auto = False
     elif isinstance(tokens, (list, tuple)) and tokens and all(isinstance(t, str) for t in tokens):
         from transformer_lens.utilities.tokenize_utils import get_attention_mask

@@ -123,18 +123,15 @@ class ResponsePrefixSinkCheck:
 
 
 def _r1_tokens(model: Any, prompt_or_tokens: Any) -> torch.Tensor:
-    """[1, seq] ids of R1 chat text (encoded without adding another BOS) or of a token tensor."""
-    if isinstance(prompt_or_tokens, str):
-        if model.tokenizer is None:
-            raise SinkDetectionError("a text prompt needs a model with a tokenizer; pass token ids instead")
-        ids = model.tokenizer(prompt_or_tokens, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    elif isinstance(prompt_or_tokens, torch.Tensor):
-        ids = prompt_or_tokens if prompt_or_tokens.dim() == 2 else prompt_or_tokens[None]
-    else:
+    """[1, seq] ids of R1 chat text (encoded as is: it carries its own BOS) or of a token tensor."""
+    from r1_plugin.drive import ModelDriveError, driver
+
+    if not isinstance(prompt_or_tokens, (str, torch.Tensor)):
         raise SinkDetectionError(f"expected R1 chat text or token ids, got {type(prompt_or_tokens).__name__}")
-    if ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] == 0:
-        raise SinkDetectionError(f"expected one non-empty sequence, got shape {tuple(ids.shape)}")
-    return ids.to(model.cfg.device)
+    try:
+        return driver(model).prompt_tokens(prompt_or_tokens, chat=False)
+    except ModelDriveError as exc:
+        raise SinkDetectionError(str(exc)) from exc
 
 
 def _verdict(report: SinkReport, end: int | None, th: SinkThresholds, max_new_tokens: int) -> tuple[bool, str]:

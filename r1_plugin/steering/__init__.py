@@ -33,6 +33,7 @@ from r1_plugin.steering.sae_directions import (
     sae_hook_name,
     sae_intervention,
 )
+from r1_plugin.steering.spec import SteeringSpec, SteeringSpecError
 from r1_plugin.steering.steer import (
     AddDirection,
     GateNeverOpenedWarning,
@@ -44,6 +45,8 @@ from r1_plugin.steering.steer import (
 
 __all__ = [
     "steer",
+    "SteeringSpec",
+    "SteeringSpecError",
     "FromPosition",
     "FromPositions",
     "AfterText",

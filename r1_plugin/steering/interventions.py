@@ -23,10 +23,16 @@ class AddDirection(Intervention):
     def __init__(
         self, direction: torch.Tensor, strength: float | Sequence[float] | torch.Tensor, relative: bool = False
     ) -> None:
+        from r1_plugin.values import InvalidValueError
+
         self.direction = direction.detach()
+        if not bool(torch.isfinite(self.direction).all()):
+            raise InvalidValueError("the steering direction has inf or NaN entries")
         self.strength = torch.as_tensor(strength, dtype=torch.float32).detach()
         if self.strength.dim() > 1:
             raise ValueError("strength must be a number or a 1-d sequence (one per batch row)")
+        if not bool(torch.isfinite(self.strength).all()):
+            raise InvalidValueError(f"strength must be finite, got {strength!r}")
         self.relative = relative
         self._cache: dict[tuple[Any, Any], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -51,8 +57,10 @@ class AddDirection(Intervention):
             if self.strength.shape[0] != act.shape[0]:
                 raise ValueError(f"{self.strength.shape[0]} strengths given for a batch of {act.shape[0]} rows")
             delta = delta.unsqueeze(1)  # [batch, 1, ...]
-        gate = mask.reshape(*mask.shape, *([1] * direction.dim())).to(act.dtype)
+        is_open = mask.reshape(*mask.shape, *([1] * direction.dim()))
+        gate = is_open.to(act.dtype)
         if self.relative:
             dims = tuple(range(2, act.dim()))
             gate = gate * act.norm(dim=dims, keepdim=True)
-        return torch.addcmul(act, gate, delta)
+        # A closed position is returned untouched, even where the edit overflows the dtype (0 * inf is NaN).
+        return torch.where(is_open, torch.addcmul(act, gate, delta), act)

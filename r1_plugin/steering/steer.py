@@ -21,8 +21,10 @@ from typing import Any
 
 import torch
 
+from r1_plugin.drive import driver
 from r1_plugin.steering.gates import Gate, GateRunner, as_gate
 from r1_plugin.steering.interventions import AddDirection, Intervention
+from r1_plugin.steering.spec import SteeringSpec, SteeringSpecError, check_strength, keywords_given
 from r1_plugin.steering.tracker import SequenceTracker, SequenceView
 
 
@@ -200,12 +202,9 @@ class _SteerHook:
 
 
 def resolve_hook_name(model: Any, hook_name: str) -> str:
-    """`hook_name`, or `<hook_name>.hook_sae_output` when SAELens's `HookedSAETransformer.add_sae` has spliced an
-    SAE in there (the plain name is then gone): the SAE's output is what flows on from that point."""
-    spliced = f"{hook_name}.hook_sae_output"
-    if hook_name not in model.hook_dict and spliced in model.hook_dict:
-        return spliced
-    return hook_name
+    """`hook_name` as `model` has it (see `r1_plugin.drive.Driver.hook_name`): TransformerLens and bridge names
+    both resolve, and where SAELens has spliced an SAE in, to `<hook_name>.hook_sae_output` (what flows on)."""
+    return driver(model).hook_name(hook_name)
 
 
 def _remove_hook(model: Any, hook_name: str, fn: Any) -> None:
@@ -231,6 +230,7 @@ def steer(
     mode: str = "add",
     intervention: Intervention | None = None,
     warn_never_opened: bool = True,
+    spec: SteeringSpec | None = None,
 ) -> Iterator[SteeringResult]:
     """Steer `model` at `hook_name` wherever `gate` is open, for the duration of the `with` block.
 
@@ -244,33 +244,40 @@ def steer(
         the SAE with its error term; `mode="ablate"` sets them to 0. `hook_name` defaults to the SAE's hook.
     gate: where to steer (default `AfterResponsePrefix()`); see `r1_plugin.steering.gates`.
     intervention: a custom `Intervention` (then direction/sae are not used).
+    spec: a `SteeringSpec` holding sae/feature/direction/hook_name/mode/normalize/relative in one (then those
+        keywords must be left out).
 
     Yields a `SteeringResult`. On exit rows whose gate never opened are reported with a
     `GateNeverOpenedWarning` (unless `warn_never_opened=False`) and are listed in the result.
     """
     from r1_plugin.steering import sae_directions
 
+    drv = driver(model)  # a clear error for a model r1_plugin cannot drive, before anything else
     gate_obj = as_gate(gate)
+    if spec is not None:
+        if keywords_given(hook_name=hook_name, direction=direction, sae=sae, feature=feature, mode=mode,
+                          normalize=normalize, relative=relative):
+            raise SteeringSpecError("give the steering as `spec` or as keywords (sae, feature, direction, "
+                                    "hook_name, mode, normalize, relative), not both")
+        sae, feature, direction, hook_name = spec.sae, spec.feature, spec.direction, spec.hook_name
+        mode, normalize, relative = spec.mode, spec.normalize, spec.relative
+    if intervention is None:
+        check_strength(strength)
+        spec = spec or SteeringSpec(sae=sae, feature=feature, direction=direction, hook_name=hook_name, mode=mode,
+                                    normalize=normalize, relative=relative)  # validated once, here
     if sae is not None:
-        if feature is None:
-            raise ValueError("steering by SAE needs `feature` (a feature index or a list of them)")
         hook_name = hook_name or sae_directions.sae_hook_name(sae)
     if hook_name is None:
-        raise ValueError("steer needs `hook_name` (e.g. 'blocks.12.hook_resid_post') or an `sae` to take it from")
-    hook_name = resolve_hook_name(model, hook_name)
-    if hook_name not in model.hook_dict:
-        near = [n for n in model.hook_dict if n.split(".")[-1] == hook_name.split(".")[-1]][:5]
-        raise ValueError(f"{hook_name!r} is not a hook of this model; e.g. {near or list(model.hook_dict)[:5]}")
+        raise SteeringSpecError(
+            "steer needs `hook_name` (e.g. 'blocks.12.hook_resid_post') or an `sae` to take it from"
+        )
+    hook_name = drv.hook_name(hook_name)
     if intervention is None:
         if sae is not None:
             intervention = sae_directions.sae_intervention(
                 sae, feature, strength=strength, mode=mode, normalize=normalize, relative=relative
             )
         else:
-            if direction is None:
-                raise ValueError("steer needs a `direction`, an `sae` and `feature`, or an `intervention`")
-            if mode != "add":
-                raise ValueError(f"mode={mode!r} needs an `sae` and `feature`; a plain direction is only added")
             intervention = AddDirection(_as_direction(direction, normalize, relative), strength, relative)
     if gate_obj.needs_tokens and getattr(model, "tokenizer", None) is None:
         raise ValueError(f"{gate_obj!r} reads the text, but the model has no tokenizer: set model.tokenizer")

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from r1_plugin.steering.gates import FromPositions, Gate, as_gate
+from r1_plugin.steering.spec import SteeringSpec, SteeringSpecError, check_strength, keywords_given
 from r1_plugin.steering.steer import resolve_hook_name, steer
 
 Behaviour = Callable[[str], float]
@@ -106,16 +107,6 @@ class SweepResult:
                              f"{key}/primary_metric": self.primary_metric})
 
 
-def _prompt_tokens(model: Any, prompt: str | torch.Tensor, chat: bool) -> torch.Tensor:
-    if isinstance(prompt, torch.Tensor):
-        return prompt if prompt.dim() == 2 else prompt.unsqueeze(0)
-    if chat:
-        from r1_plugin.chat import r1_chat_tokens
-
-        return r1_chat_tokens(model, prompt)
-    return model.to_tokens(prompt)
-
-
 def sweep_strengths(
     model: Any,
     prompts: str | torch.Tensor | Sequence[str | torch.Tensor],
@@ -138,20 +129,32 @@ def sweep_strengths(
     reversion_drop: float = 0.5,
     chat: bool = True,
     tracker: Any = None,
+    spec: SteeringSpec | None = None,
 ) -> SweepResult:
     """Generate greedily at each strength and tabulate text, feature activation, KL and behaviour; flag reversion.
 
     prompts: text (formatted with R1's chat template when `chat`), or `[1, seq]` ids, or a list of them.
-    Steering arguments are those of `steer` (one of direction / sae+feature). The baseline is an unsteered
-    generation. `readout_sae`/`readout_feature`/`readout_hook` choose the "steered feature" to read (default: the
-    steering SAE feature at its hook, the sum of their activations for several; without an SAE, the projection
-    on the unit direction at `hook_name`).
+    Steering arguments are those of `steer` (one of direction / sae+feature), or one `spec=SteeringSpec(...)`.
+    The baseline is an unsteered generation. `readout_sae`/`readout_feature`/`readout_hook` choose the "steered
+    feature" to read (default: the steering SAE feature at its hook, the sum of their activations for several;
+    without an SAE, the projection on the unit direction at `hook_name`).
     The reversion flag uses `behaviour` when given, else the feature activation. `tracker`: an r1_plugin Tracker
     to log the result to.
     """
+    from r1_plugin.drive import driver
     from r1_plugin.steering.sae_directions import feature_direction, sae_hook_name
 
-    strengths = [float(s) for s in strengths]
+    drv = driver(model)
+    if spec is not None:
+        if keywords_given(hook_name=hook_name, direction=direction, sae=sae, feature=feature, mode=mode,
+                          normalize=normalize, relative=relative):
+            raise SteeringSpecError("give the steering as `spec` or as keywords, not both")
+        sae, feature, direction, hook_name = spec.sae, spec.feature, spec.direction, spec.hook_name
+        mode, normalize, relative = spec.mode, spec.normalize, spec.relative
+    else:
+        spec = SteeringSpec(sae=sae, feature=feature, direction=direction, hook_name=hook_name, mode=mode,
+                            normalize=normalize, relative=relative)  # validated once, here
+    strengths = [float(s) for s in check_strength(list(strengths), "strengths")]
     if not strengths:
         raise ValueError("sweep_strengths needs at least one strength")
     gate_obj = as_gate(gate)
@@ -174,21 +177,17 @@ def sweep_strengths(
         unit = (vec / vec.norm()).detach()
 
     prompt_list = [prompts] if isinstance(prompts, (str, torch.Tensor)) else list(prompts)
-    steer_kwargs: dict[str, Any] = dict(
-        hook_name=hook_name, direction=direction, sae=sae, feature=feature, mode=mode, normalize=normalize,
-        relative=relative,
-    )
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, use_past_kv_cache=True, verbose=False,
-                      stop_at_eos=True)
+    steer_kwargs: dict[str, Any] = dict(spec=spec)
+    gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens)  # greedy, KV-cached, stops at EOS
     eos = getattr(model.tokenizer, "eos_token_id", None)
     rows: list[dict[str, Any]] = []
     for p_idx, prompt in enumerate(prompt_list):
-        tokens = _prompt_tokens(model, prompt, chat)
+        tokens = drv.prompt_tokens(prompt, chat)
         if tokens.shape[0] != 1:
             raise ValueError("each prompt must be one sequence ([1, seq] ids or a string)")
         n_prompt = tokens.shape[1]
         with torch.no_grad():
-            baseline = model.generate(tokens, **gen_kwargs)
+            baseline = drv.generate(tokens, **gen_kwargs)
         baseline_text = model.tokenizer.decode(baseline[0, n_prompt:])
         prompt_text = prompt if isinstance(prompt, str) else model.tokenizer.decode(tokens[0])
         steered_rows: list[dict[str, Any]] = []
@@ -199,7 +198,7 @@ def sweep_strengths(
             batch = tokens.expand(len(chunk), -1)
             with torch.no_grad(), steer(model, strength=chunk, gate=gate_obj, warn_never_opened=False,
                                         **steer_kwargs) as result:
-                out = model.generate(batch, **gen_kwargs)
+                out = drv.generate(batch, **gen_kwargs)
             open_at, close_at = result.last.open_at, result.last.close_at
             if gate_at is None:
                 gate_at, gate_close = next(((o, c) for o, c in zip(open_at, close_at) if o is not None),

@@ -1,24 +1,22 @@
-"""Which absolute positions (and which tokens) a forward pass of a HookedTransformer is processing.
+"""Which absolute positions (and which tokens) a forward pass of a model is processing, exact under the KV cache.
 
-TransformerLens hooks see only activations: `[batch, pos, d]` for a full run, `[batch, 1, d]` for each cached
-decode step of `generate`, and never the KV-cache length or the token ids (`generate` embeds tokens itself and
-feeds residuals into `forward(start_at_layer=0)`, so `hook_tokens`/`hook_embed` never see generated ids).
-`SequenceTracker` recovers both, exactly, with two hooks that every HookedTransformer (distills and the
-DeepSeek-V3 architecture) goes through:
+Hooks see only activations: `[batch, pos, d]` for a full run, `[batch, 1, d]` for each cached decode step of
+`generate`, and never the KV-cache length or the token ids. `SequenceTracker` recovers both, exactly, from what
+`r1_plugin.drive` reports for the model's kind (`driver(model).attach_observer(tracker)`):
 
-- a forward pre-hook on `model.embed` records every token id that is embedded (prompt and each sampled token);
-- the observer protocol of `r1_plugin._patches.tl_generation` (class-level pass-throughs of
-  `HookedTransformer.forward`, `generate` and `generate_stream`, active only for a model with a tracker
-  attached): at the start of each forward it reads `past_kv_cache` (the cached length, via
-  `model.get_pos_offset`, = the absolute position of the first processed position) and `attention_mask`
-  (leading zeros = each row's left padding); around each `generate` / `generate_stream` call it marks the
-  sequence boundaries.
+- HookedTransformer: every embedded id chunk (`on_embed`: `generate` embeds tokens itself and feeds residuals to
+  `forward(start_at_layer=0)`), and around each forward its arguments (`begin_forward`: `past_kv_cache` gives the
+  cached length, = the absolute position of the first processed position; `attention_mask` each row's left
+  padding), from the class-level pass-throughs of `r1_plugin._patches.tl_generation`;
+- TransformerBridge: around each forward of the wrapped HF model its arguments (`begin_hf_forward`: input ids,
+  the attention mask over cache + new positions, `cache_position`, the transformers cache), from torch hooks;
+- both: `begin_generation` / `end_generation` around each `generate` / `generate_stream` call.
 
 A forward whose tokens extend the previous forward's continues the same *sequence* (`seq_id` unchanged, gates
 keep their state): a cached decode step, an uncached `generate` step (new ids embedded since the previous
-forward), or, inside a generation call, an uncached `generate_stream` step that re-embeds the whole sequence
-(its ids start with the previous forward's). Anything else starts a new one. One tracker per model is shared by
-all active `steer` blocks (reference-counted) and removed when the last block exits.
+forward), or, inside a generation call, an uncached step that re-runs the whole sequence (its ids start with the
+previous forward's). Anything else starts a new one. One tracker per model is shared by all active `steer`
+blocks (reference-counted) and removed when the last block exits.
 """
 
 from __future__ import annotations
@@ -27,9 +25,9 @@ from typing import Any
 
 import torch
 
-from r1_plugin._patches import tl_generation
+from r1_plugin.drive import driver
 
-_ATTR = tl_generation.OBSERVER_ATTR
+_ATTR = "_r1_sequence_tracker"  # the model's tracker while a steer block is active (in model.__dict__)
 
 
 class SequenceView:
@@ -117,7 +115,7 @@ class SequenceTracker:
         self._entry: dict[str, Any] | None = None  # what the current forward's wrapper saw
         self._view: SequenceView | None = None  # resolved view of the current forward
         self._prev: SequenceView | None = None  # view of the previous forward (for continuations)
-        self._embed_handle: Any = None
+        self._detach: Any = None
         self._generating = 0  # depth of generate / generate_stream calls in progress
 
     # -- install / remove ------------------------------------------------------------------------------------
@@ -138,20 +136,17 @@ class SequenceTracker:
             self._uninstall()
 
     def _install(self) -> None:
-        tl_generation.apply()  # idempotent: the class-level pass-throughs that report to an attached observer
-        embed = getattr(self.model, "embed", None)
-        if isinstance(embed, torch.nn.Module):
-            self._embed_handle = embed.register_forward_pre_hook(self._on_embed)
+        self._detach = driver(self.model).attach_observer(self)
         self.model.__dict__[_ATTR] = self
 
     def _uninstall(self) -> None:
-        if self._embed_handle is not None:
-            self._embed_handle.remove()
-            self._embed_handle = None
+        if self._detach is not None:
+            self._detach()
+            self._detach = None
         if self.model.__dict__.get(_ATTR) is self:
             del self.model.__dict__[_ATTR]
 
-    # -- observer protocol (called by r1_plugin._patches.tl_generation) --------------------------------------
+    # -- observer protocol (called through r1_plugin.drive) -------------------------------------------------
     def begin_generation(self) -> None:
         """A `generate` / `generate_stream` call starts: its first forward begins a new sequence."""
         if not self._in_forward:
@@ -167,8 +162,8 @@ class SequenceTracker:
             self._prev = None
 
     # -- events ----------------------------------------------------------------------------------------------
-    def _on_embed(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-        tokens = args[0] if args else None
+    def on_embed(self, tokens: Any) -> None:
+        """Token ids `[batch, n]` were embedded (HookedTransformer): the ids of the next forward's positions."""
         if isinstance(tokens, torch.Tensor) and tokens.dim() == 2 and not tokens.is_floating_point():
             self._pending.append(tokens.detach())
             if len(self._pending) > 64:  # stale ids nobody consumed (e.g. embed called by hand)
@@ -201,6 +196,45 @@ class SequenceTracker:
             attention_mask=kwargs.get("attention_mask"),
             prepend_bos=kwargs.get("prepend_bos"),
             generating=self._generating > 0,
+            pads_from_tokens=True,
+        )
+        self._view = None
+
+    def begin_hf_forward(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """A forward of a bridge's HF model starts: its ids, the cached length and the mask over cache + new."""
+        self._in_forward += 1
+        if self._in_forward > 1:
+            return
+        self.forward_id += 1
+        ids = args[0] if args else kwargs.get("input_ids")
+        mask = kwargs.get("attention_mask")
+        self._pending = []
+        n = None
+        if isinstance(ids, torch.Tensor) and ids.dim() == 2 and not ids.is_floating_point():
+            self._pending.append(ids.detach())
+            n = int(ids.shape[1])
+        else:
+            embeds = kwargs.get("inputs_embeds")
+            n = int(embeds.shape[1]) if isinstance(embeds, torch.Tensor) and embeds.dim() == 3 else None
+        position = kwargs.get("cache_position")
+        cache = kwargs.get("past_key_values")
+        if isinstance(position, torch.Tensor) and position.numel():
+            offset = int(position.reshape(-1)[0])
+        elif isinstance(mask, torch.Tensor) and mask.dim() == 2 and n is not None and mask.shape[1] > n:
+            offset = int(mask.shape[1]) - n  # the bridge passes the mask over cached + new positions
+        elif cache is not None and hasattr(cache, "get_seq_length"):
+            offset = int(cache.get_seq_length())
+        else:
+            offset = 0
+        self._entry = dict(
+            offset=offset,
+            input=ids,
+            tokens_input=True,
+            cache=cache,
+            attention_mask=mask,
+            prepend_bos=None,
+            generating=self._generating > 0,
+            pads_from_tokens=False,  # without a mask the HF model attended to every position: no padding
         )
         self._view = None
 
@@ -284,7 +318,7 @@ class SequenceTracker:
             pads = prev.pads  # left padding is fixed when the sequence starts
         elif isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[0] == batch:
             pads = _leading_zeros(mask.to(device)).long()
-        elif tokens is not None and entry["tokens_input"] and self._left_padding():
+        elif tokens is not None and entry["tokens_input"] and entry["pads_from_tokens"] and self._left_padding():
             pads = self._pads_from_tokens(tokens[0], entry["prepend_bos"])
         else:
             pads = torch.zeros(batch, dtype=torch.long, device=device)

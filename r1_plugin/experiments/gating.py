@@ -37,6 +37,7 @@ from r1_plugin.experiments.base import (
     prompt_label,
     prompt_list,
     prompt_tokens,
+    steering_spec,
     summarize,
     target_ids,
 )
@@ -64,9 +65,9 @@ def default_conditions(spec: ResponsePrefixSpec | None = None) -> dict[str, Any]
 
 def _generate(model: Any, tokens: torch.Tensor, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy KV-cached generation; (ids `[seq]`, per-step log-probs `[n_generated, vocab]` of the model as run)."""
-    with torch.no_grad():
-        out = model.generate(tokens, max_new_tokens=max_new_tokens, do_sample=False, use_past_kv_cache=True,
-                             stop_at_eos=True, verbose=False, return_type="tokens", output_logits=True)
+    from r1_plugin.drive import driver
+
+    out = driver(model).generate(tokens, max_new_tokens, output_logits=True)
     logprobs = torch.stack([step[0] for step in out.logits]).float().log_softmax(-1).cpu()
     return out.sequences[0].clone().cpu(), logprobs
 
@@ -121,6 +122,7 @@ def prefix_gating(
     n_boot: int = DEFAULT_N_BOOT,
     seed: int = 0,
     tracker: Any = None,
+    steering: SteeringSpec | None = None,
 ) -> ExperimentResult:
     """Steer the same feature at the same strength under each gate of `conditions` (default: the four of
     `default_conditions`) and measure expression, behaviour and divergence against the unsteered run.
@@ -131,7 +133,7 @@ def prefix_gating(
     """
     from r1_plugin.steering import as_gate, steer
 
-    steering = SteeringSpec(sae=sae, feature=feature, direction=direction, hook_name=hook_name, mode=mode,
+    steering = steering_spec(steering, sae=sae, feature=feature, direction=direction, hook_name=hook_name, mode=mode,
                             normalize=normalize, relative=relative)
     gates = {name: as_gate(g) for name, g in (conditions or default_conditions(spec)).items()}
     if not gates:

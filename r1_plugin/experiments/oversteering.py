@@ -35,6 +35,7 @@ from r1_plugin.experiments.base import (
     prompt_list,
     prompt_tokens,
     repeated_ngram_rate,
+    steering_spec,
     summarize,
     target_ids,
     target_logprob,
@@ -57,16 +58,13 @@ def replay_logprobs(model: Any, gate: Any, strength: float, spec: SteeringSpec, 
                     continuation: torch.Tensor) -> torch.Tensor:
     """`[seq, vocab]` log-probs of the steered model over prompt + continuation, steered exactly as in generation:
     the prompt and the continuation run as two forwards over one KV cache, so the gate sees the same sequence."""
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
+    from r1_plugin.drive import driver
     from r1_plugin.steering import steer
 
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
     with torch.no_grad(), steer(model, gate=gate, strength=strength, warn_never_opened=False,
                                 **spec.steer_kwargs()):
-        first = model(prompt, past_kv_cache=cache)
-        parts = [first] + ([model(continuation, past_kv_cache=cache)] if continuation.shape[1] else [])
-    return torch.cat(parts, dim=1)[0].float().log_softmax(-1).cpu()
+        logits = driver(model).logits_over_cache([prompt, continuation])
+    return logits[0].float().log_softmax(-1).cpu()
 
 
 def oversteer(
@@ -92,13 +90,14 @@ def oversteer(
     n_boot: int = DEFAULT_N_BOOT,
     seed: int = 0,
     tracker: Any = None,
+    steering: SteeringSpec | None = None,
 ) -> ExperimentResult:
     """Sweep `strengths` under `gate` (default: after the response prefix) and report per strength the target
     effect, the feature's expression, coherence and the reversion flag (see the module docstring)."""
     from r1_plugin.steering import as_gate
     from r1_plugin.steering.sweep import find_reversions, sweep_strengths
 
-    spec = SteeringSpec(sae=sae, feature=feature, direction=direction, hook_name=hook_name, mode=mode,
+    spec = steering_spec(steering, sae=sae, feature=feature, direction=direction, hook_name=hook_name, mode=mode,
                         normalize=normalize, relative=relative)
     strengths = [float(s) for s in strengths]
     if not strengths:

@@ -18,6 +18,7 @@ ends when the client hangs up or the server stops.
 
 from __future__ import annotations
 
+import bisect
 import email.utils
 import hashlib
 import re
@@ -83,6 +84,8 @@ class RangeServer:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)  # signalled when no request is being handled
         self._inflight = 0
+        self._arrived = 0  # requests begun, ever: the log is kept in arrival order, not completion order
+        self._order: list[int] = []  # arrival number of each recorded request
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="range-server", daemon=True)
@@ -102,6 +105,7 @@ class RangeServer:
         """Forget the recorded requests."""
         with self._lock:
             self.requests.clear()
+            self._order.clear()
 
     def log(self, wait: float = 5.0) -> list[Request]:
         """A copy of the recorded requests, once no request is mid-way (a client can read a whole response
@@ -120,17 +124,23 @@ class RangeServer:
         stat = self.files[key].stat()
         return '"' + hashlib.sha1(f"{key}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest() + '"'
 
-    def _begin(self) -> int:
-        """A handler starts: count it in flight; returns how many requests were recorded so far."""
+    def _begin(self) -> tuple[int, int]:
+        """A handler starts: count it in flight; returns (how many requests were recorded so far, its arrival)."""
         with self._idle:
             self._inflight += 1
-            return len(self.requests)
+            self._arrived += 1
+            return len(self.requests), self._arrived
 
-    def _end(self, request: Request | None) -> None:
-        """A handler is done: record its request (None: it broke off) and wake `log()`."""
+    def _end(self, request: Request | None, arrival: int) -> None:
+        """A handler is done: record its request (None: it broke off) in arrival order, and wake `log()`.
+
+        A client can read a whole response and send its next request before this handler records the first one;
+        inserting by arrival keeps the log in the order the client asked."""
         with self._idle:
             if request is not None:
-                self.requests.append(request)
+                at = bisect.bisect(self._order, arrival)
+                self._order.insert(at, arrival)
+                self.requests.insert(at, request)
             self._inflight -= 1
             self._idle.notify_all()
 
@@ -195,11 +205,11 @@ class _RangeHandler(BaseHTTPRequestHandler):
     def _handle(self, body: bool) -> None:
         self._request: Request | None = None
         server = self.range_server
-        served = server._begin()
+        served, arrival = server._begin()
         try:
             self._serve(body, served)
         finally:
-            server._end(self._request)
+            server._end(self._request, arrival)
 
     def _refusal(self, body: bool, served: int, key: str) -> int | None:
         """The error status this request gets before any file is read (a fault, a cap, no such file), if any."""

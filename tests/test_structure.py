@@ -1,4 +1,6 @@
-"""The package's structure: no import cycles between its modules (every import, found with ast)."""
+"""The package's structure (docs/architecture.md): no import cycles between its modules, no upward imports, and
+every folder imports only the layers below it. Every import counts, found with ast: statements at module level,
+inside functions and under TYPE_CHECKING, and the dynamic ones (`importlib.import_module`, lazy `_EXPORTS`)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,20 @@ def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
     return [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
 
 
+def _dynamic_imports(tree: ast.AST, name: str, is_package: bool, modules: set[str]) -> list[str]:
+    """The modules a module imports by name at run time: `importlib.import_module("r1_plugin.x")`, every string
+    constant naming an r1_plugin module (lazy-export tables such as `_EXPORTS`, lists of patch modules), and
+    `import_module(f"{__name__}.{x}")`, which may import any submodule of the package."""
+    package = name if is_package else name.rpartition(".")[0]
+    found = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in modules]
+    for call in ast.walk(tree):
+        if isinstance(call, ast.Call) and getattr(call.func, "attr", getattr(call.func, "id", "")) == "import_module":
+            arg = call.args[0] if call.args else None
+            if isinstance(arg, ast.JoinedStr) and ast.unparse(arg).startswith("f'{__name__}."):
+                found += [m for m in modules if m.rpartition(".")[0] == package]
+    return found
+
+
 def import_graph() -> dict[str, set[str]]:
     """Module -> the r1_plugin modules it imports (`from pkg import sub` counts sub if it is a module)."""
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
@@ -27,7 +43,9 @@ def import_graph() -> dict[str, set[str]]:
     for name, path in modules.items():
         is_package = path.name == "__init__.py"
         deps: set[str] = set()
-        for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        deps.update(d for d in _dynamic_imports(tree, name, is_package, set(modules)) if d != name)
+        for node in _imports(tree):
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
@@ -128,3 +146,68 @@ def test_lazy_exports_match_all_and_resolve() -> None:
         assert exported <= set(module.__all__), package
         for name in module.__all__:
             assert getattr(module, name) is not None, f"{package}.{name}"
+
+
+# The folders (and top-level modules) of r1_plugin, lowest first: each imports only from its own layer or below
+# (docs/architecture.md). Importing a parent package to reach a submodule is Python's own layering, not an edge.
+LAYERS: tuple[frozenset[str], ...] = (
+    frozenset({"errors", "values", "_lazy", "hook_names", "token_text"}),
+    frozenset({"response_prefix", "chat", "tracking", "models"}),
+    frozenset({"saes"}),
+    frozenset({"_patches", "testing"}),
+    frozenset({"drive", "diagnostics", "training"}),
+    frozenset({"steering", "sinks", "features"}),
+    frozenset({"experiments"}),
+    frozenset({"cli", "demo"}),
+    frozenset({"r1_plugin"}),
+)
+
+
+def _unit(module: str) -> str:
+    """`r1_plugin.steering.gates` -> `steering`; the root package is `r1_plugin`."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def _layer(unit: str) -> int:
+    return next(i for i, layer in enumerate(LAYERS) if unit in layer)
+
+
+def test_every_folder_has_a_layer() -> None:
+    """A new folder or top-level module gets a place in LAYERS (and a paragraph in docs/architecture.md)."""
+    units = {_unit(m) for m in import_graph()}
+    assert units == set().union(*LAYERS), units ^ set().union(*LAYERS)
+
+
+def test_no_import_reaches_a_higher_layer() -> None:
+    """Every import (dynamic ones included) goes to the importer's own layer or below."""
+    bad = [
+        f"{module} -> {dep}"
+        for module, deps in import_graph().items()
+        for dep in deps
+        if not module.startswith(dep + ".") and _layer(_unit(dep)) > _layer(_unit(module))
+    ]
+    assert bad == []
+
+
+def test_no_upward_imports() -> None:
+    """No module takes a name from a package above it (`from r1_plugin import x` inside r1_plugin.cli): only
+    submodules may be reached through an ancestor, so a package's `__init__` never feeds its own children."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    bad = []
+    for name, path in modules.items():
+        for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level and name.startswith(node.module + "."):
+                bad += [f"{name}: from {node.module} import {a.name}" for a in node.names
+                        if f"{node.module}.{a.name}" not in modules]
+            if isinstance(node, ast.Import):
+                bad += [f"{name}: import {a.name}" for a in node.names if name.startswith(a.name + ".")]
+    assert bad == []
+
+
+def test_dynamic_imports_are_followed() -> None:
+    """The structure checks see imports made by name: a lazy export, a patch module list, `import_module`."""
+    graph = import_graph()
+    assert "r1_plugin.models.device_plan" in graph["r1_plugin"]  # r1_plugin._EXPORTS["plan_devices"]
+    assert "r1_plugin.cli.steer" in graph["r1_plugin.cli"]  # import_module(f"{__name__}.{name}")
+    assert "r1_plugin._patches.tl_models" in graph["r1_plugin._patches"]

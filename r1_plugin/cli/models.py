@@ -44,9 +44,9 @@ def run(args: argparse.Namespace) -> int:
     """List models, or print a device plan (0: fits, 1: does not fit)."""
     if getattr(args, "models_action", None) == "plan":
         return run_plan(args)
-    from r1_plugin import list_models
+    from r1_plugin.models.model_names import ALL_MODELS
 
-    for spec in list_models():
+    for spec in ALL_MODELS:
         print(f"{spec.hf_id:45s} {spec.architecture:24s} {', '.join(spec.aliases)}")
     return 0
 

@@ -29,9 +29,28 @@ from typing import Any
 from r1_plugin.errors import R1PluginError
 
 BACKENDS: tuple[str, ...] = ("hooked", "bridge")
-# HookedTransformer is the default: SAELens 6.54 (Goodfire's SAEs, HookedSAETransformer, SAE training) and
-# r1_plugin's R1 path (latent MLA KV cache, FP8 kept in memory, plan_devices) are built on it in TransformerLens 3.9.
-DEFAULT_BACKEND = "hooked"
+
+
+def hooked_transformer_available() -> bool:
+    """Whether the installed TransformerLens still has HookedTransformer (3.x; TransformerLens 4 removed it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return int(version("transformer-lens").split(".")[0]) < 4
+    except (PackageNotFoundError, ValueError):
+        return False
+
+
+def default_backend() -> str:
+    """"hooked" where TransformerLens has HookedTransformer, else "bridge" (TransformerLens 4's only path).
+
+    HookedTransformer is the default on TransformerLens 3.9: SAELens 6.54 (Goodfire's SAEs, HookedSAETransformer,
+    SAE training) and r1_plugin's R1 path (latent MLA KV cache, 71x smaller than the bridge's per-head K/V; FP8
+    kept in memory; plan_devices' byte-balanced blocks) are built on it."""
+    return "hooked" if hooked_transformer_available() else "bridge"
+
+
+DEFAULT_BACKEND = default_backend()
 
 # TransformerLens block hook -> the bridge's canonical name for the same activation (both resolve either way).
 _TL_TO_BRIDGE: dict[str, str] = {
@@ -438,14 +457,21 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def load_model(name: str, backend: str = DEFAULT_BACKEND, *, sae_lens: bool = False, **kwargs: Any) -> Any:
+def load_model(name: str, backend: str | None = None, *, sae_lens: bool = False, **kwargs: Any) -> Any:
     """Load `name` (an R1/distill name or a local folder) as a HookedTransformer (`backend="hooked"`, unprocessed)
     or a TransformerBridge (`"bridge"`, `TransformerBridge.boot_transformers`); `sae_lens=True` gives SAELens's
     HookedSAETransformer / SAETransformerBridge. `kwargs` are the loader's keywords (device, dtype, n_devices,
     keep_fp8, ...; first_n_layers and memory_per_device only for "hooked"); a keyword the loader lacks is an
-    error."""
-    check_backend(backend)
+    error. `backend=None` is `default_backend()`."""
+    backend = check_backend(default_backend() if backend is None else backend)
     if backend == "hooked":
+        if not hooked_transformer_available():
+            from importlib.metadata import version
+
+            raise ModelDriveError(
+                f"HookedTransformer was removed in TransformerLens 4 (installed: {version('transformer-lens')}): "
+                "use backend='bridge' (`--backend bridge`), or install transformer-lens 3.9 for the hooked path"
+            )
         if sae_lens:
             from sae_lens import HookedSAETransformer as cls
         else:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import r1_plugin  # noqa: F401  (registers the adapter when transformer_lens is imported)
+from r1_plugin.drive import hooked_transformer_available
 from r1_plugin.testing.deepseek_checkpoints import hf_reference_model, tiny_config, write_tiny_checkpoint
 
 pytestmark = pytest.mark.bridge
@@ -212,7 +213,8 @@ def test_cached_generation_equals_transformers(ckpt: tuple[str, dict, object]) -
         bridge = boot(path)
         cached = bridge.generate(toks, max_new_tokens=8, do_sample=False, use_past_kv_cache=True, verbose=False)  # type: ignore[attr-defined]
         uncached = bridge.generate(toks, max_new_tokens=8, do_sample=False, use_past_kv_cache=False, verbose=False)  # type: ignore[attr-defined]
-    assert not torch.equal(broken, expected)  # the defect: decode steps never saw the cache
+    if hooked_transformer_available():  # TransformerLens 3.9's stock MLA bridge: decode steps never saw the cache
+        assert not torch.equal(broken, expected)
     assert torch.equal(cached, expected) and torch.equal(uncached, expected)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from r1_plugin.cli import build_parser, main
 from r1_plugin.cli._model_args import load_model_from_args
-from r1_plugin.drive import DEFAULT_BACKEND, driver
+from r1_plugin.drive import DEFAULT_BACKEND, driver, hooked_transformer_available
 from r1_plugin.testing.distill_checkpoints import write_tiny_distill
 
 pytestmark = pytest.mark.bridge
@@ -18,11 +18,15 @@ pytestmark = pytest.mark.bridge
 QWEN = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 
 
+NEEDS_HOOKED = pytest.mark.skipif(not hooked_transformer_available(),
+                                  reason="compares with HookedTransformer, which TransformerLens 4 removed")
+
+
 def test_backend_flag_defaults_to_hooked_and_boots_a_bridge(hf_cache: Any) -> None:
     write_tiny_distill(QWEN, seed=0)
     parser = build_parser()
     args = parser.parse_args(["sinks", "--model", QWEN, "--prompt", "Hi", "--device", "cpu"])
-    assert args.backend == DEFAULT_BACKEND == "hooked"
+    assert args.backend == DEFAULT_BACKEND == ("hooked" if hooked_transformer_available() else "bridge")
     args = parser.parse_args(["sinks", "--model", QWEN, "--prompt", "Hi", "--device", "cpu", "--backend", "bridge"])
     model = load_model_from_args(args)
     assert driver(model).kind == "bridge" and type(model).__name__ == "TransformerBridge"
@@ -39,6 +43,20 @@ def test_first_n_layers_on_the_bridge_is_a_one_line_error(hf_cache: Any, capsys:
     assert "first_n_layers" in err and "backend" in err and len(err.splitlines()) == 1
 
 
+def test_hooked_backend_on_transformer_lens_4_is_a_one_line_error(
+    hf_cache: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import r1_plugin.drive as drive
+
+    write_tiny_distill(QWEN, seed=0)
+    monkeypatch.setattr(drive, "hooked_transformer_available", lambda: False)  # as under TransformerLens 4
+    capsys.readouterr()
+    assert main(["sinks", "--model", QWEN, "--prompt", "Hi", "--backend", "hooked", "--no-wandb"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "TransformerLens 4" in err and "--backend bridge" in err and len(err.splitlines()) == 1
+
+
+@NEEDS_HOOKED
 def test_sinks_and_steer_print_the_same_on_both_backends(hf_cache: Any, tmp_path: Any,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     write_tiny_distill(QWEN, seed=0)

@@ -10,10 +10,13 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from r1_plugin.drive import hooked_transformer_available
 from r1_plugin.experiments import SteeringSpec, oversteer, prefix_gating, segments, sinks
 from r1_plugin.steering.sweep import sweep_strengths
 
-pytestmark = pytest.mark.bridge
+# Each test compares the bridge with the HookedTransformer, which TransformerLens 4 removed.
+pytestmark = [pytest.mark.bridge, pytest.mark.skipif(not hooked_transformer_available(),
+                                                     reason="compares with HookedTransformer (TransformerLens 3.9)")]
 
 PROMPTS = ["What is 7 + 8?", "Which is larger, 3 or 9?"]
 FEATURE = 398  # the demo's "before backtracking" feature of the embedded SAE

@@ -107,10 +107,13 @@ def add_model_args(
         help="memory of each device for the byte-balanced block plan, e.g. 141GB, 80GiB (DeepSeek-V3/R1; "
         "default: each device's total memory)",
     )  # fmt: skip
+    from r1_plugin.drive import BACKENDS, default_backend
+
     group.add_argument(
-        "--backend", choices=("hooked", "bridge"), default="hooked",
-        help="hooked: HookedTransformer (default; SAELens's SAEs and r1_plugin's R1 path are built on it); "
-        "bridge: TransformerLens's TransformerBridge.boot_transformers (TransformerLens 4's only path)",
+        "--backend", choices=BACKENDS, default=default_backend(),
+        help="hooked: HookedTransformer (the default on TransformerLens 3.9: SAELens's SAEs and r1_plugin's R1 path "
+        "are built on it); bridge: TransformerBridge.boot_transformers (the default, and only path, on "
+        "TransformerLens 4)",
     )
     if sae:
         group.add_argument(
@@ -166,17 +169,21 @@ def load_model_from_args(args: argparse.Namespace, cls: Any = None, processing: 
     `cls` is HookedTransformer by default (e.g. sae_lens.HookedSAETransformer); without processing the residual
     stream stays what the model computes (no LayerNorm folding), which steering and SAEs need.
     """
+    from r1_plugin.drive import ModelDriveError, default_backend, hooked_transformer_available, load_model
+
+    check_device(getattr(args, "device", None), "--device", getattr(args, "n_devices", None) or 1)
+    check_device(getattr(args, "sae_device", None), "--sae-device")
+    backend = getattr(args, "backend", None) or default_backend()
+    if backend == "bridge" or not hooked_transformer_available():  # TL 4 with --backend hooked: a clear error
+        sae_lens = getattr(cls, "__module__", "").startswith("sae_lens")  # HookedSAETransformer -> its bridge
+        try:
+            return load_model(args.model, backend, sae_lens=sae_lens, **model_kwargs_from_args(args))
+        except ModelDriveError as exc:
+            raise ModelArgsError(str(exc)) from exc
     if cls is None:
         from transformer_lens import HookedTransformer
 
         cls = HookedTransformer
-    check_device(getattr(args, "device", None), "--device", getattr(args, "n_devices", None) or 1)
-    check_device(getattr(args, "sae_device", None), "--sae-device")
-    if getattr(args, "backend", "hooked") == "bridge":
-        from r1_plugin.drive import load_model
-
-        sae_lens = getattr(cls, "__module__", "").startswith("sae_lens")  # HookedSAETransformer -> its bridge
-        return load_model(args.model, "bridge", sae_lens=sae_lens, **model_kwargs_from_args(args))
     loader = cls.from_pretrained if processing else cls.from_pretrained_no_processing
     return loader(args.model, **model_kwargs_from_args(args))
 

@@ -79,7 +79,7 @@ class DemoConfig:
     wandb_mode: str | None = "offline"
     wandb_dir: Path | None = None  # default: $WANDB_DIR, else <out>
     seed: int = 0
-    backend: str = "hooked"  # "hooked" (HookedTransformer, the default) or "bridge" (TransformerBridge)
+    backend: str | None = None  # "hooked" (HookedTransformer) or "bridge" (TransformerBridge); None: the default
 
     @property
     def embedded(self) -> bool:
@@ -369,7 +369,7 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> DemoResult:
     log(f"loaded {cfg.model} and SAE {cfg.sae_name} in {time.time() - t0:.1f}s")
     import pandas as pd
 
-    from r1_plugin.drive import driver
+    from r1_plugin.drive import default_backend, driver
     from r1_plugin.sinks import check_response_prefix_sink
     from r1_plugin.steering import sae_hook_name
     from r1_plugin.tracking import start_run
@@ -386,7 +386,7 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> DemoResult:
 
     wandb_dir = cfg.wandb_dir or (Path(os.environ["WANDB_DIR"]) if os.environ.get("WANDB_DIR") else out)
     run_config = {
-        "backend": cfg.backend,
+        "backend": cfg.backend or default_backend(),
         "model": cfg.model,
         "sae_release": cfg.sae_release or assets.SAE_NAME,
         "sae_id": cfg.sae_id,

@@ -25,45 +25,15 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-from r1_plugin._patches.tl_generation import OBSERVER_ATTR
+# The same pass-throughs as HookedTransformer.generate / generate_stream get (one definition, in tl_generation).
+from r1_plugin._patches.tl_generation import OBSERVER_ATTR, _wrap_generate, _wrap_generate_stream
 
 __all__ = ["OBSERVER_ATTR", "apply"]
 
 PATCH = "tl_bridge_generation"
-
-
-def _wrap_generate(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
-    def generate(self: Any, *args: Any, **kwargs: Any) -> Any:
-        observer = self.__dict__.get(OBSERVER_ATTR)
-        if observer is None:
-            return original(self, *args, **kwargs)
-        observer.begin_generation()
-        try:
-            return original(self, *args, **kwargs)
-        finally:
-            observer.end_generation()
-
-    return generate
-
-
-def _wrap_generate_stream(original: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
-    @functools.wraps(original)
-    def generate_stream(self: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
-        observer = self.__dict__.get(OBSERVER_ATTR)
-        if observer is None:
-            yield from original(self, *args, **kwargs)
-            return
-        observer.begin_generation()
-        try:
-            yield from original(self, *args, **kwargs)
-        finally:
-            observer.end_generation()
-
-    return generate_stream
 
 
 def _cache_keyword(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from sae_lens import StandardSAEConfig
 from sae_lens.saes.standard_sae import StandardSAE
 from transformer_lens import HookedTransformer
 
+from r1_plugin.drive import HookNameError
 from r1_plugin.features import FeatureDB, FeatureDBError, harvest, merge_shards
 from r1_plugin.testing.distill_checkpoints import write_tiny_distill
 
@@ -205,7 +206,7 @@ def test_two_machines_merge_to_the_same_db(one_run, model, sae, tmp_path):
 def test_harvest_argument_errors(model, sae, tmp_path):
     with pytest.raises(ValueError, match="shard_index"):
         harvest(model, sae, PROMPTS, tmp_path, shard_index=2, num_shards=2, progress=False)
-    with pytest.raises(FeatureDBError, match="not a hook point"):
+    with pytest.raises(HookNameError, match="not a hook of this model"):
         harvest(model, sae, PROMPTS[:2], tmp_path, hook_name="blocks.0.no_such_hook", progress=False)
     with pytest.raises(FeatureDBError, match="no harvest shards"):
         merge_shards(tmp_path / "empty", tmp_path / "out.ddb")

@@ -44,6 +44,7 @@ _TL_TO_BRIDGE: dict[str, str] = {
 _BRIDGE_TO_TL = {v: k for k, v in _TL_TO_BRIDGE.items()}
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _SAE_OUT = "hook_sae_output"
+_SAE_IN = "hook_sae_input"
 
 
 class ModelDriveError(R1PluginError, TypeError):
@@ -171,6 +172,12 @@ class Driver:
         tail = name.split(".")[-1]
         near = [n for n in hooks if n.split(".")[-1] == tail][:5] or list(hooks)[:5]
         raise HookNameError(f"{name!r} is not a hook of this model ({type(self.model).__name__}); e.g. {near}")
+
+    def input_hook_name(self, name: str) -> str:
+        """`hook_name(name)`, except that where SAELens spliced an SAE in, the SAE's input hook: the activation as
+        the model computed it (what an SAE encodes), not the spliced SAE's reconstruction."""
+        hook = self.hook_name(name)
+        return hook[: -len(_SAE_OUT)] + _SAE_IN if hook.endswith(f".{_SAE_OUT}") else hook
 
     def _candidates(self, name: str) -> list[str]:
         out = [name]

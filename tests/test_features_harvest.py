@@ -283,3 +283,22 @@ def test_harvest_is_always_the_function_and_the_package_a_plain_module():
     from r1_plugin.features import harvest as again
 
     assert again is module.harvest and features.harvester is module
+
+
+def test_harvest_with_the_sae_spliced_in_reads_the_model_activation(sae, tmp_path):
+    """A HookedSAETransformer with the SAE spliced in at the hook harvests what the plain model does: the SAE's
+    input (the model's own activation), not the spliced SAE's reconstruction."""
+    import copy
+
+    import pandas as pd
+    from sae_lens import HookedSAETransformer
+
+    spliced = HookedSAETransformer.from_pretrained_no_processing(QWEN, device="cpu")
+    plain = HookedSAETransformer.from_pretrained_no_processing(QWEN, device="cpu")
+    spliced.add_sae(copy.deepcopy(sae))
+    acts = {}
+    for name, m in (("plain", plain), ("spliced", spliced)):
+        harvest(m, sae, PROMPTS[:6], tmp_path / name, top_k=4, chunk_size=4, progress=False)
+        acts[name] = pd.read_parquet(next((tmp_path / name).glob("shard-*")) / "activations.parquet")
+    assert len(acts["plain"]) > 0
+    pd.testing.assert_frame_equal(acts["spliced"], acts["plain"], rtol=1e-6, atol=1e-6)

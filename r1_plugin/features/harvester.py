@@ -294,7 +294,7 @@ class _Harvester:
         self.shard_dir = shard.dir
         self.driver = driver(model)
         self.tokenizer = self.driver.tokenizer
-        self.hook = self.driver.hook_name(config.hook_name)
+        self.hook = self.driver.input_hook_name(config.hook_name)
         self.decoded: dict[int, str] = {}
         self.saved = 0  # prompts held by the last checkpoint written (what a failed write leaves intact)
         self.topk = RunningTopK(config.top_k, config.min_strength)

@@ -2,9 +2,9 @@
 
 `harvest` runs a HookedTransformer or a TransformerBridge over a block of prompts in batches, encodes the hook's
 activations with the SAE and keeps, per feature, the top-k activations seen so far (a running `torch.topk` merge
-over all features at once). It writes Parquet shards into one directory per shard, checkpointing as it goes, so an interrupted
-run resumes where it stopped and several machines can each harvest one shard (`shard_index`, `num_shards`) of
-the same prompt list. `merge_shards` lets DuckDB merge the shards into one `.ddb` with the `tokens`,
+over all features at once). It writes Parquet shards into one directory per shard, checkpointing as it goes, so
+an interrupted run resumes where it stopped and several machines can each harvest one shard (`shard_index`,
+`num_shards`) of the same prompt list. `merge_shards` lets DuckDB merge the shards into one `.ddb` with the `tokens`,
 `activations` and `autointerp` tables that `FeatureDB` reads.
 
 Every call into the model goes through `r1_plugin.drive.driver(model)` (tokenising, resolving the hook, running

@@ -63,6 +63,7 @@ _TL_TO_BRIDGE: dict[str, str] = {
 _BRIDGE_TO_TL = {v: k for k, v in _TL_TO_BRIDGE.items()}
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _SAE_OUT = "hook_sae_output"
+_SAE_IN = "hook_sae_input"
 
 
 class ModelDriveError(R1PluginError, TypeError):
@@ -121,6 +122,11 @@ class Driver:
     def tokenizer(self) -> Any:
         """The model's tokenizer (None if it has none)."""
         return getattr(self.model, "tokenizer", None)
+
+    @property
+    def model_name(self) -> str | None:
+        """The model's name (`cfg.model_name`; a bridge booted from a folder: the folder), as tools record it."""
+        return getattr(getattr(self.model, "cfg", None), "model_name", None)
 
     @property
     def n_layers(self) -> int:
@@ -186,6 +192,12 @@ class Driver:
         near = [n for n in hooks if n.split(".")[-1] == tail][:5] or list(hooks)[:5]
         raise HookNameError(f"{name!r} is not a hook of this model ({type(self.model).__name__}); e.g. {near}")
 
+    def input_hook_name(self, name: str) -> str:
+        """`hook_name(name)`, except that where SAELens spliced an SAE in, the SAE's input hook: the activation as
+        the model computed it (what an SAE encodes), not the spliced SAE's reconstruction."""
+        hook = self.hook_name(name)
+        return hook[: -len(_SAE_OUT)] + _SAE_IN if hook.endswith(f".{_SAE_OUT}") else hook
+
     def _candidates(self, name: str) -> list[str]:
         out = [name]
         match = _BLOCK.match(name)
@@ -231,6 +243,14 @@ class Driver:
         if chat:
             return r1_chat_tokens(tokenizer, prompt).to(self.device)
         return self.model.to_tokens(prompt).to(self.device)
+
+    def text_tokens(self, text: str, prepend_bos: bool = True) -> Any:
+        """`[1, seq]` ids of raw `text` on the model's device, never truncated, with at most one BOS: text that
+        already starts with BOS (R1's chat helpers emit it, e.g. `format_r1_prompt`) gets none added."""
+        bos = getattr(self.tokenizer, "bos_token", None)
+        if prepend_bos and bos and text.startswith(bos):
+            prepend_bos = False
+        return self.model.to_tokens(text, prepend_bos=prepend_bos, truncate=False).to(self.device)
 
     def decode(self, ids: Any) -> str:
         """Text of a 1-D id sequence, special tokens kept."""
@@ -298,11 +318,15 @@ class Driver:
         """Context manager with `fwd_hooks` attached (names resolved for this model)."""
         return self.model.hooks(fwd_hooks=[(self.hook_name(n), fn) for n, fn in fwd_hooks])
 
-    def forward(self, tokens: Any, attention_mask: Any = None, return_type: str | None = "logits") -> Any:
-        """One forward pass over ids `[batch, seq]` (left padding given by `attention_mask`)."""
+    def forward(self, tokens: Any, attention_mask: Any = None, return_type: str | None = "logits", *,
+                stop_at_layer: int | None = None) -> Any:
+        """One forward pass over ids `[batch, seq]` (padding given by `attention_mask`); with `stop_at_layer`,
+        only blocks before it run (and the residual stream there is returned)."""
         kwargs: dict[str, Any] = {"return_type": return_type}
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
+        if stop_at_layer is not None:
+            kwargs["stop_at_layer"] = stop_at_layer
         return self.model(tokens, **kwargs)
 
     def run_with_cache(self, tokens: Any, names: Sequence[str]) -> tuple[Any, dict[str, Any]]:
@@ -311,10 +335,40 @@ class Driver:
         logits, cache = self.model.run_with_cache(tokens, names_filter=list(dict.fromkeys(resolved.values())))
         return logits, {name: cache[hook] for name, hook in resolved.items()}
 
-    def run_chunked(self, tokens: Any, attention_mask: Any, chunk_size: int) -> None:
+    def run_chunked(self, tokens: Any, attention_mask: Any, chunk_size: int, *, stop_at_layer: int | None = None
+                    ) -> None:
         """Run ids `[batch, seq]` in query chunks of `chunk_size` over the model's KV cache (outputs dropped):
-        each attention row is computed once, and a layer only ever materialises `[batch, head, chunk, seq]`."""
+        each attention row is computed once, and a layer only ever materialises `[batch, head, chunk, seq]`.
+        With `stop_at_layer`, only blocks before it run (their cache is all the later chunks need)."""
         raise NotImplementedError
+
+    def hook_activations(self, tokens: Any, attention_mask: Any, hook_name: str, chunk_size: int | None = None
+                         ) -> Any:
+        """`[batch, seq, d]` activations at `hook_name` of right-padded ids `tokens`, running only the blocks up
+        to the hook's. With `chunk_size`, in query chunks over the model's KV cache (`run_chunked`): no layer holds
+        more than `[batch, head, chunk_size, seq]` attention scores, so memory grows linearly with the prompt, and
+        the activations equal one forward's to float rounding (the attention matmuls have other shapes)."""
+        hook = self.hook_name(hook_name)
+        match = _BLOCK.match(hook)
+        stop = int(match.group(1)) + 1 if match else None
+        parts: list[Any] = []
+
+        def grab(act: Any, hook: Any) -> None:
+            parts.append(act.detach())
+
+        with self.hooks([(hook, grab)]):
+            if chunk_size is None or tokens.shape[1] <= chunk_size:
+                self.forward(tokens, attention_mask, return_type=None, stop_at_layer=stop)
+            else:
+                self.run_chunked(tokens, attention_mask, chunk_size, stop_at_layer=stop)
+        if not parts:
+            raise HookNameError(f"hook {hook_name!r} never ran in a forward pass of this model")
+        import torch
+
+        acts = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        if acts.dim() != 3 or acts.shape[:2] != tokens.shape:
+            raise HookNameError(f"hook {hook_name!r} gives {tuple(acts.shape)}, not [batch, seq, d] activations")
+        return acts
 
     def logits_over_cache(self, chunks: Sequence[Any]) -> Any:
         """Logits `[batch, sum of lengths, vocab]` of running unpadded id chunks one after another over one KV
@@ -332,7 +386,8 @@ class HookedDriver(Driver):
 
     kind = "hooked"
 
-    def run_chunked(self, tokens: Any, attention_mask: Any, chunk_size: int) -> None:
+    def run_chunked(self, tokens: Any, attention_mask: Any, chunk_size: int, *, stop_at_layer: int | None = None
+                    ) -> None:
         """See `Driver.run_chunked`: TransformerLens's cache (r1_plugin's latent cache for DeepSeek-V3)."""
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
@@ -340,7 +395,7 @@ class HookedDriver(Driver):
         for start in range(0, tokens.shape[1], chunk_size):
             stop = min(tokens.shape[1], start + chunk_size)
             self.model(tokens[:, start:stop], attention_mask=attention_mask[:, start:stop], past_kv_cache=cache,
-                       return_type=None)
+                       return_type=None, stop_at_layer=stop_at_layer)
 
     def logits_over_cache(self, chunks: Sequence[Any]) -> Any:
         """See `Driver.logits_over_cache`: TransformerLens's cache (the latent cache for DeepSeek-V3)."""
@@ -390,15 +445,17 @@ class BridgeDriver(Driver):
         param = next(embed.parameters(), None) if embed is not None else None
         return param.device if param is not None else torch.device(self.model.cfg.device)
 
-    def run_chunked(self, tokens: Any, attention_mask: Any, chunk_size: int) -> None:
-        """See `Driver.run_chunked`: transformers' own cache, each chunk given the mask of everything so far."""
+    def run_chunked(self, tokens: Any, attention_mask: Any, chunk_size: int, *, stop_at_layer: int | None = None
+                    ) -> None:
+        """See `Driver.run_chunked`: transformers' own cache, each chunk given the mask of everything so far (a
+        stopped forward fills the cache of the blocks that ran, the only ones the next chunk runs)."""
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.original_model.config)
         for start in range(0, tokens.shape[1], chunk_size):
             stop = min(tokens.shape[1], start + chunk_size)
             self.model(tokens[:, start:stop], attention_mask=attention_mask[:, :stop], past_key_values=cache,
-                       use_cache=True, return_type=None)
+                       use_cache=True, return_type=None, stop_at_layer=stop_at_layer)
 
     def logits_over_cache(self, chunks: Sequence[Any]) -> Any:
         """See `Driver.logits_over_cache`: transformers' own cache."""

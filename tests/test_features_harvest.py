@@ -13,6 +13,7 @@ from sae_lens import StandardSAEConfig
 from sae_lens.saes.standard_sae import StandardSAE
 from transformer_lens import HookedTransformer
 
+from r1_plugin.drive import HookNameError
 from r1_plugin.features import FeatureDB, FeatureDBError, harvest, merge_shards
 from r1_plugin.testing.distill_checkpoints import write_tiny_distill
 
@@ -205,7 +206,7 @@ def test_two_machines_merge_to_the_same_db(one_run, model, sae, tmp_path):
 def test_harvest_argument_errors(model, sae, tmp_path):
     with pytest.raises(ValueError, match="shard_index"):
         harvest(model, sae, PROMPTS, tmp_path, shard_index=2, num_shards=2, progress=False)
-    with pytest.raises(FeatureDBError, match="not a hook point"):
+    with pytest.raises(HookNameError, match="not a hook of this model"):
         harvest(model, sae, PROMPTS[:2], tmp_path, hook_name="blocks.0.no_such_hook", progress=False)
     with pytest.raises(FeatureDBError, match="no harvest shards"):
         merge_shards(tmp_path / "empty", tmp_path / "out.ddb")
@@ -282,3 +283,22 @@ def test_harvest_is_always_the_function_and_the_package_a_plain_module():
     from r1_plugin.features import harvest as again
 
     assert again is module.harvest and features.harvester is module
+
+
+def test_harvest_with_the_sae_spliced_in_reads_the_model_activation(sae, tmp_path):
+    """A HookedSAETransformer with the SAE spliced in at the hook harvests what the plain model does: the SAE's
+    input (the model's own activation), not the spliced SAE's reconstruction."""
+    import copy
+
+    import pandas as pd
+    from sae_lens import HookedSAETransformer
+
+    spliced = HookedSAETransformer.from_pretrained_no_processing(QWEN, device="cpu")
+    plain = HookedSAETransformer.from_pretrained_no_processing(QWEN, device="cpu")
+    spliced.add_sae(copy.deepcopy(sae))
+    acts = {}
+    for name, m in (("plain", plain), ("spliced", spliced)):
+        harvest(m, sae, PROMPTS[:6], tmp_path / name, top_k=4, chunk_size=4, progress=False)
+        acts[name] = pd.read_parquet(next((tmp_path / name).glob("shard-*")) / "activations.parquet")
+    assert len(acts["plain"]) > 0
+    pd.testing.assert_frame_equal(acts["spliced"], acts["plain"], rtol=1e-6, atol=1e-6)

@@ -1,5 +1,6 @@
 """Harvest on a TransformerBridge (#19): the same feature DB as on the HookedTransformer from the same weights,
-with and without compatibility mode, and with the SAE's hook spelled as the alias or the canonical name."""
+with and without compatibility mode, and with the SAE's hook spelled as the alias or the canonical name; the
+forward in query chunks over transformers' KV cache (memory linear in prompt length) as on a HookedTransformer."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import duckdb
 import pytest
 import torch
 
+from r1_plugin.drive import driver
 from r1_plugin.features import harvest, merge_shards
 from r1_plugin.testing.distill_checkpoints import write_tiny_distill
 
@@ -81,13 +83,67 @@ def test_harvest_on_a_bridge_gives_the_hooked_db(models, tmp_path: Path, hook: s
     hooked, bridge, compat = models
     sae = random_sae(hooked.cfg.d_model, hook)
     dbs = {}
-    for kind, model in (("hooked", hooked), ("bridge", bridge), ("compat", compat)):
+    runs = (("hooked", hooked, 8), ("bridge", bridge, 8), ("compat", compat, 8), ("bridge-whole", bridge, None))
+    for kind, model, chunk in runs:
         out = tmp_path / kind
-        result = harvest(model, sae, PROMPTS, out, top_k=5, batch_size=4, chunk_size=8, progress=False)
+        result = harvest(model, sae, PROMPTS, out, top_k=5, batch_size=4, chunk_size=chunk, progress=False)
         assert result.complete and result.tokens > 0
         dbs[kind] = db_tables(merge_shards(out, tmp_path / f"{kind}.ddb"))
-    assert_same_db(dbs["bridge"], dbs["hooked"])
+    assert_same_db(dbs["bridge"], dbs["hooked"])  # chunks of 8 over transformers' cache (prompts of 1-18 tokens)
     assert_same_db(dbs["compat"], dbs["hooked"])
+    assert_same_db(dbs["bridge-whole"], dbs["bridge"])  # one forward per batch: the same DB
+
+
+def padded_batch(lengths: tuple[int, ...]) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:
+    """Random prompts of `lengths` and their right-padded batch (ids, attention mask)."""
+    gen = torch.Generator().manual_seed(0)
+    ids = [torch.randint(3, 300, (n,), generator=gen).tolist() for n in lengths]
+    tokens = torch.zeros((len(ids), max(lengths)), dtype=torch.long)
+    mask = torch.zeros_like(tokens)
+    for row, seq in enumerate(ids):
+        tokens[row, : len(seq)], mask[row, : len(seq)] = torch.tensor(seq), 1
+    return ids, tokens, mask
+
+
+@pytest.mark.parametrize("hook", ["blocks.1.hook_resid_post", "blocks.0.hook_resid_mid", "blocks.1.hook_out"])
+def test_chunked_bridge_activations_equal_one_forward(models, hook: str) -> None:
+    """On the bridge (and in compatibility mode) the chunked activations equal one forward's and the
+    HookedTransformer's on each prompt alone. Float tolerance (1e-5; measured ~5e-7 for |activations| ~2): the
+    chunks' attention matmuls have other shapes, and the HookedTransformer runs its own modules."""
+    hooked, bridge, compat = models
+    ids, tokens, mask = padded_batch((37, 20, 9))  # rows end inside different chunks of 8
+    valid = mask.bool()
+    for model in (bridge, compat):
+        with torch.inference_mode():
+            whole = driver(model).hook_activations(tokens, mask, hook, None)
+            chunked = driver(model).hook_activations(tokens, mask, hook, 8)
+            assert chunked.shape == whole.shape == (*tokens.shape, hooked.cfg.d_model)
+            torch.testing.assert_close(chunked[valid], whole[valid], rtol=1e-5, atol=1e-5)
+            for row, seq in enumerate(ids):  # the oracle: the HookedTransformer, one unpadded prompt
+                _, cache = hooked.run_with_cache(torch.tensor([seq]), names_filter=driver(hooked).hook_name(hook))
+                want = cache[driver(hooked).hook_name(hook)][0]
+                torch.testing.assert_close(chunked[row, : len(seq)], want, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_bridge_holds_chunk_rows_of_attention(models) -> None:
+    """What makes memory linear on the bridge too: attention is computed for 8 query rows at a time against the
+    keys so far (transformers' cache), and blocks after the hook's never run."""
+    _, bridge, _ = models
+    drive = driver(bridge)
+    patterns = drive.pattern_hook_names()
+    shapes: dict[int, list[tuple[int, ...]]] = {0: [], 1: []}
+
+    def recorder(layer: int):
+        return lambda pattern, hook: shapes[layer].append(tuple(pattern.shape))
+
+    _, tokens, mask = padded_batch((37, 20, 9))
+    with torch.inference_mode(), drive.hooks([(patterns[layer], recorder(layer)) for layer in shapes]):
+        drive.hook_activations(tokens, mask, "blocks.0.hook_resid_post", 8)
+    assert [s[-2:] for s in shapes[0]] == [(8, 8), (8, 16), (8, 24), (8, 32), (5, 37)]
+    assert shapes[1] == []  # stopped after block 0
+    with torch.inference_mode(), drive.hooks([(patterns[layer], recorder(layer)) for layer in shapes]):
+        drive.hook_activations(tokens, mask, "blocks.0.hook_resid_post", None)
+    assert shapes[0][-1][-2:] == (37, 37) and shapes[1] == []  # one forward: the full square
 
 
 def test_alias_and_canonical_hook_harvest_the_same(models, tmp_path: Path) -> None:

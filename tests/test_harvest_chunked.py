@@ -12,8 +12,8 @@ from sae_lens import StandardSAEConfig
 from sae_lens.saes.standard_sae import StandardSAE
 from transformer_lens import HookedTransformer
 
+from r1_plugin.drive import driver
 from r1_plugin.features import harvest, merge_shards
-from r1_plugin.features.harvester import hook_activations
 
 CHUNK = 48
 LENGTHS = (200, 131, 57)  # a right-padded batch: rows end inside different chunks
@@ -67,8 +67,8 @@ def test_chunked_activations_equal_one_forward(model, hook_at):
     of the [pos, pos] one, so BLAS may sum in another order (a few ulp in float32)."""
     tokens, mask = padded(prompts(model))
     with torch.inference_mode():
-        whole = hook_activations(model, tokens, mask, hook_at, None)
-        chunked = hook_activations(model, tokens, mask, hook_at, CHUNK)
+        whole = driver(model).hook_activations(tokens, mask, hook_at, None)
+        chunked = driver(model).hook_activations(tokens, mask, hook_at, CHUNK)
         # oracle independent of harvest: each prompt alone, unpadded, one forward, read with run_with_cache
         for row, seq in enumerate(prompts(model)):
             _, cache = model.run_with_cache(torch.tensor([seq]), names_filter=hook_at)
@@ -87,13 +87,13 @@ def test_chunked_forward_holds_chunk_rows_of_attention(model):
         shapes.append(tuple(scores.shape))
 
     with torch.inference_mode(), model.hooks(fwd_hooks=[("blocks.0.attn.hook_attn_scores", record)]):
-        hook_activations(model, tokens, mask, "blocks.1.hook_resid_post", CHUNK)
+        driver(model).hook_activations(tokens, mask, "blocks.1.hook_resid_post", CHUNK)
     n_chunks = -(-tokens.shape[1] // CHUNK)
     assert len(shapes) == n_chunks
     assert max(s[-2] for s in shapes) == CHUNK and [s[-1] for s in shapes][-1] == tokens.shape[1]
     shapes.clear()
     with torch.inference_mode(), model.hooks(fwd_hooks=[("blocks.0.attn.hook_attn_scores", record)]):
-        hook_activations(model, tokens, mask, "blocks.1.hook_resid_post", None)
+        driver(model).hook_activations(tokens, mask, "blocks.1.hook_resid_post", None)
     assert shapes[0][-2:] == (tokens.shape[1], tokens.shape[1])  # the unchunked run: the full square
 
 

@@ -1,16 +1,16 @@
 """Build a feature database in Goodfire's schema by running a model + SAE over prompts.
 
-`harvest` runs a HookedTransformer over a block of prompts in batches, encodes the hook's activations with the
-SAE and keeps, per feature, the top-k activations seen so far (a running `torch.topk` merge over all features
-at once). It writes Parquet shards into one directory per shard, checkpointing as it goes, so an interrupted
-run resumes where it stopped and several machines can each harvest one shard (`shard_index`, `num_shards`) of
-the same prompt list. `merge_shards` lets DuckDB merge the shards into one `.ddb` with the `tokens`,
+`harvest` runs a HookedTransformer or a TransformerBridge over a block of prompts in batches, encodes the hook's
+activations with the SAE and keeps, per feature, the top-k activations seen so far (a running `torch.topk` merge
+over all features at once). It writes Parquet shards into one directory per shard, checkpointing as it goes, so
+an interrupted run resumes where it stopped and several machines can each harvest one shard (`shard_index`,
+`num_shards`) of the same prompt list. `merge_shards` lets DuckDB merge the shards into one `.ddb` with the `tokens`,
 `activations` and `autointerp` tables that `FeatureDB` reads.
 
-Every call into the model goes through the "model calls" section below (`tokenize_prompt`, `resolve_hook_name`,
-`hook_activations`, `model_device`, `model_name`): a HookedTransformer runs each batch in query chunks over its
-KV cache (memory linear in prompt length), a TransformerBridge in one forward. A full disk is a
-`NoSpaceLeftError` that leaves no temporary file and keeps the last checkpoint.
+Every call into the model goes through `r1_plugin.drive.driver(model)` (tokenising, resolving the hook, running
+to it, device and name), so a HookedTransformer and a TransformerBridge harvest alike: each batch runs in query
+chunks over the model's KV cache (memory linear in prompt length). A full disk is a `NoSpaceLeftError` that
+leaves no temporary file and keeps the last checkpoint.
 
 Shard directory layout (`<out_dir>/shard-<i>-of-<n>/`):
 
@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -41,8 +40,9 @@ from typing import Any
 import duckdb
 import torch
 
+from r1_plugin.drive import driver
 from r1_plugin.features.db import FeatureDB, FeatureDBError, FeatureLabel
-from r1_plugin.hook_names import hook_layer, sae_hook_name_or_none
+from r1_plugin.hook_names import sae_hook_name_or_none
 from r1_plugin.saes.sae_devices import encode_on_sae
 
 logger = logging.getLogger(__name__)
@@ -123,109 +123,7 @@ def kept_token_mask(
     return kept
 
 
-# -------------------------------------------------------------------------------------------- model calls
-# Every call harvest makes into the model is one of the functions below (tokenise, resolve a hook name, run to a
-# hook, read the device and name), so that the one module that drives both model kinds (HookedTransformer and
-# TransformerBridge) can replace them without touching the rest of this file.
 DEFAULT_CHUNK_SIZE = 512  # query positions per forward chunk (as sink detection): memory linear in prompt length
-
-
-def tokenize_prompt(model: Any, prompt: str, prepend_bos: bool = True) -> list[int]:
-    """Token ids of a text prompt with at most one BOS: text that already starts with BOS (R1's chat helpers
-    emit it, e.g. `format_r1_prompt`) gets none added."""
-    bos = getattr(getattr(model, "tokenizer", None), "bos_token", None)
-    if prepend_bos and bos and prompt.startswith(bos):
-        prepend_bos = False
-    return model.to_tokens(prompt, prepend_bos=prepend_bos, truncate=False)[0].tolist()
-
-
-def resolve_hook_name(model: Any, hook_name: str) -> str:
-    """The name under which `model` exposes `hook_name`: itself, or its TransformerLens alias/canonical twin
-    (`blocks.N.hook_resid_post` <-> `blocks.N.hook_out`), from the block's own `hook_aliases` (a
-    TransformerBridge's) or TransformerLens's block alias table (for a HookedTransformer given a canonical name).
-    A model without a `hook_dict` is trusted; a name it has under neither spelling is a FeatureDBError."""
-    hook_dict = getattr(model, "hook_dict", None)
-    if hook_dict is None or hook_name in hook_dict:
-        return hook_name
-    match = re.fullmatch(r"(blocks\.\d+)\.(.+)", hook_name)
-    if match is not None:
-        owner, rest = match.groups()
-        for twin in _alias_twins(model, owner, rest):
-            if f"{owner}.{twin}" in hook_dict:
-                return f"{owner}.{twin}"
-    leaf = hook_name.rsplit(".", 1)[-1]
-    near = [h for h in hook_dict if h.endswith(leaf)][:5]
-    raise FeatureDBError(f"hook {hook_name!r} is not a hook point of this model (e.g. {near or list(hook_dict)[:5]})")
-
-
-def _alias_twins(model: Any, owner: str, rest: str) -> list[str]:
-    """Other spellings of hook `rest` of block `owner`: the alias's target, or the aliases of a target."""
-    try:
-        aliases = getattr(model.get_submodule(owner), "hook_aliases", None)
-    except AttributeError:
-        aliases = None
-    if not aliases:
-        try:
-            from transformer_lens.model_bridge.generalized_components.block import BlockBridge
-        except ImportError:  # a TransformerLens without the bridge: nothing to translate
-            return []
-        aliases = BlockBridge.hook_aliases
-    pairs = [(alias, target) for alias, target in aliases.items() if isinstance(target, str)]
-    return [target for alias, target in pairs if alias == rest] + [alias for alias, target in pairs if target == rest]
-
-
-def model_device(model: Any) -> Any:
-    """The device the model takes its input tokens on."""
-    return getattr(getattr(model, "cfg", None), "device", None) or "cpu"
-
-
-def model_name(model: Any) -> str | None:
-    """The model's name, recorded in progress.json and the merged DB's harvest_info."""
-    return getattr(getattr(model, "cfg", None), "model_name", None)
-
-
-def _kv_chunkable(model: Any) -> bool:
-    """Whether `model` runs query chunks over TransformerLens's KV cache (a HookedTransformer, R1's included)."""
-    from transformer_lens import HookedTransformer
-
-    return isinstance(model, HookedTransformer)
-
-
-def hook_activations(
-    model: Any, tokens: torch.Tensor, attention_mask: torch.Tensor, hook_name: str, chunk_size: int | None
-) -> torch.Tensor:
-    """[batch, pos, d] activations at `hook_name` for right-padded `tokens`, stopping after the hook's layer.
-
-    A HookedTransformer runs the prompt in query chunks of `chunk_size` positions over its KV cache (as sink
-    detection does): each chunk's queries attend to every earlier key exactly as in one full causal forward, but
-    no layer holds more than [batch, heads, chunk_size, pos] attention scores, so memory grows linearly with the
-    prompt. The activations equal the one-forward ones to float rounding (the attention matmuls have other
-    shapes). Other models run one forward.
-    """
-    layer = hook_layer(hook_name)
-    parts: list[torch.Tensor] = []
-
-    def grab(act: torch.Tensor, hook: Any) -> None:
-        parts.append(act.detach())
-
-    run: dict[str, Any] = {"stop_at_layer": layer + 1} if layer is not None else {"return_type": None}
-    seq = tokens.shape[1]
-    if chunk_size is None or seq <= chunk_size or not _kv_chunkable(model):
-        model.run_with_hooks(tokens, fwd_hooks=[(hook_name, grab)], attention_mask=attention_mask, **run)
-    else:
-        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-        cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, tokens.shape[0])
-        with model.hooks(fwd_hooks=[(hook_name, grab)]):
-            for c0 in range(0, seq, chunk_size):
-                chunk = slice(c0, min(seq, c0 + chunk_size))
-                model(tokens[:, chunk], attention_mask=attention_mask[:, chunk], past_kv_cache=cache, **run)
-    if not parts:
-        raise FeatureDBError(f"hook {hook_name!r} never ran: is it a hook point of this model?")
-    acts = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-    if acts.shape[:2] != tokens.shape:
-        raise FeatureDBError(f"hook {hook_name!r} gives {tuple(acts.shape)}, not [batch, pos, d] activations")
-    return acts
 
 
 # -------------------------------------------------------------------------------------------- full disks
@@ -394,8 +292,9 @@ class _Harvester:
     def __init__(self, model: Any, sae: Any, config: HarvestConfig, shard: _Shard, chunk_size: int | None) -> None:
         self.model, self.sae, self.config, self.shard, self.chunk_size = model, sae, config, shard, chunk_size
         self.shard_dir = shard.dir
-        self.tokenizer = getattr(model, "tokenizer", None)
-        self.hook = resolve_hook_name(model, config.hook_name)
+        self.driver = driver(model)
+        self.tokenizer = self.driver.tokenizer
+        self.hook = self.driver.input_hook_name(config.hook_name)
         self.decoded: dict[int, str] = {}
         self.saved = 0  # prompts held by the last checkpoint written (what a failed write leaves intact)
         self.topk = RunningTopK(config.top_k, config.min_strength)
@@ -405,7 +304,7 @@ class _Harvester:
     def tokenize(self, prompt: Prompt) -> list[int]:
         """Token ids of one prompt, truncated to max_length (strings via the model's tokenizer)."""
         if isinstance(prompt, str):
-            ids = tokenize_prompt(self.model, prompt, self.config.prepend_bos)
+            ids = self.driver.text_tokens(prompt, self.config.prepend_bos)[0].tolist()
         else:
             ids = [int(t) for t in prompt]
         if not ids:
@@ -433,8 +332,8 @@ class _Harvester:
         for row, ids in enumerate(batch):
             tokens[row, : len(ids)] = torch.tensor(ids)
         valid = torch.arange(width)[None, :] < lengths[:, None]
-        device = model_device(self.model)
-        x = hook_activations(self.model, tokens.to(device), valid.long().to(device), self.hook, self.chunk_size)
+        device = self.driver.device
+        x = self.driver.hook_activations(tokens.to(device), valid.long().to(device), self.hook, self.chunk_size)
         kept = kept_token_mask(self.tokenizer, tokens, valid, self.config.exclude_special)
         x = x[kept.to(x.device)]  # [n_kept, d_in], padding (and special tokens) dropped
         acts = encode_on_sae(self.sae, x, out_dtype=torch.float32)  # on the SAE's device/dtype, back beside x
@@ -471,7 +370,7 @@ class _Harvester:
             "done": n_done,
             "complete": complete,
             "d_sae": None if self.topk.values is None else int(self.topk.values.shape[0]),
-            "model_name": model_name(self.model),
+            "model_name": self.driver.model_name,
             "shard_index": s.index,
             "num_shards": s.count,
         }
@@ -650,7 +549,7 @@ def harvest(
     if not math.isfinite(min_strength):
         raise ValueError(f"min_strength must be a finite number, got {min_strength}")
     config = HarvestConfig(hook_name, top_k, max_length, prepend_bos, float(min_strength), bool(exclude_special))
-    resolve_hook_name(model, hook_name)  # a hook the model lacks fails before any file is written
+    driver(model).hook_name(hook_name)  # a model or hook harvest cannot run fails before any file is written
     start, end = shard_range(len(prompts), shard_index, num_shards)
     shard_dir = Path(out_dir) / shard_dirname(shard_index, num_shards)
     with _writing(Path(out_dir), list, "nothing was harvested yet"):

@@ -30,7 +30,7 @@ from sae_lens import StandardSAEConfig
 from sae_lens.saes.standard_sae import StandardSAE
 from transformer_lens import HookedTransformer
 from r1_plugin.features import harvest
-from r1_plugin.features.harvester import hook_activations
+from r1_plugin.drive import driver
 from r1_plugin.testing.distill_checkpoints import write_tiny_distill
 
 mode, length, chunk = sys.argv[1], int(sys.argv[2]), None if sys.argv[3] == "none" else int(sys.argv[3])
@@ -53,8 +53,8 @@ def status():
 if mode == "diff":
     tokens, mask = torch.tensor([prompt]), torch.ones(1, length, dtype=torch.long)
     with torch.inference_mode():
-        a = hook_activations(model, tokens, mask, "blocks.1.hook_resid_post", None)
-        b = hook_activations(model, tokens, mask, "blocks.1.hook_resid_post", 512)
+        a = driver(model).hook_activations(tokens, mask, "blocks.1.hook_resid_post", None)
+        b = driver(model).hook_activations(tokens, mask, "blocks.1.hook_resid_post", 512)
     print(json.dumps({"max_abs_diff": float((a - b).abs().max()), "max_abs": float(a.abs().max()),
                       "bit_equal": bool(torch.equal(a, b))}))
     sys.exit(0)

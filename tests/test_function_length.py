@@ -11,7 +11,6 @@ import ast
 import textwrap
 from pathlib import Path
 
-
 PACKAGE = Path(__file__).resolve().parents[1] / "r1_plugin"
 MAX_LINES = 80
 MARK = "# Long:"

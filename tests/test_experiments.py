@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from r1_plugin.experiments import ExperimentError, oversteer, prefix_gating, segments, sinks
 from r1_plugin.experiments.base import bootstrap_ci, edit_distance, repeated_ngram_rate
 from r1_plugin.experiments.segmentation import SEGMENTS, js_divergence, segment_labels
+from r1_plugin.sinks import SinkThresholds
 
 PROMPTS = ["What is 7 + 8?", "Which is larger, 3 or 9?"]
 FEATURE = 398  # the demo's "before backtracking" feature of the embedded SAE
@@ -227,8 +230,10 @@ def test_segments_against_raw_sae_activations(tiny: tuple[Any, Any], traces: lis
 def test_sinks_against_brute_force(tiny: tuple[Any, Any], traces: list[torch.Tensor]) -> None:
     model, _ = tiny
     eps, min_value, min_ratio = 0.05, 2.0, 5.0  # low thresholds, so the counts are not all zero
-    result = sinks(model, traces, generate=False, epsilon=eps, min_value=min_value, min_ratio=min_ratio,
-                   min_queries=4, n_boot=200)
+    th = SinkThresholds(epsilon=eps, min_value=min_value, min_ratio=min_ratio, min_queries=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # the experiment itself uses no deprecated keyword
+        result = sinks(model, traces, generate=False, thresholds=th, n_boot=200)
     table = result.table.set_index(["prompt_index", "role"])
     n_layers = model.cfg.n_layers
     profile_rows = []
@@ -274,6 +279,19 @@ def test_sinks_against_brute_force(tiny: tuple[Any, Any], traces: list[torch.Ten
         for layer in range(n_layers):
             expected = np.mean([v for r, li, v in profile_rows if r == role and li == layer])
             assert layers.loc[(role, layer)] == pytest.approx(expected)
+
+
+def test_sinks_old_threshold_keywords_warn_and_match(tiny: tuple[Any, Any], traces: list[torch.Tensor]) -> None:
+    """`sinks(..., epsilon=...)` (the old keywords) still runs, with a DeprecationWarning naming the new spelling,
+    and gives exactly the table of `thresholds=SinkThresholds(...)`; an unknown keyword is a TypeError."""
+    model, _ = tiny
+    new = sinks(model, traces[:1], generate=False, thresholds=SinkThresholds(epsilon=0.05, min_queries=4), n_boot=20)
+    with pytest.warns(DeprecationWarning, match=r"thresholds=SinkThresholds\(epsilon=0.05, min_queries=4\)"):
+        old = sinks(model, traces[:1], generate=False, epsilon=0.05, min_queries=4, n_boot=20)
+    pd.testing.assert_frame_equal(old.table, new.table)
+    assert old.config == new.config and new.config["epsilon"] == 0.05 and new.config["min_queries"] == 4
+    with pytest.raises(TypeError, match="epsilonn"):
+        sinks(model, traces[:1], generate=False, epsilonn=0.05)
 
 
 # --- oversteer ----------------------------------------------------------------------------------------------

@@ -11,8 +11,6 @@ import ast
 import textwrap
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "r1_plugin"
 MAX_LINES = 80
 MARK = "# Long:"
@@ -67,9 +65,6 @@ def test_the_counter_measures_def_to_end_of_body() -> None:
     assert found[0][1] == src.splitlines().index("def too_long():") + 1
 
 
-@pytest.mark.xfail(
-    strict=False, reason="other modules are being split in parallel; the lead removes this mark at merge"
-)
 def test_no_function_over_80_lines_without_a_reason() -> None:
     """Every r1_plugin function is at most 80 lines, or says on the line above why it is longer."""
     offenders = [

@@ -105,6 +105,25 @@ def test_as_gate_spellings() -> None:
     assert NEVER > 10**15
 
 
+def test_a_bad_regex_gate_is_a_clear_package_error() -> None:
+    """`regex:(` and `AfterText("(", regex=True)` raise GatePatternError (an R1PluginError and a ValueError) naming
+    the pattern and re's own message, not a raw re.error; a good pattern still compiles to the same regex."""
+    from r1_plugin.errors import R1PluginError
+    from r1_plugin.steering import GatePatternError
+
+    for make in (lambda: as_gate("regex:a(b"), lambda: AfterText("a(b", regex=True)):
+        with pytest.raises(GatePatternError) as info:
+            make()
+        err = info.value
+        assert isinstance(err, R1PluginError) and isinstance(err, ValueError) and not isinstance(err, re.error)
+        try:
+            re.compile("a(b")
+        except re.error as reference:
+            assert "'a(b'" in str(err) and str(reference) in str(err) and "does not compile" in str(err)
+    assert AfterText("a(b)", regex=True).pattern == "a(b)"
+    assert AfterText("a(", regex=False).pattern == "a("  # plain text is never compiled
+
+
 def test_after_text_matches_characters_split_across_byte_tokens() -> None:
     """A byte-level tokenizer splits '×' or '答案' over several tokens, each decoding alone to '\\ufffd'; the gate
     reads the decoded text, so it opens right after the token that completes the match (online and reference)."""

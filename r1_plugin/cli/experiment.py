@@ -220,8 +220,7 @@ def run_experiment(args: argparse.Namespace, model: Any, sae: Any, prompts: list
 
     th = thresholds_from_args(args)  # checked once, as the library checks it
     return experiments.sinks(model, prompts, max_new_tokens=args.max_new_tokens, generate=not args.no_generate,
-                             spec=_spec(args), epsilon=th.epsilon, min_sink_rate=th.min_sink_rate,
-                             min_queries=th.min_queries, min_value=th.min_value, min_ratio=th.min_ratio, **stats)
+                             spec=_spec(args), thresholds=th, **stats)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -79,7 +79,7 @@ class DemoConfig:
     wandb_mode: str | None = "offline"
     wandb_dir: Path | None = None  # default: $WANDB_DIR, else <out>
     seed: int = 0
-    backend: str | None = None  # "hooked" (HookedTransformer) or "bridge" (TransformerBridge); None: the default
+    backend: str = "hooked"  # "hooked" (HookedTransformer, the default) or "bridge" (TransformerBridge)
 
     @property
     def embedded(self) -> bool:
@@ -355,37 +355,20 @@ def render_report(result: DemoResult, cfg: DemoConfig) -> str:
     return "\n".join(lines)
 
 
-def run_demo(cfg: DemoConfig, log: Log = print) -> DemoResult:
-    """Run the whole demo and return what it produced (files under `cfg.out`, W&B run under wandb_dir)."""
-    started = time.time()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    if cfg.first_n_layers is not None:
-        log("note: --first-n-layers truncates the model; its generations are not the full model's")
-    t0 = time.time()
-    model = load_model(cfg)
-    sae = load_sae(cfg)
-    log(f"loaded {cfg.model} and SAE {cfg.sae_name} in {time.time() - t0:.1f}s")
-    import pandas as pd
-
-    from r1_plugin.drive import default_backend, driver
-    from r1_plugin.sinks import check_response_prefix_sink
-    from r1_plugin.steering import sae_hook_name
-    from r1_plugin.tracking import start_run
-
-    hook_name = sae_hook_name(sae)
-    fid, label, examples, top = resolve_feature(cfg, sae)
+def _strength(cfg: DemoConfig, top: float | None) -> float:
+    """The steering strength: `--strength`, else DEFAULT_STRENGTH_FACTOR x the feature's top activation."""
     if cfg.strength is not None:
-        strength = float(cfg.strength)
-    elif top is not None and top > 0:
-        strength = DEFAULT_STRENGTH_FACTOR * top
-    else:
-        raise DemoError("no --strength given and the feature database has no activations to derive one from")
-    log(f"feature {fid}: {label!r} (top activation {top}); strength {strength:.3g}")
+        return float(cfg.strength)
+    if top is not None and top > 0:
+        return DEFAULT_STRENGTH_FACTOR * top
+    raise DemoError("no --strength given and the feature database has no activations to derive one from")
 
-    wandb_dir = cfg.wandb_dir or (Path(os.environ["WANDB_DIR"]) if os.environ.get("WANDB_DIR") else out)
-    run_config = {
+
+def _run_config(cfg: DemoConfig, hook_name: str, fid: int, label: str, strength: float) -> dict[str, Any]:
+    """The W&B run's config: what was loaded, which feature, how strongly and where it was steered."""
+    from r1_plugin.drive import default_backend
+
+    return {
         "backend": cfg.backend or default_backend(),
         "model": cfg.model,
         "sae_release": cfg.sae_release or assets.SAE_NAME,
@@ -402,85 +385,146 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> DemoResult:
         "first_n_layers": cfg.first_n_layers,
         "n_devices": cfg.n_devices,
     }
+
+
+def _generations(
+    model: Any, sae: Any, cfg: DemoConfig, fid: int, label: str, strength: float, log: Log
+) -> tuple[list[dict[str, Any]], list[tuple[str, torch.Tensor, torch.Tensor, int | None]], torch.Tensor | None]:
+    """Unsteered and steered generation per prompt: (one row each, the first prompt's activation traces, its
+    unsteered sequence)."""
+    from r1_plugin.drive import driver
+
+    rows: list[dict[str, Any]] = []
+    act_traces: list[tuple[str, torch.Tensor, torch.Tensor, int | None]] = []
+    first_unsteered: torch.Tensor | None = None
+    for i, prompt in enumerate(cfg.prompts):
+        tokens = driver(model).prompt_tokens(prompt)
+        n = tokens.shape[1]
+        plain = generate(model, tokens, cfg.max_new_tokens)
+        steered, gate = steered_generation(model, sae, fid, strength, tokens, cfg.max_new_tokens)
+        div = first_divergence(plain, steered)
+        un_text, st_text = _completion(model, plain, n), _completion(model, steered, n)
+        rows.append({
+            "prompt": prompt,
+            "unsteered": un_text,
+            "steered": st_text,
+            "gate_position": gate,
+            "strength": strength,
+            "feature_id": fid,
+            "feature_label": label,
+            "first_divergence": div,
+            "backtracks_unsteered": count_backtracks(un_text),
+            "backtracks_steered": count_backtracks(st_text),
+            "prompt_tokens": n,
+        })
+        log(f"[{i + 1}/{len(cfg.prompts)}] {prompt!r}: gate at {gate}, first divergence at {div}")
+        if i == 0:
+            first_unsteered = plain
+            act_traces += [
+                (f"unsteered: {prompt}", plain, feature_activations(model, sae, plain, fid), gate),
+                (f"steered (+{strength:.3g}): {prompt}", steered,
+                 feature_activations(model, sae, steered, fid), gate),
+            ]
+    return rows, act_traces, first_unsteered
+
+
+def _sweep(model: Any, sae: Any, cfg: DemoConfig, fid: int, label: str, strength: float, out: Path, tracker: Any,
+           files: dict[str, Path]) -> list[dict[str, Any]]:
+    """The first prompt steered at SWEEP_FACTORS x `strength`: rows logged, plotted and added to `files`."""
+    import pandas as pd
+
+    from r1_plugin.drive import driver
+
+    sweep: list[dict[str, Any]] = []
+    tokens = driver(model).prompt_tokens(cfg.prompts[0])
+    for factor in SWEEP_FACTORS:
+        s = strength * factor
+        seq, _ = steered_generation(model, sae, fid, s, tokens, cfg.max_new_tokens)
+        text = _completion(model, seq, tokens.shape[1])
+        sweep.append({"strength": s, "backtracks": count_backtracks(text),
+                      "completion_tokens": seq.shape[1] - tokens.shape[1], "text": text})
+    tracker.log_table("sweep", sweep)
+    tracker.log_curve("sweep_curve", pd.DataFrame(sweep), x="strength", ys=["backtracks", "completion_tokens"])
+    fig = _plot_sweep(sweep, label, out / "steering_sweep.png")
+    files["steering_sweep"] = out / "steering_sweep.png"
+    tracker.log_figure("steering_sweep", fig)
+    return sweep
+
+
+def _sinks(model: Any, seq: torch.Tensor, out: Path, tracker: Any, files: dict[str, Path]) -> dict[str, Any]:
+    """R1's prefix-end sink check on `seq`: heatmap and tables logged, the report's sinks section returned."""
+    from r1_plugin.sinks import check_response_prefix_sink
+
+    check = check_response_prefix_sink(model, seq)
+    # alpha (max over heads) shows where attention rests even where no head passes epsilon
+    check.save_heatmap(out / "sinks_heatmap.png", value="alpha_max")
+    files["sinks_heatmap"] = out / "sinks_heatmap.png"
+    tracker.log_figure("sinks_heatmap", out / "sinks_heatmap.png")
+    window = _sink_window(check)
+    sinks = {
+        "summary": check.summary(),
+        "window": window,
+        "prefix_end": check.prefix_end,
+        "prefix_end_token": check.prefix_end_token,
+        "is_sink": check.is_sink,
+        "sink_positions": [int(p) for p in check.report.sink_positions],  # type: ignore[union-attr]
+    }
+    if window:
+        tracker.log_table("sinks_prefix_end", window)
+    tracker.log_table("sinks", check.to_dataframe())
+    return sinks
+
+
+def _write_report(result: DemoResult, cfg: DemoConfig, out: Path, tracker: Any) -> None:
+    """Render report.md and report.json under `out`, add them to `result.files` and log the report artifact."""
+    result.report = render_report(result, cfg)
+    (out / "report.md").write_text(result.report + "\n", encoding="utf-8")
+    result.files["report"] = out / "report.md"
+    payload = {k: v for k, v in asdict(result).items() if k != "report"}
+    (out / "report.json").write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    result.files["report_json"] = out / "report.json"
+    tracker.log_artifact_file(out / "report.md", "demo-report", type="report")
+
+
+def run_demo(cfg: DemoConfig, log: Log = print) -> DemoResult:
+    """Run the whole demo and return what it produced (files under `cfg.out`, W&B run under wandb_dir)."""
+    started = time.time()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    if cfg.first_n_layers is not None:
+        log("note: --first-n-layers truncates the model; its generations are not the full model's")
+    t0 = time.time()
+    model = load_model(cfg)
+    sae = load_sae(cfg)
+    log(f"loaded {cfg.model} and SAE {cfg.sae_name} in {time.time() - t0:.1f}s")
+    from r1_plugin.steering import sae_hook_name
+    from r1_plugin.tracking import start_run
+
+    hook_name = sae_hook_name(sae)
+    fid, label, examples, top = resolve_feature(cfg, sae)
+    strength = _strength(cfg, top)
+    log(f"feature {fid}: {label!r} (top activation {top}); strength {strength:.3g}")
+
+    wandb_dir = cfg.wandb_dir or (Path(os.environ["WANDB_DIR"]) if os.environ.get("WANDB_DIR") else out)
     files: dict[str, Path] = {}
-    with start_run("demo", run_config, mode=cfg.wandb_mode, dir=wandb_dir, seed=cfg.seed) as tracker:
+    with start_run("demo", _run_config(cfg, hook_name, fid, label, strength), mode=cfg.wandb_mode, dir=wandb_dir,
+                   seed=cfg.seed) as tracker:
         if examples:
             tracker.log_table(
                 "feature_examples",
                 [{"strength": e.strength, "token": e.token, "before": e.before, "after": e.after} for e in examples],
             )
-        rows: list[dict[str, Any]] = []
-        act_traces: list[tuple[str, torch.Tensor, torch.Tensor, int | None]] = []
-        first_unsteered: torch.Tensor | None = None
-        for i, prompt in enumerate(cfg.prompts):
-            tokens = driver(model).prompt_tokens(prompt)
-            n = tokens.shape[1]
-            plain = generate(model, tokens, cfg.max_new_tokens)
-            steered, gate = steered_generation(model, sae, fid, strength, tokens, cfg.max_new_tokens)
-            div = first_divergence(plain, steered)
-            un_text, st_text = _completion(model, plain, n), _completion(model, steered, n)
-            rows.append({
-                "prompt": prompt,
-                "unsteered": un_text,
-                "steered": st_text,
-                "gate_position": gate,
-                "strength": strength,
-                "feature_id": fid,
-                "feature_label": label,
-                "first_divergence": div,
-                "backtracks_unsteered": count_backtracks(un_text),
-                "backtracks_steered": count_backtracks(st_text),
-                "prompt_tokens": n,
-            })
-            log(f"[{i + 1}/{len(cfg.prompts)}] {prompt!r}: gate at {gate}, first divergence at {div}")
-            if i == 0:
-                first_unsteered = plain
-                act_traces += [
-                    (f"unsteered: {prompt}", plain, feature_activations(model, sae, plain, fid), gate),
-                    (f"steered (+{strength:.3g}): {prompt}", steered,
-                     feature_activations(model, sae, steered, fid), gate),
-                ]
+        rows, act_traces, first_unsteered = _generations(model, sae, cfg, fid, label, strength, log)
         tracker.log_generations(rows)
-
-        sweep: list[dict[str, Any]] = []
-        if cfg.sweep and cfg.prompts:
-            tokens = driver(model).prompt_tokens(cfg.prompts[0])
-            for factor in SWEEP_FACTORS:
-                s = strength * factor
-                seq, _ = steered_generation(model, sae, fid, s, tokens, cfg.max_new_tokens)
-                text = _completion(model, seq, tokens.shape[1])
-                sweep.append({"strength": s, "backtracks": count_backtracks(text),
-                              "completion_tokens": seq.shape[1] - tokens.shape[1], "text": text})
-            tracker.log_table("sweep", sweep)
-            tracker.log_curve("sweep_curve", pd.DataFrame(sweep), x="strength", ys=["backtracks", "completion_tokens"])
-            fig = _plot_sweep(sweep, label, out / "steering_sweep.png")
-            files["steering_sweep"] = out / "steering_sweep.png"
-            tracker.log_figure("steering_sweep", fig)
-
+        sweep = _sweep(model, sae, cfg, fid, label, strength, out, tracker, files) if cfg.sweep and cfg.prompts else []
         if act_traces:
             fig = _plot_activations(model, act_traces, label, out / "feature_activations.png")
             files["feature_activations"] = out / "feature_activations.png"
             tracker.log_figure("feature_activations", fig)
-
         sinks: dict[str, Any] = {"summary": "no prompts", "window": []}
         if first_unsteered is not None:
-            check = check_response_prefix_sink(model, first_unsteered)
-            # alpha (max over heads) shows where attention rests even where no head passes epsilon
-            check.save_heatmap(out / "sinks_heatmap.png", value="alpha_max")
-            files["sinks_heatmap"] = out / "sinks_heatmap.png"
-            tracker.log_figure("sinks_heatmap", out / "sinks_heatmap.png")
-            window = _sink_window(check)
-            sinks = {
-                "summary": check.summary(),
-                "window": window,
-                "prefix_end": check.prefix_end,
-                "prefix_end_token": check.prefix_end_token,
-                "is_sink": check.is_sink,
-                "sink_positions": [int(p) for p in check.report.sink_positions],  # type: ignore[union-attr]
-            }
-            if window:
-                tracker.log_table("sinks_prefix_end", window)
-            tracker.log_table("sinks", check.to_dataframe())
+            sinks = _sinks(model, first_unsteered, out, tracker, files)
         from r1_plugin.demo.feature_map import write_demo_map
 
         files.update(write_demo_map(sae, *_feature_db_paths(cfg), out, cfg.sae_name,
@@ -501,16 +545,9 @@ def run_demo(cfg: DemoConfig, log: Log = print) -> DemoResult:
             "backtracks_unsteered": sum(r["backtracks_unsteered"] for r in rows),
             "backtracks_steered": sum(r["backtracks_steered"] for r in rows),
         })
-        run_dir = tracker.run_dir
-        result = DemoResult(fid, label, strength, hook_name, rows, sweep, sinks, files, run_dir,
+        result = DemoResult(fid, label, strength, hook_name, rows, sweep, sinks, files, tracker.run_dir,
                             time.time() - started, "", experiments=experiments_md)
-        result.report = render_report(result, cfg)
-        (out / "report.md").write_text(result.report + "\n", encoding="utf-8")
-        files["report"] = out / "report.md"
-        payload = {k: v for k, v in asdict(result).items() if k != "report"}
-        (out / "report.json").write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
-        files["report_json"] = out / "report.json"
-        tracker.log_artifact_file(out / "report.md", "demo-report", type="report")
+        _write_report(result, cfg, out, tracker)
     result.seconds = time.time() - started
     return result
 

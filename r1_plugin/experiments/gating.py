@@ -47,6 +47,14 @@ NAME = "prefix_gating"
 CONDITIONS = ("first_response_token", "response_prefix_only", "after_response_prefix", "thinking_only")
 METRICS = ("expression_effect", "target_rate_effect", "target_logprob_effect", "diverged", "first_diff",
            "edit_distance", "n_steered")
+NOTES = (
+    "expression: the steered text re-run through the unsteered model; mean SAE activation of the feature "
+    "over the generated positions. expression_effect = steered - unsteered, per prompt.",
+    "Goodfire's claim predicts small effects for first_response_token and response_prefix_only and larger "
+    "ones for after_response_prefix (and thinking_only).",
+    "first_diff: index (in generated tokens) of the first token that differs from the unsteered "
+    "continuation (NaN when identical); diverged: fraction of prompts whose continuation changed.",
+)
 
 
 def default_conditions(spec: ResponsePrefixSpec | None = None) -> dict[str, Any]:
@@ -101,6 +109,49 @@ def _row_metrics(
     return row
 
 
+def _prompt_rows(
+    model: Any, tokens: torch.Tensor, p_idx: int, label: str, gates: dict[str, Any], steering: SteeringSpec,
+    strength: float, readout: FeatureReadout, max_new_tokens: int, eos: int | None, target_text: str | None,
+    ids: list[int] | None,
+) -> list[dict[str, Any]]:
+    """One prompt's rows: its unsteered continuation, then one steered continuation per gate compared with it."""
+    from r1_plugin.steering import steer
+
+    n_prompt = tokens.shape[1]
+    base_seq, base_lp = _generate(model, tokens, max_new_tokens)
+    base_seq = _trim(base_seq, n_prompt, eos)
+    base = _row_metrics(model, readout, base_seq, base_lp, n_prompt, target_text, ids)
+    base_gen = base_seq[n_prompt:].tolist()
+    rows: list[dict[str, Any]] = [
+        {"prompt_index": p_idx, "prompt": label, "condition": "unsteered", "gate": "", "open_at": None,
+         "close_at": None, "n_steered": 0, **base, "diverged": False, "first_diff": math.nan, "edit_distance": 0}
+    ]
+    for name, gate in gates.items():
+        with steer(model, gate=gate, strength=strength, warn_never_opened=False,
+                   **steering.steer_kwargs()) as result:
+            seq, lp = _generate(model, tokens, max_new_tokens)
+        seq = _trim(seq, n_prompt, eos)
+        rec = result.last
+        open_at, close_at, n_steered = rec.open_at[0], rec.close_at[0], rec.n_steered[0]
+        row = _row_metrics(model, readout, seq, lp, n_prompt, target_text, ids)
+        gen = seq[n_prompt:].tolist()
+        diff = first_difference(base_gen, gen)
+        rows.append({"prompt_index": p_idx, "prompt": label, "condition": name, "gate": repr(gate),
+                     "open_at": open_at, "close_at": close_at, "n_steered": n_steered, **row,
+                     "diverged": diff is not None, "first_diff": math.nan if diff is None else diff,
+                     "edit_distance": edit_distance(base_gen, gen)})
+    return rows
+
+
+def _with_effects(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with `<metric>_effect` = steered - the same prompt's unsteered value, for each measured metric."""
+    for metric in ("expression", "target_rate", "target_logprob"):
+        if metric in table:
+            base_of = table[table["condition"] == "unsteered"].set_index("prompt_index")[metric]
+            table[f"{metric}_effect"] = table[metric] - table["prompt_index"].map(base_of)
+    return table
+
+
 def prefix_gating(
     model: Any,
     prompts: str | torch.Tensor | Sequence[str | torch.Tensor],
@@ -131,7 +182,7 @@ def prefix_gating(
     Steering: an `sae` + `feature`(s) or a `direction` at `hook_name`, as `steer` takes them.
     spec: where the response prefix ends for the default conditions (`ResponsePrefixSpec`).
     """
-    from r1_plugin.steering import as_gate, steer
+    from r1_plugin.steering import as_gate
 
     steering = steering_spec(steering, sae=sae, feature=feature, direction=direction, hook_name=hook_name, mode=mode,
                             normalize=normalize, relative=relative)
@@ -145,51 +196,17 @@ def prefix_gating(
     eos = eos_id(model)
     rows: list[dict[str, Any]] = []
     for p_idx, prompt in enumerate(prompt_list(prompts)):
-        tokens = prompt_tokens(model, prompt, chat)
-        n_prompt = tokens.shape[1]
-        base_seq, base_lp = _generate(model, tokens, max_new_tokens)
-        base_seq = _trim(base_seq, n_prompt, eos)
-        base = _row_metrics(model, readout, base_seq, base_lp, n_prompt, target_text, ids)
-        base_gen = base_seq[n_prompt:].tolist()
-        label = prompt_label(model, prompt)
-        rows.append({"prompt_index": p_idx, "prompt": label, "condition": "unsteered", "gate": "",
-                     "open_at": None, "close_at": None, "n_steered": 0, **base, "diverged": False,
-                     "first_diff": math.nan, "edit_distance": 0})
-        for name, gate in gates.items():
-            with steer(model, gate=gate, strength=strength, warn_never_opened=False,
-                       **steering.steer_kwargs()) as result:
-                seq, lp = _generate(model, tokens, max_new_tokens)
-            seq = _trim(seq, n_prompt, eos)
-            rec = result.last
-            open_at, close_at, n_steered = rec.open_at[0], rec.close_at[0], rec.n_steered[0]
-            row = _row_metrics(model, readout, seq, lp, n_prompt, target_text, ids)
-            gen = seq[n_prompt:].tolist()
-            diff = first_difference(base_gen, gen)
-            rows.append({"prompt_index": p_idx, "prompt": label, "condition": name, "gate": repr(gate),
-                         "open_at": open_at, "close_at": close_at, "n_steered": n_steered, **row,
-                         "diverged": diff is not None, "first_diff": math.nan if diff is None else diff,
-                         "edit_distance": edit_distance(base_gen, gen)})
-    table = pd.DataFrame(rows)
-    for metric in ("expression", "target_rate", "target_logprob"):
-        if metric in table:
-            base_of = table[table["condition"] == "unsteered"].set_index("prompt_index")[metric]
-            table[f"{metric}_effect"] = table[metric] - table["prompt_index"].map(base_of)
+        rows += _prompt_rows(model, prompt_tokens(model, prompt, chat), p_idx, prompt_label(model, prompt), gates,
+                             steering, strength, readout, max_new_tokens, eos, target_text, ids)
+    table = _with_effects(pd.DataFrame(rows))
     steered = table[table["condition"] != "unsteered"].astype({"diverged": float})
     summary = summarize(steered, "condition", [m for m in METRICS if m in steered], n_boot, seed)
     config = dict(experiment=NAME, steering=steering.describe(), hook_name=readout.hook_name, strength=strength,
                   conditions={k: repr(v) for k, v in gates.items()}, target_text=target_text,
                   target_tokens=ids, max_new_tokens=max_new_tokens, n_prompts=int(table["prompt_index"].nunique()),
                   n_boot=n_boot, seed=seed)
-    notes = [
-        "expression: the steered text re-run through the unsteered model; mean SAE activation of the feature "
-        "over the generated positions. expression_effect = steered - unsteered, per prompt.",
-        "Goodfire's claim predicts small effects for first_response_token and response_prefix_only and larger "
-        "ones for after_response_prefix (and thinking_only).",
-        "first_diff: index (in generated tokens) of the first token that differs from the unsteered "
-        "continuation (NaN when identical); diverged: fraction of prompts whose continuation changed.",
-    ]
     result_obj = ExperimentResult(
-        name=NAME, table=table, summary=summary, config=config, notes=notes, draw=_draw,
+        name=NAME, table=table, summary=summary, config=config, notes=list(NOTES), draw=_draw,
         table_columns=["prompt_index", "condition", "open_at", "close_at", "n_steered", "n_generated", "expression",
                        "expression_effect", "target_rate", "target_logprob", "first_diff", "edit_distance", "text"],
     )

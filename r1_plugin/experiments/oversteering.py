@@ -67,6 +67,64 @@ def replay_logprobs(model: Any, gate: Any, strength: float, spec: SteeringSpec, 
     return logits[0].float().log_softmax(-1).cpu()
 
 
+def _continuation_metrics(
+    model: Any, table: pd.DataFrame, tokens: list[torch.Tensor], readout: FeatureReadout, gate: Any,
+    spec: SteeringSpec, ngram: int, target_text: str | None, ids: list[int] | None,
+) -> dict[str, list[float]]:
+    """Per sweep row: length, expression, coherence and repetition of its continuation, and the target metrics
+    (an empty list for a metric not asked for)."""
+    metrics: dict[str, list[float]] = {k: [] for k in ("n_generated", "expression", "coherence_ll",
+                                                        "repeated_ngram_rate", "target_rate", "target_logprob")}
+    for rec in table.itertuples():
+        prompt = tokens[int(rec.prompt_index)]
+        n_prompt = prompt.shape[1]
+        cont = continuation_ids(model, str(rec.text))
+        seq = torch.cat([prompt[0].cpu(), torch.tensor(cont, dtype=torch.long)]).unsqueeze(0).to(model.cfg.device)
+        expression, logprobs = readout(seq)
+        n_gen = len(cont)
+        metrics["n_generated"].append(n_gen)
+        metrics["expression"].append(float(expression[0, n_prompt:].mean()) if n_gen else math.nan)
+        metrics["coherence_ll"].append(float(token_logprobs(logprobs[0], seq[0])[n_prompt - 1:].mean())
+                                       if n_gen else math.nan)
+        metrics["repeated_ngram_rate"].append(repeated_ngram_rate(cont, ngram))
+        if target_text is not None:
+            metrics["target_rate"].append(count_rate(model.tokenizer.decode(cont), target_text, n_gen))
+        if ids is not None:
+            steered_lp = logprobs[0] if rec.baseline or rec.strength == 0 else replay_logprobs(
+                model, gate, float(rec.strength), spec, prompt, seq[:, n_prompt:])
+            metrics["target_logprob"].append(target_logprob(steered_lp, ids, n_prompt - 1, seq.shape[1] - 1))
+    return metrics
+
+
+def _add_effects_and_reversions(table: pd.DataFrame, primary: str, reversion_drop: float) -> None:
+    """Add `<metric>_effect` (minus the prompt's baseline) and the per-prompt `reverted` flag of `primary` to
+    `table` in place."""
+    from r1_plugin.steering.sweep import find_reversions
+
+    for metric in [m for m in ("expression", "target_rate", "target_logprob") if m in table]:
+        base_of = table[table["baseline"]].set_index("prompt_index")[metric]
+        table[f"{metric}_effect"] = table[metric] - table["prompt_index"].map(base_of)
+    table["reverted"] = False
+    for _, frame in table.groupby("prompt_index"):
+        steered = frame[~frame["baseline"]]
+        baseline = float(frame[frame["baseline"]][primary].iloc[0])
+        flags, _ = find_reversions(list(steered["strength"]), [float(v) for v in steered[primary]], baseline,
+                                   reversion_drop)
+        table.loc[steered.index, "reverted"] = flags
+
+
+def _notes(primary: str, reversion_drop: float, ngram: int) -> list[str]:
+    """The result's notes: what the primary metric, reverted, coherence_ll and repeated_ngram_rate mean."""
+    return [
+        f"primary metric: {primary}; reverted: its effect fell below {1 - reversion_drop:g} x the largest effect "
+        "at a smaller |strength| (per prompt; the summary gives the share of prompts).",
+        "coherence_ll: the unsteered model's mean log-likelihood per generated token of the steered text (lower = "
+        f"less like the model's own text); repeated_ngram_rate: share of {ngram}-grams seen earlier in the text.",
+        "Goodfire's claim predicts the effect rising, then falling back toward 0 (reverted) at strengths where "
+        "coherence_ll and the repeated-n-gram rate are still near their unsteered values.",
+    ]
+
+
 def oversteer(
     model: Any,
     prompts: str | torch.Tensor | Sequence[str | torch.Tensor],
@@ -95,7 +153,7 @@ def oversteer(
     """Sweep `strengths` under `gate` (default: after the response prefix) and report per strength the target
     effect, the feature's expression, coherence and the reversion flag (see the module docstring)."""
     from r1_plugin.steering import as_gate
-    from r1_plugin.steering.sweep import find_reversions, sweep_strengths
+    from r1_plugin.steering.sweep import sweep_strengths
 
     spec = steering_spec(steering, sae=sae, feature=feature, direction=direction, hook_name=hook_name, mode=mode,
                         normalize=normalize, relative=relative)
@@ -115,40 +173,12 @@ def oversteer(
                             batch_size=batch_size, reversion_drop=reversion_drop, chat=False, **kwargs)
     table = sweep.table.rename(columns={"feature_act": "feature_act_during"})
     table = table.drop(columns=[c for c in table.columns if c.startswith("reverted") or c == "peak_strength"])
-    metrics: dict[str, list[float]] = {k: [] for k in ("n_generated", "expression", "coherence_ll",
-                                                        "repeated_ngram_rate", "target_rate", "target_logprob")}
-    for rec in table.itertuples():
-        prompt = tokens[int(rec.prompt_index)]
-        n_prompt = prompt.shape[1]
-        cont = continuation_ids(model, str(rec.text))
-        seq = torch.cat([prompt[0].cpu(), torch.tensor(cont, dtype=torch.long)]).unsqueeze(0).to(model.cfg.device)
-        expression, logprobs = readout(seq)
-        n_gen = len(cont)
-        metrics["n_generated"].append(n_gen)
-        metrics["expression"].append(float(expression[0, n_prompt:].mean()) if n_gen else math.nan)
-        metrics["coherence_ll"].append(float(token_logprobs(logprobs[0], seq[0])[n_prompt - 1:].mean())
-                                       if n_gen else math.nan)
-        metrics["repeated_ngram_rate"].append(repeated_ngram_rate(cont, ngram))
-        if target_text is not None:
-            metrics["target_rate"].append(count_rate(model.tokenizer.decode(cont), target_text, n_gen))
-        if ids is not None:
-            steered_lp = logprobs[0] if rec.baseline or rec.strength == 0 else replay_logprobs(
-                model, gate_obj, float(rec.strength), spec, prompt, seq[:, n_prompt:])
-            metrics["target_logprob"].append(target_logprob(steered_lp, ids, n_prompt - 1, seq.shape[1] - 1))
-    for key, values in metrics.items():
+    for key, values in _continuation_metrics(model, table, tokens, readout, gate_obj, spec, ngram, target_text,
+                                             ids).items():
         if values:
             table[key] = values
     primary = "target_rate" if target_text is not None else "target_logprob" if ids is not None else "expression"
-    for metric in [m for m in ("expression", "target_rate", "target_logprob") if m in table]:
-        base_of = table[table["baseline"]].set_index("prompt_index")[metric]
-        table[f"{metric}_effect"] = table[metric] - table["prompt_index"].map(base_of)
-    table["reverted"] = False
-    for _, frame in table.groupby("prompt_index"):
-        steered = frame[~frame["baseline"]]
-        baseline = float(frame[frame["baseline"]][primary].iloc[0])
-        flags, _ = find_reversions(list(steered["strength"]), [float(v) for v in steered[primary]], baseline,
-                                   reversion_drop)
-        table.loc[steered.index, "reverted"] = flags
+    _add_effects_and_reversions(table, primary, reversion_drop)
     steered_rows = table[~table["baseline"]].astype({"reverted": float})
     summary_metrics = [m for m in (f"{primary}_effect", "expression_effect", "coherence_ll", "repeated_ngram_rate",
                                    "kl", "reverted") if m in steered_rows]
@@ -157,16 +187,8 @@ def oversteer(
                   strengths=strengths, primary_metric=primary, target_text=target_text, target_tokens=ids,
                   max_new_tokens=max_new_tokens, ngram=ngram, reversion_drop=reversion_drop,
                   n_prompts=len(tokens), n_boot=n_boot, seed=seed)
-    notes = [
-        f"primary metric: {primary}; reverted: its effect fell below {1 - reversion_drop:g} x the largest effect "
-        "at a smaller |strength| (per prompt; the summary gives the share of prompts).",
-        "coherence_ll: the unsteered model's mean log-likelihood per generated token of the steered text (lower = "
-        f"less like the model's own text); repeated_ngram_rate: share of {ngram}-grams seen earlier in the text.",
-        "Goodfire's claim predicts the effect rising, then falling back toward 0 (reverted) at strengths where "
-        "coherence_ll and the repeated-n-gram rate are still near their unsteered values.",
-    ]
     result = ExperimentResult(
-        name=NAME, table=table, summary=summary, config=config, notes=notes, draw=_draw,
+        name=NAME, table=table, summary=summary, config=config, notes=_notes(primary, reversion_drop, ngram), draw=_draw,
         table_columns=["prompt_index", "strength", "baseline", "gate_open_at", "n_generated", f"{primary}_effect",
                        "expression", "coherence_ll", "repeated_ngram_rate", "kl", "reverted", "text"],
     )

@@ -45,6 +45,15 @@ from r1_plugin.saes.sae_devices import encode_on_sae
 
 NAME = "segments"
 SEGMENTS = ("prompt", "response_prefix", "thinking", "answer")
+NOTES = (
+    "frequency: share of a segment's tokens (pooled over traces) where the feature is active (> 0); "
+    "mean_activation: its mean activation there, zeros included.",
+    "score = frequency in the segment - frequency in the other segments' tokens; the top features per "
+    "segment are in `top_features`.",
+    "js_divergence: Jensen-Shannon divergence (bits, 0 = same, 1 = disjoint) between two segments' firing-rate "
+    "vectors normalised to sum to 1. Goodfire's claim predicts clearly non-zero values between prompt, "
+    "thinking and answer.",
+)
 
 
 def segment_labels(
@@ -86,6 +95,64 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
     return 0.5 * kl(p, m) + 0.5 * kl(q, m)
 
 
+def _accumulate(
+    model: Any, prompts: Any, sae: Any, hook: str, ids: list[int], chat: bool, max_new_tokens: int, generate: bool,
+    spec: ResponsePrefixSpec,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+    """Run each trace once and pool per segment: (token counts `[seg]`, active counts and activation sums
+    `[seg, len(ids)]`, float64) and one row per trace."""
+    index = torch.tensor(ids)
+    n_seg = len(SEGMENTS)
+    counts = torch.zeros(n_seg, dtype=torch.float64)
+    fired = torch.zeros(n_seg, len(ids), dtype=torch.float64)
+    summed = torch.zeros(n_seg, len(ids), dtype=torch.float64)
+    rows = []
+    for p_idx, prompt in enumerate(prompt_list(prompts)):
+        tokens = prompt_tokens(model, prompt, chat)
+        seq = trace(model, tokens, max_new_tokens, generate)
+        end = response_prefix_end(model, seq[0], spec, complete=True)
+        labels = torch.from_numpy(segment_labels(model.to_str_tokens(seq[0]), end, spec.think_token))
+        with torch.no_grad():
+            _, cache = model.run_with_cache(seq, names_filter=[hook])
+            feats = encode_on_sae(sae, cache[hook][0])[:, index.to(cache[hook].device)].double().cpu()
+        counts += torch.bincount(labels, minlength=n_seg).double()
+        fired.index_add_(0, labels, (feats > 0).double())
+        summed.index_add_(0, labels, feats)
+        sizes = torch.bincount(labels, minlength=n_seg).tolist()
+        rows.append({"prompt_index": p_idx, "prompt": prompt_label(model, prompt), "n_tokens": int(seq.shape[1]),
+                     **{f"n_{s}": int(k) for s, k in zip(SEGMENTS, sizes)},
+                     "text": model.tokenizer.decode(seq[0].tolist())})
+    return counts, fired, summed, rows
+
+
+def _top_features(counts: torch.Tensor, fired: torch.Tensor, freq: np.ndarray, mean_act: np.ndarray,
+                  ids: list[int], top_k: int) -> pd.DataFrame:
+    """Per present segment, the `top_k` features by frequency there minus frequency in the other segments."""
+    top_rows = []
+    for s in [s for s in range(len(SEGMENTS)) if counts[s] > 0]:
+        rest = counts.sum() - counts[s]
+        rest_freq = ((fired.sum(0) - fired[s]) / rest).numpy() if rest > 0 else np.zeros(len(ids))
+        score = freq[s] - rest_freq
+        order = np.argsort(-score, kind="stable")[:top_k]
+        for rank, j in enumerate(order, start=1):
+            top_rows.append({"segment": SEGMENTS[s], "rank": rank, "feature": ids[j], "score": float(score[j]),
+                             "frequency": float(freq[s, j]), "frequency_rest": float(rest_freq[j]),
+                             "mean_activation": float(mean_act[s, j])})
+    return pd.DataFrame(top_rows)
+
+
+def _segment_summary(counts: torch.Tensor, fired: torch.Tensor, summed: torch.Tensor,
+                     per_trace: pd.DataFrame) -> pd.DataFrame:
+    """Per segment: pooled tokens, traces that have it, mean active features and mean activation per token."""
+    return pd.DataFrame([
+        {"segment": SEGMENTS[s], "n_tokens": int(counts[s]),
+         "n_traces": int((per_trace[f"n_{SEGMENTS[s]}"] > 0).sum()),
+         "mean_active_features": float(fired[s].sum() / counts[s]) if counts[s] > 0 else math.nan,
+         "mean_activation": float(summed[s].sum() / counts[s]) if counts[s] > 0 else math.nan}
+        for s in range(len(SEGMENTS))
+    ])
+
+
 def segments(
     model: Any,
     prompts: str | torch.Tensor | Sequence[str | torch.Tensor],
@@ -119,44 +186,13 @@ def segments(
     if not ids or any(not 0 <= f < d_sae for f in ids):
         raise ExperimentError(f"features must be ids in [0, {d_sae}), got {features}")
     spec = spec or ResponsePrefixSpec()
-    index = torch.tensor(ids)
+    counts, fired, summed, rows = _accumulate(model, prompts, sae, hook, ids, chat, max_new_tokens, generate, spec)
     n_seg = len(SEGMENTS)
-    counts = torch.zeros(n_seg, dtype=torch.float64)
-    fired = torch.zeros(n_seg, len(ids), dtype=torch.float64)
-    summed = torch.zeros(n_seg, len(ids), dtype=torch.float64)
-    rows = []
-    for p_idx, prompt in enumerate(prompt_list(prompts)):
-        tokens = prompt_tokens(model, prompt, chat)
-        seq = trace(model, tokens, max_new_tokens, generate)
-        end = response_prefix_end(model, seq[0], spec, complete=True)
-        labels = torch.from_numpy(segment_labels(model.to_str_tokens(seq[0]), end, spec.think_token))
-        with torch.no_grad():
-            _, cache = model.run_with_cache(seq, names_filter=[hook])
-            feats = encode_on_sae(sae, cache[hook][0])[:, index.to(cache[hook].device)].double().cpu()
-        counts += torch.bincount(labels, minlength=n_seg).double()
-        fired.index_add_(0, labels, (feats > 0).double())
-        summed.index_add_(0, labels, feats)
-        sizes = torch.bincount(labels, minlength=n_seg).tolist()
-        rows.append({"prompt_index": p_idx, "prompt": prompt_label(model, prompt), "n_tokens": int(seq.shape[1]),
-                     **{f"n_{s}": int(k) for s, k in zip(SEGMENTS, sizes)},
-                     "text": model.tokenizer.decode(seq[0].tolist())})
     per_trace = pd.DataFrame(rows)
     denom = counts.clamp(min=1).unsqueeze(1)
     freq = (fired / denom).numpy()
     mean_act = (summed / denom).numpy()
-    present = [s for s in range(n_seg) if counts[s] > 0]
-
-    top_rows = []
-    for s in present:
-        rest = counts.sum() - counts[s]
-        rest_freq = ((fired.sum(0) - fired[s]) / rest).numpy() if rest > 0 else np.zeros(len(ids))
-        score = freq[s] - rest_freq
-        order = np.argsort(-score, kind="stable")[:top_k]
-        for rank, j in enumerate(order, start=1):
-            top_rows.append({"segment": SEGMENTS[s], "rank": rank, "feature": ids[j], "score": float(score[j]),
-                             "frequency": float(freq[s, j]), "frequency_rest": float(rest_freq[j]),
-                             "mean_activation": float(mean_act[s, j])})
-    top = pd.DataFrame(top_rows)
+    top = _top_features(counts, fired, freq, mean_act, ids, top_k)
     js = pd.DataFrame(
         [[js_divergence(freq[a], freq[b]) if counts[a] > 0 and counts[b] > 0 else math.nan for b in range(n_seg)]
          for a in range(n_seg)],
@@ -169,13 +205,7 @@ def segments(
          "mean_activation": float(mean_act[s, col[f]])}
         for f in shown for s in range(n_seg)
     ])
-    seg_summary = pd.DataFrame([
-        {"segment": SEGMENTS[s], "n_tokens": int(counts[s]),
-         "n_traces": int((per_trace[f"n_{SEGMENTS[s]}"] > 0).sum()),
-         "mean_active_features": float(fired[s].sum() / counts[s]) if counts[s] > 0 else math.nan,
-         "mean_activation": float(summed[s].sum() / counts[s]) if counts[s] > 0 else math.nan}
-        for s in range(n_seg)
-    ])
+    seg_summary = _segment_summary(counts, fired, summed, per_trace)
     pairs = pd.DataFrame([
         {"segment_a": SEGMENTS[a], "segment_b": SEGMENTS[b], "js_divergence": float(js.iloc[a, b])}
         for a in range(n_seg) for b in range(a + 1, n_seg)
@@ -183,17 +213,8 @@ def segments(
     config = dict(experiment=NAME, hook_name=hook, n_features=len(ids), top_k=top_k, generate=generate,
                   max_new_tokens=max_new_tokens, n_prompts=len(per_trace), prefix_end=spec.end,
                   prefix_max_tokens=spec.max_tokens)
-    notes = [
-        "frequency: share of a segment's tokens (pooled over traces) where the feature is active (> 0); "
-        "mean_activation: its mean activation there, zeros included.",
-        "score = frequency in the segment - frequency in the other segments' tokens; the top features per "
-        "segment are in `top_features`.",
-        "js_divergence: Jensen-Shannon divergence (bits, 0 = same, 1 = disjoint) between two segments' firing-rate "
-        "vectors normalised to sum to 1. Goodfire's claim predicts clearly non-zero values between prompt, "
-        "thinking and answer.",
-    ]
     result = ExperimentResult(
-        name=NAME, table=table, summary=pairs, config=config, notes=notes, draw=_draw,
+        name=NAME, table=table, summary=pairs, config=config, notes=list(NOTES), draw=_draw,
         tables={"segments": seg_summary, "top_features": top, "traces": per_trace.drop(columns=["text"])},
         arrays={"frequency": freq, "mean_activation": mean_act, "features": ids, "counts": counts.numpy(),
                 "js": js.to_numpy()},

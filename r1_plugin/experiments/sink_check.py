@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -40,10 +40,23 @@ from r1_plugin.experiments.base import (
 )
 from r1_plugin.response_prefix import ResponsePrefixSpec, find_think_start, response_prefix_end
 
+if TYPE_CHECKING:
+    from r1_plugin.sinks.thresholds import SinkThresholds
+
 NAME = "sinks"
 ROLES = ("bos", "prefix_end", "thinking_start")
 METRICS = ("sink_rate", "is_sink", "alpha_mean", "n_massive", "norm_ratio_max")
 CONTROL = "thinking_start"
+# The thresholds recorded in the result's config (chunk_size changes no number, so it is left out).
+CONFIG_THRESHOLDS = ("epsilon", "min_sink_rate", "min_queries", "min_value", "min_ratio")
+NOTES = (
+    "sink_rate: share of (layer, head) pairs with alpha > epsilon at the position (Gu et al.); is_sink: the "
+    "detector's verdict (sink_rate >= min_sink_rate and >= min_queries queries after the position).",
+    "n_massive: activations with |value| > min_value and >= min_ratio x the layer median (Sun et al.); "
+    "norm_ratio_max: max over layers of the position's residual norm / the layer's median norm.",
+    "Goodfire's claim predicts prefix_end close to bos and clearly above the control thinking_start "
+    "(a positive paired difference whose CI excludes 0).",
+)
 
 
 def role_positions(model: Any, seq: torch.Tensor, spec: ResponsePrefixSpec) -> dict[str, int | None]:
@@ -68,71 +81,89 @@ def sinks(
     generate: bool = True,
     chat: bool = True,
     spec: ResponsePrefixSpec | None = None,
-    epsilon: float | None = None,
-    min_sink_rate: float | None = None,
-    min_queries: int | None = None,
-    min_value: float | None = None,
-    min_ratio: float | None = None,
+    thresholds: SinkThresholds | None = None,
     n_boot: int = DEFAULT_N_BOOT,
     seed: int = 0,
     tracker: Any = None,
+    **deprecated: Any,
 ) -> ExperimentResult:
     """Sink rate and massive-activation statistics at BOS, the response-prefix end and the first thinking token
     over the traces of `prompts`, with bootstrap CIs over prompts and the per-layer profile.
 
     prompts: user messages (R1 chat format when `chat`), R1 chat text or `[1, seq]` ids; continued greedily for up
-    to `max_new_tokens` when `generate`, else used as finished traces. Thresholds default to r1_plugin.sinks'.
+    to `max_new_tokens` when `generate`, else used as finished traces. `thresholds`: a `r1_plugin.sinks.SinkThresholds`
+    (default `SinkThresholds()`); the old keywords (`epsilon=`, `min_sink_rate=`, ...) still work for one release,
+    with a DeprecationWarning.
     """
-    from r1_plugin.sinks import detect, scan_sinks
+    from r1_plugin.sinks.thresholds import resolve_thresholds
 
+    th = resolve_thresholds(thresholds, deprecated, NAME)
     spec = spec or ResponsePrefixSpec()
-    thresholds = dict(
-        epsilon=detect.DEFAULT_EPSILON if epsilon is None else epsilon,
-        min_sink_rate=detect.DEFAULT_MIN_SINK_RATE if min_sink_rate is None else min_sink_rate,
-        min_queries=detect.DEFAULT_MIN_QUERIES if min_queries is None else min_queries,
-        min_value=detect.DEFAULT_MIN_VALUE if min_value is None else min_value,
-        min_ratio=detect.DEFAULT_MIN_RATIO if min_ratio is None else min_ratio,
-    )
     if model.tokenizer is None:
         raise ExperimentError("the sinks experiment finds the response prefix from token strings: set a tokenizer")
     rows: list[dict[str, Any]] = []
     layer_rows: list[dict[str, Any]] = []
     layers: list[int] = []
     for p_idx, prompt in enumerate(prompt_list(prompts)):
-        tokens = prompt_tokens(model, prompt, chat)
-        seq = trace(model, tokens, max_new_tokens, generate)
-        positions = role_positions(model, seq[0], spec)
-        scan = scan_sinks(model, seq, batched=False, **thresholds)
-        report, massive = scan.sinks, scan.massive
-        assert report is not None and massive is not None
-        layers = list(report.layers)
-        layer_rate = report.layer_sink_rate()  # [layers, seq]
-        norm_ratio = massive.norm_ratio()  # [layers, seq]
-        sink_set = set(report.sink_positions)  # type: ignore[arg-type]
-        str_tokens = report.str_tokens or []
-        label = prompt_label(model, prompt)
-        for role, pos in positions.items():
-            row: dict[str, Any] = {"prompt_index": p_idx, "prompt": label, "role": role, "position": pos,
-                                   "seq_len": int(seq.shape[1])}
-            if pos is None:
-                rows.append({**row, **{m: math.nan for m in METRICS}, "n_queries": math.nan, "token": None})
-                continue
-            rows.append({
-                **row,
-                "token": str_tokens[pos] if pos < len(str_tokens) else None,
-                "n_queries": int(report.n_queries[pos]),
-                "sink_rate": float(report.sink_rate[pos]),
-                "is_sink": float(pos in sink_set),
-                "alpha_mean": float(report.alpha[:, :, pos].mean()),
-                "n_massive": float(sum(1 for h in massive if h.position == pos)),
-                "norm_ratio_max": float(norm_ratio[:, pos].max()),
-            })
-            for li, layer in enumerate(layers):
-                layer_rows.append({"prompt_index": p_idx, "role": role, "layer": layer,
-                                   "sink_rate": float(layer_rate[li, pos]), "norm_ratio": float(norm_ratio[li, pos])})
+        seq = trace(model, prompt_tokens(model, prompt, chat), max_new_tokens, generate)
+        layers = _trace_rows(model, seq, p_idx, prompt_label(model, prompt), spec, th, rows, layer_rows)
     table = pd.DataFrame(rows)
-    summary = summarize(table, "role", METRICS, n_boot, seed)
-    # The paired test of the claim: prefix end minus the matched control, per prompt.
+    summary = pd.concat([summarize(table, "role", METRICS, n_boot, seed), _paired(table, n_boot, seed)],
+                        ignore_index=True)
+    per_layer = pd.DataFrame(layer_rows)
+    profile = (summarize(per_layer, ["role", "layer"], ["sink_rate", "norm_ratio"], n_boot, seed)
+               if len(per_layer) else pd.DataFrame())
+    config = dict(experiment=NAME, generate=generate, max_new_tokens=max_new_tokens,
+                  n_prompts=int(table["prompt_index"].nunique()), n_layers=len(layers), prefix_end=spec.end,
+                  prefix_max_tokens=spec.max_tokens, **{k: getattr(th, k) for k in CONFIG_THRESHOLDS})
+    result = ExperimentResult(
+        name=NAME, table=table, summary=summary, config=config, notes=list(NOTES), draw=_draw,
+        tables={"layers": profile}, arrays={"layers": layers},
+        table_columns=["prompt_index", "role", "position", "token", "n_queries", *METRICS],
+    )
+    if tracker is not None:
+        result.log(tracker)
+    return result
+
+
+def _trace_rows(model: Any, seq: torch.Tensor, p_idx: int, label: str, spec: ResponsePrefixSpec,
+                th: SinkThresholds, rows: list[dict[str, Any]], layer_rows: list[dict[str, Any]]) -> list[int]:
+    """Scan one trace `[1, seq]` once and append its per-role rows and per-layer rows; returns the scanned layers."""
+    from r1_plugin.sinks import scan_sinks
+
+    positions = role_positions(model, seq[0], spec)
+    scan = scan_sinks(model, seq, batched=False, thresholds=th)
+    report, massive = scan.sinks, scan.massive
+    assert report is not None and massive is not None
+    layers = list(report.layers)
+    layer_rate = report.layer_sink_rate()  # [layers, seq]
+    norm_ratio = massive.norm_ratio()  # [layers, seq]
+    sink_set = set(report.sink_positions)  # type: ignore[arg-type]
+    str_tokens = report.str_tokens or []
+    for role, pos in positions.items():
+        row: dict[str, Any] = {"prompt_index": p_idx, "prompt": label, "role": role, "position": pos,
+                               "seq_len": int(seq.shape[1])}
+        if pos is None:
+            rows.append({**row, **{m: math.nan for m in METRICS}, "n_queries": math.nan, "token": None})
+            continue
+        rows.append({
+            **row,
+            "token": str_tokens[pos] if pos < len(str_tokens) else None,
+            "n_queries": int(report.n_queries[pos]),
+            "sink_rate": float(report.sink_rate[pos]),
+            "is_sink": float(pos in sink_set),
+            "alpha_mean": float(report.alpha[:, :, pos].mean()),
+            "n_massive": float(sum(1 for h in massive if h.position == pos)),
+            "norm_ratio_max": float(norm_ratio[:, pos].max()),
+        })
+        for li, layer in enumerate(layers):
+            layer_rows.append({"prompt_index": p_idx, "role": role, "layer": layer,
+                               "sink_rate": float(layer_rate[li, pos]), "norm_ratio": float(norm_ratio[li, pos])})
+    return layers
+
+
+def _paired(table: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
+    """The paired test of the claim: prefix end minus the matched control, per prompt, with a bootstrap CI."""
     paired = []
     for metric in METRICS:
         wide = table.pivot(index="prompt_index", columns="role", values=metric)
@@ -141,29 +172,7 @@ def sinks(
             mean, low, high, n = bootstrap_ci(diff, n_boot, seed=seed)
             paired.append({"role": f"prefix_end - {CONTROL}", "metric": metric, "mean": mean, "ci_low": low,
                            "ci_high": high, "n": n})
-    summary = pd.concat([summary, pd.DataFrame(paired)], ignore_index=True)
-    per_layer = pd.DataFrame(layer_rows)
-    profile = (summarize(per_layer, ["role", "layer"], ["sink_rate", "norm_ratio"], n_boot, seed)
-               if len(per_layer) else pd.DataFrame())
-    config = dict(experiment=NAME, generate=generate, max_new_tokens=max_new_tokens,
-                  n_prompts=int(table["prompt_index"].nunique()), n_layers=len(layers), prefix_end=spec.end,
-                  prefix_max_tokens=spec.max_tokens, **thresholds)
-    notes = [
-        "sink_rate: share of (layer, head) pairs with alpha > epsilon at the position (Gu et al.); is_sink: the "
-        "detector's verdict (sink_rate >= min_sink_rate and >= min_queries queries after the position).",
-        "n_massive: activations with |value| > min_value and >= min_ratio x the layer median (Sun et al.); "
-        "norm_ratio_max: max over layers of the position's residual norm / the layer's median norm.",
-        "Goodfire's claim predicts prefix_end close to bos and clearly above the control thinking_start "
-        "(a positive paired difference whose CI excludes 0).",
-    ]
-    result = ExperimentResult(
-        name=NAME, table=table, summary=summary, config=config, notes=notes, draw=_draw,
-        tables={"layers": profile}, arrays={"layers": layers},
-        table_columns=["prompt_index", "role", "position", "token", "n_queries", *METRICS],
-    )
-    if tracker is not None:
-        result.log(tracker)
-    return result
+    return pd.DataFrame(paired)
 
 
 def _draw(result: ExperimentResult, fig: Any) -> None:

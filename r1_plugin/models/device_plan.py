@@ -101,6 +101,100 @@ def _get(config: dict[str, Any], key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+@dataclass(frozen=True)
+class _Sizes:
+    """The config's dimensions and the storage of one element, as model_bytes' helpers need them."""
+
+    d: int
+    h: int
+    vocab: int
+    nope: int
+    rope: int
+    v: int
+    r: int
+    q_lora: int | None
+    d_dense: int  # intermediate_size of the dense MLP layers
+    m: int  # moe_intermediate_size
+    n_exp: int
+    n_shared: int
+    topk: int
+    isz: int  # bytes per element in `dtype`
+    fp8: bool  # FP8 weights kept as e4m3 + float32 block scales
+    block: tuple[int, int]
+
+    @classmethod
+    def of(cls, config: dict[str, Any], isz: int, fp8: bool, block: tuple[int, int]) -> _Sizes:
+        """The sizes of `config` (an HF config.json dict)."""
+        return cls(
+            d=config["hidden_size"], h=config["num_attention_heads"], vocab=config["vocab_size"],
+            nope=config["qk_nope_head_dim"], rope=config["qk_rope_head_dim"], v=config["v_head_dim"],
+            r=config["kv_lora_rank"], q_lora=config.get("q_lora_rank"), d_dense=config["intermediate_size"],
+            m=config["moe_intermediate_size"], n_exp=config["n_routed_experts"],
+            n_shared=_get(config, "n_shared_experts", 0), topk=config["num_experts_per_tok"], isz=isz, fp8=fp8,
+            block=block,
+        )
+
+    def linear(self, rows: int, cols: int, kept_rows: int | None = None) -> int:
+        """A checkpoint linear weight [rows, cols] (or `kept_rows` of its rows), FP8 kept or in `dtype`."""
+        if not self.fp8:
+            return (kept_rows or rows) * cols * self.isz
+        scales = math.ceil(rows / self.block[0]) * math.ceil(cols / self.block[1]) * 4
+        if kept_rows is None:
+            return rows * cols + scales
+        return kept_rows * cols + scales + kept_rows * 8  # + the int64 row -> scale-row index
+
+    def dequant_transient(self, rows: int, cols: int) -> int:
+        """Bytes of the float32 + `dtype` copies made while dequantising one FP8 weight [rows, cols] (0 unless FP8)."""
+        return rows * cols * (4 + self.isz) if self.fp8 else 0
+
+
+def _attention_bytes(z: _Sizes, config: dict[str, Any], bridge: bool) -> tuple[int, int]:
+    """(bytes of one MLA block's attention weights and norms, its largest dequantisation transient)."""
+    d, h, r, rope, nope, v, q_lora, isz = z.d, z.h, z.r, z.rope, z.nope, z.v, z.q_lora, z.isz
+    qk = nope + rope
+    attn = 2 * d * isz + r * isz  # ln1, ln2, kv_a_norm
+    largest = [(r + rope, d), (d, h * v), (h * (nope + v), r)]
+    if q_lora:
+        attn += z.linear(q_lora, d) + q_lora * isz + z.linear(h * qk, q_lora)
+        largest += [(q_lora, d), (h * qk, q_lora)]
+    else:
+        attn += z.linear(h * qk, d)
+        largest.append((h * qk, d))
+    if bridge:  # kv_b_proj kept whole (transformers' layout)
+        attn += z.linear(r + rope, d) + z.linear(h * (nope + v), r)
+    else:  # split into W_K_b / W_V_b rows
+        attn += z.linear(r + rope, d) + z.linear(h * (nope + v), r, h * nope) + z.linear(h * (nope + v), r, h * v)
+    attn += z.linear(d, h * v)
+    if config.get("attention_bias"):
+        attn += ((q_lora or 0) + r + rope + d) * isz
+    return attn, max(z.dequant_transient(a, b) for a, b in largest)
+
+
+def _moe_bytes(z: _Sizes, bridge: bool, fp8_experts_per_chunk: int) -> tuple[int, int]:
+    """(bytes of one MoE layer's router, routed and shared experts, its expert dequantisation transient)."""
+    d, m, n_exp, isz = z.d, z.m, z.n_exp, z.isz
+    shared = 3 * z.linear(m * z.n_shared, d) if z.n_shared else 0
+    experts = 3 * n_exp * z.linear(m, d)
+    if bridge:  # router weight in dtype; FP8 gate_up stack: + an int64 scale-row index of its 2m rows
+        moe = d * n_exp * isz + n_exp * 4 + experts + shared + (2 * m * 8 if z.fp8 else 0)
+    else:
+        moe = d * n_exp * 4 + n_exp * 4 + experts + shared  # router weight and correction bias in float32
+    chunk = 1 if bridge else min(fp8_experts_per_chunk, n_exp)  # the bridge dequantises one used expert at a time
+    moe_transient = (chunk * 3 * d * m * (4 + isz) if bridge else chunk * d * m * (3 * isz + 5)) if z.fp8 else 0
+    return moe, moe_transient
+
+
+def _activation_bytes(z: _Sizes, kv_cache_tokens: int, batch: int) -> int:
+    """The activation allowance of one device for `batch` x max(kv_cache_tokens, 1) tokens."""
+    t = max(kv_cache_tokens, 1)
+    a = batch * t
+    d_mlp_max = max(z.d_dense, z.topk * z.m + z.m * z.n_shared)
+    qk = z.nope + z.rope
+    per_token = z.isz * (8 * z.d + 3 * z.h * qk + 2 * z.h * z.v + 2 * (z.r + z.rope) + (z.q_lora or 0)
+                         + 3 * d_mlp_max)
+    return a * per_token + batch * z.h * t * t * (4 + 2 * z.isz) + DEVICE_RESERVE_BYTES
+
+
 def model_bytes(
     config: dict[str, Any],
     dtype: str = "bfloat16",
@@ -120,74 +214,31 @@ def model_bytes(
     isz = DTYPE_BYTES[dtype_name(dtype)]
     quant = config.get("quantization_config") or {}
     fp8 = bool(keep_fp8 and quant.get("quant_method") == "fp8")
-    b0, b1 = block_size_of(quant.get("weight_block_size") or [128, 128]) if fp8 else (128, 128)
-    d, h, vocab = config["hidden_size"], config["num_attention_heads"], config["vocab_size"]
-    nope, rope, v = config["qk_nope_head_dim"], config["qk_rope_head_dim"], config["v_head_dim"]
-    r, q_lora = config["kv_lora_rank"], config.get("q_lora_rank")
-    qk = nope + rope
+    block = block_size_of(quant.get("weight_block_size") or [128, 128]) if fp8 else (128, 128)
+    z = _Sizes.of(config, isz, fp8, block)
     n_layers = config["num_hidden_layers"] if first_n_layers is None else first_n_layers
     dense_k = _get(config, "first_k_dense_replace", 0)
-    n_exp, m, n_shared = config["n_routed_experts"], config["moe_intermediate_size"], _get(config, "n_shared_experts", 0)
-    topk = config["num_experts_per_tok"]
-
-    def linear(rows: int, cols: int, kept_rows: int | None = None) -> int:
-        """A checkpoint linear weight [rows, cols] (or `kept_rows` of its rows), FP8 kept or in `dtype`."""
-        if not fp8:
-            return (kept_rows or rows) * cols * isz
-        scales = math.ceil(rows / b0) * math.ceil(cols / b1) * 4
-        if kept_rows is None:
-            return rows * cols + scales
-        return kept_rows * cols + scales + kept_rows * 8  # + the int64 row -> scale-row index
-
-    def dequant_transient(rows: int, cols: int) -> int:
-        return rows * cols * (4 + isz) if fp8 else 0
-
-    attn = 2 * d * isz + r * isz  # ln1, ln2, kv_a_norm
-    largest = [(r + rope, d), (d, h * v), (h * (nope + v), r)]
-    if q_lora:
-        attn += linear(q_lora, d) + q_lora * isz + linear(h * qk, q_lora)
-        largest += [(q_lora, d), (h * qk, q_lora)]
-    else:
-        attn += linear(h * qk, d)
-        largest.append((h * qk, d))
-    if bridge:  # kv_b_proj kept whole (transformers' layout)
-        attn += linear(r + rope, d) + linear(h * (nope + v), r)
-    else:  # split into W_K_b / W_V_b rows
-        attn += linear(r + rope, d) + linear(h * (nope + v), r, h * nope) + linear(h * (nope + v), r, h * v)
-    attn += linear(d, h * v)
-    if config.get("attention_bias"):
-        attn += ((q_lora or 0) + r + rope + d) * isz
-    attn_transient = max(dequant_transient(a, b) for a, b in largest)
-    dense_mlp = 3 * linear(config["intermediate_size"], d)
-    shared = 3 * linear(m * n_shared, d) if n_shared else 0
-    experts = 3 * n_exp * linear(m, d)
-    if bridge:  # router weight in dtype; FP8 gate_up stack: + an int64 scale-row index of its 2m rows
-        moe = d * n_exp * isz + n_exp * 4 + experts + shared + (2 * m * 8 if fp8 else 0)
-    else:
-        moe = d * n_exp * 4 + n_exp * 4 + experts + shared  # router weight and correction bias in float32
-    chunk = 1 if bridge else min(fp8_experts_per_chunk, n_exp)  # the bridge dequantises one used expert at a time
-    moe_transient = (chunk * 3 * d * m * (4 + isz) if bridge else chunk * d * m * (3 * isz + 5)) if fp8 else 0
+    attn, attn_transient = _attention_bytes(z, config, bridge)
+    dense_mlp = 3 * z.linear(z.d_dense, z.d)
+    moe, moe_transient = _moe_bytes(z, bridge, fp8_experts_per_chunk)
     blocks, transients = [], []
     for i in range(n_layers):
         if i < dense_k:
             blocks.append(attn + dense_mlp)
-            transients.append(max(attn_transient, dequant_transient(config["intermediate_size"], d)))
+            transients.append(max(attn_transient, z.dequant_transient(z.d_dense, z.d)))
         else:
             blocks.append(attn + moe)
-            transients.append(max(attn_transient, moe_transient, dequant_transient(m * n_shared, d)))
+            transients.append(max(attn_transient, moe_transient, z.dequant_transient(z.m * z.n_shared, z.d)))
     kv = [batch * kv_cache_tokens * kv_numbers_per_token(config, backend) * isz] * n_layers
-    t = max(kv_cache_tokens, 1)
-    a = batch * t
-    d_mlp_max = max(config["intermediate_size"], topk * m + m * n_shared)
-    per_token = isz * (8 * d + 3 * h * qk + 2 * h * v + 2 * (r + rope) + (q_lora or 0) + 3 * d_mlp_max)
-    activations = a * per_token + batch * h * t * t * (4 + 2 * isz) + DEVICE_RESERVE_BYTES
+    a = batch * max(kv_cache_tokens, 1)
+    d, vocab = z.d, z.vocab
     return ModelBytes(
         embed=vocab * d * isz,
         blocks=blocks,
         unembed=d * vocab * isz + vocab * isz + d * isz,  # W_U (lm_head), b_U (the bridge adds one too), final norm
         kv_cache=kv,
         fp8_transient=transients,
-        activations=activations,
+        activations=_activation_bytes(z, kv_cache_tokens, batch),
         logits=2 * a * vocab * 4,  # float32 logits and one log-softmax/sampling copy
     )
 

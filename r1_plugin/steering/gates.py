@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from r1_plugin.errors import R1PluginError
 from r1_plugin.response_prefix import (
     THINK_CLOSE,
     THINK_TOKEN,
@@ -38,6 +39,18 @@ from r1_plugin.token_text import TokenStrings as _TokenStrings
 from r1_plugin.token_text import text_pieces  # noqa: F401  (re-exported for callers of steering.gates)
 
 NEVER = 2**62  # `open_from` of a row whose gate has not opened (yet)
+
+
+class GatePatternError(R1PluginError, ValueError):
+    """A `regex:` gate (or `AfterText(..., regex=True)`) whose pattern does not compile."""
+
+
+def compile_pattern(pattern: str | re.Pattern[str]) -> re.Pattern[str]:
+    """`re.compile(pattern)`, with a bad pattern raised as a GatePatternError naming it and the regex error."""
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise GatePatternError(f"the gate's regular expression {pattern!r} does not compile: {exc}") from None
 
 
 class GateRunner(ABC):
@@ -310,7 +323,7 @@ class AfterText(Gate):
         if isinstance(pattern, str) and not pattern and not regex:
             raise ValueError("AfterText needs a non-empty pattern")
         if regex and isinstance(pattern, str):
-            re.compile(pattern)  # fail early on a bad regex
+            compile_pattern(pattern)  # fail early on a bad regex, with the pattern named
         self.pattern = pattern
         self.regex = regex or isinstance(pattern, re.Pattern)
 

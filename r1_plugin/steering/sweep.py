@@ -107,6 +107,90 @@ class SweepResult:
                              f"{key}/primary_metric": self.primary_metric})
 
 
+def _steering_of(spec: SteeringSpec | None, **keywords: Any) -> tuple[SteeringSpec, Any, Any, Any, Any, str]:
+    """The sweep's one SteeringSpec (from `spec` or the steering keywords, not both) and its (sae, feature,
+    direction, hook_name, mode)."""
+    if spec is not None:
+        if keywords_given(**keywords):
+            raise SteeringSpecError("give the steering as `spec` or as keywords, not both")
+    else:
+        spec = SteeringSpec(**keywords)  # validated once, here
+    return spec, spec.sae, spec.feature, spec.direction, spec.hook_name, spec.mode
+
+
+def _readout_of(
+    model: Any, sae: Any, feature: Any, direction: Any, hook_name: str | None, readout_sae: Any,
+    readout_feature: Any, readout_hook: str | None,
+) -> tuple[str, tuple[str, Any, Any, torch.Tensor | None]]:
+    """The steering hook (default: the SAE's) and what is read as "the steered feature": (readout hook,
+    readout SAE, readout feature(s), unit direction when read without an SAE)."""
+    from r1_plugin.steering.sae_directions import feature_direction, sae_hook_name
+
+    if sae is not None and hook_name is None:
+        hook_name = sae_hook_name(sae)
+    if hook_name is None:
+        raise ValueError("sweep_strengths needs hook_name (or an sae to take it from)")
+    readout_sae = readout_sae if readout_sae is not None else sae
+    if readout_feature is None and readout_sae is sae and feature is not None:
+        # the steered feature(s); several are read out as the sum of their activations
+        readout_feature = [int(f) for f in feature] if isinstance(feature, (list, tuple)) else feature
+    if readout_sae is not None and readout_feature is None:
+        raise ValueError("readout_sae needs readout_feature (a feature id, or a list whose activations are summed)")
+    readout_hook = resolve_hook_name(
+        model, readout_hook or (sae_hook_name(readout_sae) if readout_sae is not None else hook_name)
+    )
+    unit = None
+    if readout_sae is None:
+        vec = feature_direction(sae, feature) if sae is not None else torch.as_tensor(direction).float()
+        unit = (vec / vec.norm()).detach()
+    return hook_name, (readout_hook, readout_sae, readout_feature, unit)
+
+
+def _prompt_rows(
+    model: Any, drv: Any, prompt: str | torch.Tensor, p_idx: int, strengths: list[float], gate: Gate,
+    spec: SteeringSpec, batch_size: int, max_new_tokens: int, chat: bool,
+    readout: tuple[str, Any, Any, torch.Tensor | None],
+) -> list[dict[str, Any]]:
+    """One prompt's rows: the unsteered baseline, then one row per strength (generated `batch_size` at a time)."""
+    steer_kwargs: dict[str, Any] = dict(spec=spec)
+    gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens)  # greedy, KV-cached, stops at EOS
+    eos = getattr(model.tokenizer, "eos_token_id", None)
+    tokens = drv.prompt_tokens(prompt, chat)
+    if tokens.shape[0] != 1:
+        raise ValueError("each prompt must be one sequence ([1, seq] ids or a string)")
+    n_prompt = tokens.shape[1]
+    with torch.no_grad():
+        baseline = drv.generate(tokens, **gen_kwargs)
+    baseline_text = model.tokenizer.decode(baseline[0, n_prompt:])
+    prompt_text = prompt if isinstance(prompt, str) else model.tokenizer.decode(tokens[0])
+    steered_rows: list[dict[str, Any]] = []
+    gate_at: int | None = None
+    gate_close: int | None = None
+    for start in range(0, len(strengths), batch_size):
+        chunk = strengths[start : start + batch_size]
+        batch = tokens.expand(len(chunk), -1)
+        with torch.no_grad(), steer(model, strength=chunk, gate=gate, warn_never_opened=False,
+                                    **steer_kwargs) as result:
+            out = drv.generate(batch, **gen_kwargs)
+        open_at, close_at = result.last.open_at, result.last.close_at
+        if gate_at is None:
+            gate_at, gate_close = next(((o, c) for o, c in zip(open_at, close_at) if o is not None),
+                                       (None, None))
+        metrics = _row_metrics(model, out, n_prompt, open_at, close_at, eos, *readout, (chunk, steer_kwargs))
+        for i, s in enumerate(chunk):
+            steered_rows.append(dict(
+                prompt_index=p_idx, prompt=prompt_text, strength=s, baseline=False,
+                text=model.tokenizer.decode(out[i, n_prompt:]), baseline_text=baseline_text,
+                gate_open_at=open_at[i], gate_close_at=close_at[i], n_steered=metrics[i]["n_steered"],
+                feature_act=metrics[i]["feature_act"], kl=metrics[i]["kl"],
+            ))
+    # The gate is causal, so the unsteered run reaches it at the same positions: read the baseline there.
+    base = _row_metrics(model, baseline, n_prompt, [gate_at], [gate_close], eos, *readout, None)[0]
+    return [dict(prompt_index=p_idx, prompt=prompt_text, strength=0.0, baseline=True, text=baseline_text,
+                 baseline_text=baseline_text, gate_open_at=gate_at, gate_close_at=gate_close, n_steered=0,
+                 feature_act=base["feature_act"], kl=0.0), *steered_rows]
+
+
 def sweep_strengths(
     model: Any,
     prompts: str | torch.Tensor | Sequence[str | torch.Tensor],
@@ -142,83 +226,23 @@ def sweep_strengths(
     to log the result to.
     """
     from r1_plugin.drive import driver
-    from r1_plugin.steering.sae_directions import feature_direction, sae_hook_name
 
     drv = driver(model)
-    if spec is not None:
-        if keywords_given(hook_name=hook_name, direction=direction, sae=sae, feature=feature, mode=mode,
-                          normalize=normalize, relative=relative):
-            raise SteeringSpecError("give the steering as `spec` or as keywords, not both")
-        sae, feature, direction, hook_name = spec.sae, spec.feature, spec.direction, spec.hook_name
-        mode, normalize, relative = spec.mode, spec.normalize, spec.relative
-    else:
-        spec = SteeringSpec(sae=sae, feature=feature, direction=direction, hook_name=hook_name, mode=mode,
-                            normalize=normalize, relative=relative)  # validated once, here
+    spec, sae, feature, direction, hook_name, mode = _steering_of(
+        spec, hook_name=hook_name, direction=direction, sae=sae, feature=feature, mode=mode, normalize=normalize,
+        relative=relative)
     strengths = [float(s) for s in check_strength(list(strengths), "strengths")]
     if not strengths:
         raise ValueError("sweep_strengths needs at least one strength")
     gate_obj = as_gate(gate)
-    if sae is not None and hook_name is None:
-        hook_name = sae_hook_name(sae)
-    if hook_name is None:
-        raise ValueError("sweep_strengths needs hook_name (or an sae to take it from)")
-    readout_sae = readout_sae if readout_sae is not None else sae
-    if readout_feature is None and readout_sae is sae and feature is not None:
-        # the steered feature(s); several are read out as the sum of their activations
-        readout_feature = [int(f) for f in feature] if isinstance(feature, (list, tuple)) else feature
-    if readout_sae is not None and readout_feature is None:
-        raise ValueError("readout_sae needs readout_feature (a feature id, or a list whose activations are summed)")
-    readout_hook = resolve_hook_name(
-        model, readout_hook or (sae_hook_name(readout_sae) if readout_sae is not None else hook_name)
-    )
-    unit = None
-    if readout_sae is None:
-        vec = feature_direction(sae, feature) if sae is not None else torch.as_tensor(direction).float()
-        unit = (vec / vec.norm()).detach()
-
+    hook_name, readout = _readout_of(model, sae, feature, direction, hook_name, readout_sae, readout_feature,
+                                     readout_hook)
+    readout_hook, readout_feature = readout[0], readout[2]
     prompt_list = [prompts] if isinstance(prompts, (str, torch.Tensor)) else list(prompts)
-    steer_kwargs: dict[str, Any] = dict(spec=spec)
-    gen_kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens)  # greedy, KV-cached, stops at EOS
-    eos = getattr(model.tokenizer, "eos_token_id", None)
     rows: list[dict[str, Any]] = []
     for p_idx, prompt in enumerate(prompt_list):
-        tokens = drv.prompt_tokens(prompt, chat)
-        if tokens.shape[0] != 1:
-            raise ValueError("each prompt must be one sequence ([1, seq] ids or a string)")
-        n_prompt = tokens.shape[1]
-        with torch.no_grad():
-            baseline = drv.generate(tokens, **gen_kwargs)
-        baseline_text = model.tokenizer.decode(baseline[0, n_prompt:])
-        prompt_text = prompt if isinstance(prompt, str) else model.tokenizer.decode(tokens[0])
-        steered_rows: list[dict[str, Any]] = []
-        gate_at: int | None = None
-        gate_close: int | None = None
-        for start in range(0, len(strengths), batch_size):
-            chunk = strengths[start : start + batch_size]
-            batch = tokens.expand(len(chunk), -1)
-            with torch.no_grad(), steer(model, strength=chunk, gate=gate_obj, warn_never_opened=False,
-                                        **steer_kwargs) as result:
-                out = drv.generate(batch, **gen_kwargs)
-            open_at, close_at = result.last.open_at, result.last.close_at
-            if gate_at is None:
-                gate_at, gate_close = next(((o, c) for o, c in zip(open_at, close_at) if o is not None),
-                                           (None, None))
-            metrics = _row_metrics(model, out, n_prompt, open_at, close_at, eos, readout_hook, readout_sae,
-                                   readout_feature, unit, (chunk, steer_kwargs))
-            for i, s in enumerate(chunk):
-                steered_rows.append(dict(
-                    prompt_index=p_idx, prompt=prompt_text, strength=s, baseline=False,
-                    text=model.tokenizer.decode(out[i, n_prompt:]), baseline_text=baseline_text,
-                    gate_open_at=open_at[i], gate_close_at=close_at[i], n_steered=metrics[i]["n_steered"],
-                    feature_act=metrics[i]["feature_act"], kl=metrics[i]["kl"],
-                ))
-        # The gate is causal, so the unsteered run reaches it at the same positions: read the baseline there.
-        base = _row_metrics(model, baseline, n_prompt, [gate_at], [gate_close], eos, readout_hook, readout_sae,
-                            readout_feature, unit, None)[0]
-        rows.append(dict(prompt_index=p_idx, prompt=prompt_text, strength=0.0, baseline=True, text=baseline_text,
-                         baseline_text=baseline_text, gate_open_at=gate_at, gate_close_at=gate_close, n_steered=0,
-                         feature_act=base["feature_act"], kl=0.0))
-        rows.extend(steered_rows)
+        rows += _prompt_rows(model, drv, prompt, p_idx, strengths, gate_obj, spec, batch_size, max_new_tokens, chat,
+                             readout)
     table = pd.DataFrame(rows)
     if behaviour is not None:
         table["behaviour"] = [float(behaviour(t)) for t in table["text"]]

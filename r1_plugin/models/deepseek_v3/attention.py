@@ -160,6 +160,7 @@ class DeepseekV3Attention(nn.Module):
             start += part.shape[-1]
         return out
 
+    # Long: the hot path; its hooks fire in TransformerLens order between in-place cache writes that share its locals
     def forward(
         self,
         x: torch.Tensor,

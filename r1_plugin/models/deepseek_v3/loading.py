@@ -77,6 +77,35 @@ def _check_keywords(kwargs: dict[str, Any], official_name: str) -> None:
             raise ValueError(f"{key} is not supported for DeepSeek-V3; FP8 checkpoints are dequantised to `dtype`.")
 
 
+def _refuse_unsupported(official_name: str, refactor: bool, checkpoint: tuple[int | None, ...], hf_model: Any,
+                        kwargs: dict[str, Any]) -> None:
+    """Refuse, before anything is read, the from_pretrained arguments that cannot apply to DeepSeek-V3."""
+    refuse_refactor(refactor)
+    if any(v is not None for v in checkpoint):
+        raise ValueError(f"{official_name} has no training checkpoints; drop checkpoint_index/checkpoint_value.")
+    if hf_model is not None:
+        raise ValueError(
+            "hf_model is not used for DeepSeek-V3: r1_plugin streams the safetensors shards itself (an HF model "
+            "of R1 would need ~1.3 TB of RAM). Pass the model name or checkpoint folder only."
+        )
+    _check_keywords(kwargs, official_name)
+
+
+def _hooked_config(official_name: str, hf_config: dict[str, Any], keep_fp8: bool, **config_kwargs: Any) -> Any:
+    """TransformerLens' config for the model (a DeepseekV3HookedConfig, built through the patched registry), with
+    keep_fp8 set only where the checkpoint is quantised."""
+    import transformer_lens.loading_from_pretrained as loading
+
+    cfg = loading.get_pretrained_model_config(official_name, **config_kwargs)
+    if not isinstance(cfg, DeepseekV3HookedConfig):
+        raise TypeError(
+            "the DeepSeek-V3 config was not built as DeepseekV3HookedConfig: call `import r1_plugin` "
+            "(r1_plugin._patches.tl_deepseek.apply()) before loading."
+        )
+    cfg.keep_fp8 = bool(keep_fp8) and bool(hf_config.get("quantization_config"))
+    return cfg
+
+
 def load_pretrained(
     cls: type,
     model_name: str,
@@ -115,18 +144,10 @@ def load_pretrained(
     (r1_plugin.plan_devices); when the plan does not fit `memory_per_device` (default: each device's total memory)
     loading stops before any weight is read with ModelDoesNotFitError.
     """
-    import transformer_lens.loading_from_pretrained as loading
     from transformer_lens.HookedTransformer import DTYPE_FROM_STRING
 
-    refuse_refactor(refactor_factored_attn_matrices)
-    if any(v is not None for v in (checkpoint_index, checkpoint_value, checkpoint_label)):
-        raise ValueError(f"{official_name} has no training checkpoints; drop checkpoint_index/checkpoint_value.")
-    if hf_model is not None:
-        raise ValueError(
-            "hf_model is not used for DeepSeek-V3: r1_plugin streams the safetensors shards itself (an HF model "
-            "of R1 would need ~1.3 TB of RAM). Pass the model name or checkpoint folder only."
-        )
-    _check_keywords(from_pretrained_kwargs, official_name)
+    _refuse_unsupported(official_name, refactor_factored_attn_matrices,
+                        (checkpoint_index, checkpoint_value, checkpoint_label), hf_model, from_pretrained_kwargs)
     if isinstance(dtype, str):
         dtype = DTYPE_FROM_STRING[dtype]
     dtype = from_pretrained_kwargs.pop("torch_dtype", dtype)
@@ -140,23 +161,9 @@ def load_pretrained(
     if first_n_layers is not None and not 1 <= first_n_layers <= n_hidden:
         raise ValueError(f"first_n_layers={first_n_layers} must be between 1 and {n_hidden} for {official_name}.")
 
-    cfg = loading.get_pretrained_model_config(
-        official_name,
-        fold_ln=fold_ln,
-        device=device,
-        n_devices=n_devices,
-        default_prepend_bos=default_prepend_bos,
-        dtype=dtype,
-        first_n_layers=first_n_layers,
-        n_ctx=n_ctx,
-        **from_pretrained_kwargs,
-    )
-    if not isinstance(cfg, DeepseekV3HookedConfig):
-        raise TypeError(
-            "the DeepSeek-V3 config was not built as DeepseekV3HookedConfig: call `import r1_plugin` "
-            "(r1_plugin._patches.tl_deepseek.apply()) before loading."
-        )
-    cfg.keep_fp8 = bool(keep_fp8) and bool(hf_config.get("quantization_config"))
+    cfg = _hooked_config(official_name, hf_config, keep_fp8, fold_ln=fold_ln, device=device, n_devices=n_devices,
+                         default_prepend_bos=default_prepend_bos, dtype=dtype, first_n_layers=first_n_layers,
+                         n_ctx=n_ctx, **from_pretrained_kwargs)
     from r1_plugin.models.device_plan import place_model
 
     place_model(cfg, hf_config, official_name, memory_per_device)

@@ -262,40 +262,11 @@ def _copy(value: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torc
     return torch.empty(value.shape, dtype=dtype, device=device).copy_(value)
 
 
-def build_hf_model(
-    name_or_folder: str,
-    dtype: torch.dtype = torch.float32,
-    keep_fp8: bool = False,
-    device: str | torch.device | None = None,
-    device_map: str | dict[str, Any] | None = None,
-    max_memory: dict[Any, Any] | None = None,
-    hf_config_overrides: dict[str, Any] | None = None,
-    revision: str | None = None,
-    progress: bool = False,
-) -> Any:
-    """DeepseekV3ForCausalLM (eval mode) holding the checkpoint's weights in `dtype` (FP8 kept FP8 with keep_fp8).
-
-    `device_map`: an explicit {module prefix: device} dict (e.g. `r1_plugin.models.device_plan.bridge_device_map`)
-    or accelerate's "auto"/"balanced"/"sequential" with `max_memory` (sized at `dtype`, so conservative for
-    keep_fp8). Each tensor is written straight to its device; a model on several devices is dispatched with
-    accelerate (`hf_device_map` set), as transformers' own `device_map` loading does.
-    """
-    import tqdm.auto as tqdm
+def _meta_model(raw: dict[str, Any], hf_config_overrides: dict[str, Any] | None) -> Any:
+    """DeepseekV3ForCausalLM on the meta device for the checkpoint's config.json `raw` (eager attention and, for
+    FP8 checkpoints, eager experts)."""
     from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
 
-    from r1_plugin.models.deepseek_v3.checkpoint_files import WEIGHT_DTYPES, CheckpointFiles
-
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.itemsize == 1:
-        raise BridgeLoadError(f"dtype must be a torch float dtype to compute in (float32, bfloat16, float16), "
-                              f"not {dtype!r}.")
-    found = r1_checkpoint(name_or_folder)
-    if found is None:
-        raise BridgeLoadError(f"{name_or_folder!r} is not a DeepSeek-V3/R1 checkpoint (folder or known hub id).")
-    files = CheckpointFiles(found[0], {} if revision is None else {"revision": revision})
-    raw = files.config()
-    from r1_plugin.models.deepseek_v3.config_checks import validate_config
-
-    validate_config(raw, where=found[0])  # the same config checks as the HookedTransformer path
     config = DeepseekV3Config.from_dict({k: v for k, v in raw.items() if k != "quantization_config"})
     for key, value in (hf_config_overrides or {}).items():
         setattr(config, key, value)
@@ -305,15 +276,15 @@ def build_hf_model(
     if fp8_quantization(raw):
         config._experts_implementation = "eager"
     with torch.device("meta"):
-        model = DeepseekV3ForCausalLM(config)
-    model.eval()
-    if isinstance(device_map, str):
-        from accelerate import infer_auto_device_map
+        return DeepseekV3ForCausalLM(config)
 
-        device_map = infer_auto_device_map(model, max_memory=max_memory, dtype=dtype,
-                                           no_split_module_classes=model._no_split_modules)
-    target = torch.device(device) if device is not None else torch.device("cpu")
-    loader = BridgeCheckpointLoader(model, raw, dtype, keep_fp8, target, device_map)
+
+def _stream_shards(files: Any, loader: BridgeCheckpointLoader, progress: bool) -> None:
+    """Read every tensor `loader` needs, shard by shard (each FP8 weight with its scale), into `loader`."""
+    import tqdm.auto as tqdm
+
+    from r1_plugin.models.deepseek_v3.checkpoint_files import WEIGHT_DTYPES
+
     weight_map = files.weight_map()
     by_shard: dict[str, list[str]] = defaultdict(list)
     for key, shard in weight_map.items():
@@ -340,6 +311,49 @@ def build_hf_model(
                 except TensorMismatchError as exc:  # a tensor config.json cannot take: name its shard and the fix
                     raise files.damaged(shard, str(exc).rstrip(".")) from exc
                 del tensor, scale
+
+
+def build_hf_model(
+    name_or_folder: str,
+    dtype: torch.dtype = torch.float32,
+    keep_fp8: bool = False,
+    device: str | torch.device | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[Any, Any] | None = None,
+    hf_config_overrides: dict[str, Any] | None = None,
+    revision: str | None = None,
+    progress: bool = False,
+) -> Any:
+    """DeepseekV3ForCausalLM (eval mode) holding the checkpoint's weights in `dtype` (FP8 kept FP8 with keep_fp8).
+
+    `device_map`: an explicit {module prefix: device} dict (e.g. `r1_plugin.models.device_plan.bridge_device_map`)
+    or accelerate's "auto"/"balanced"/"sequential" with `max_memory` (sized at `dtype`, so conservative for
+    keep_fp8). Each tensor is written straight to its device; a model on several devices is dispatched with
+    accelerate (`hf_device_map` set), as transformers' own `device_map` loading does.
+    """
+    from r1_plugin.models.deepseek_v3.checkpoint_files import CheckpointFiles
+
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.itemsize == 1:
+        raise BridgeLoadError(f"dtype must be a torch float dtype to compute in (float32, bfloat16, float16), "
+                              f"not {dtype!r}.")
+    found = r1_checkpoint(name_or_folder)
+    if found is None:
+        raise BridgeLoadError(f"{name_or_folder!r} is not a DeepSeek-V3/R1 checkpoint (folder or known hub id).")
+    files = CheckpointFiles(found[0], {} if revision is None else {"revision": revision})
+    raw = files.config()
+    from r1_plugin.models.deepseek_v3.config_checks import validate_config
+
+    validate_config(raw, where=found[0])  # the same config checks as the HookedTransformer path
+    model = _meta_model(raw, hf_config_overrides)
+    model.eval()
+    if isinstance(device_map, str):
+        from accelerate import infer_auto_device_map
+
+        device_map = infer_auto_device_map(model, max_memory=max_memory, dtype=dtype,
+                                           no_split_module_classes=model._no_split_modules)
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    loader = BridgeCheckpointLoader(model, raw, dtype, keep_fp8, target, device_map)
+    _stream_shards(files, loader, progress)
     loader.finish()
     if device_map:
         devices = {str(device_of(name, target, device_map)) for name, _ in model.named_parameters()}

@@ -79,7 +79,7 @@ class DemoConfig:
     wandb_mode: str | None = "offline"
     wandb_dir: Path | None = None  # default: $WANDB_DIR, else <out>
     seed: int = 0
-    backend: str = "hooked"  # "hooked" (HookedTransformer, the default) or "bridge" (TransformerBridge)
+    backend: str | None = None  # "hooked" (HookedTransformer) or "bridge" (TransformerBridge); None: the default
 
     @property
     def embedded(self) -> bool:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from r1_plugin.drive import hooked_transformer_available
-from r1_plugin.experiments import SteeringSpec, oversteer, prefix_gating, segments, sinks
+from r1_plugin.experiments import SteeringSpec, oversteer, prefix_gating, segments, sink_check
 from r1_plugin.steering.sweep import sweep_strengths
 
 # Each test compares the bridge with the HookedTransformer, which TransformerLens 4 removed.
@@ -58,7 +58,7 @@ def test_segments_and_sinks_equal_on_both(both: tuple[Any, Any, Any]) -> None:
     hooked, bridge, sae = both
     runs = [segments(m, PROMPTS, sae=sae, max_new_tokens=60) for m in (hooked, bridge)]
     assert_same_table(runs[0].table, runs[1].table, "segments")
-    runs = [sinks(m, PROMPTS, max_new_tokens=40) for m in (hooked, bridge)]
+    runs = [sink_check(m, PROMPTS, max_new_tokens=40) for m in (hooked, bridge)]
     assert_same_table(runs[0].table, runs[1].table, "sinks")
 
 

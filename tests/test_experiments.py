@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from r1_plugin.experiments import ExperimentError, oversteer, prefix_gating, segments, sinks
+from r1_plugin.experiments import ExperimentError, oversteer, prefix_gating, segments, sink_check
 from r1_plugin.experiments.base import bootstrap_ci, edit_distance, repeated_ngram_rate
 from r1_plugin.experiments.segmentation import SEGMENTS, js_divergence, segment_labels
 from r1_plugin.sinks import SinkThresholds
@@ -233,7 +233,7 @@ def test_sinks_against_brute_force(tiny: tuple[Any, Any], traces: list[torch.Ten
     th = SinkThresholds(epsilon=eps, min_value=min_value, min_ratio=min_ratio, min_queries=4)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)  # the experiment itself uses no deprecated keyword
-        result = sinks(model, traces, generate=False, thresholds=th, n_boot=200)
+        result = sink_check(model, traces, generate=False, thresholds=th, n_boot=200)
     table = result.table.set_index(["prompt_index", "role"])
     n_layers = model.cfg.n_layers
     profile_rows = []
@@ -282,16 +282,17 @@ def test_sinks_against_brute_force(tiny: tuple[Any, Any], traces: list[torch.Ten
 
 
 def test_sinks_old_threshold_keywords_warn_and_match(tiny: tuple[Any, Any], traces: list[torch.Tensor]) -> None:
-    """`sinks(..., epsilon=...)` (the old keywords) still runs, with a DeprecationWarning naming the new spelling,
+    """`sink_check(..., epsilon=...)` (the old keywords) still runs, with a DeprecationWarning naming the new spelling,
     and gives exactly the table of `thresholds=SinkThresholds(...)`; an unknown keyword is a TypeError."""
     model, _ = tiny
-    new = sinks(model, traces[:1], generate=False, thresholds=SinkThresholds(epsilon=0.05, min_queries=4), n_boot=20)
+    new = sink_check(model, traces[:1], generate=False, thresholds=SinkThresholds(epsilon=0.05, min_queries=4),
+                     n_boot=20)
     with pytest.warns(DeprecationWarning, match=r"thresholds=SinkThresholds\(epsilon=0.05, min_queries=4\)"):
-        old = sinks(model, traces[:1], generate=False, epsilon=0.05, min_queries=4, n_boot=20)
+        old = sink_check(model, traces[:1], generate=False, epsilon=0.05, min_queries=4, n_boot=20)
     pd.testing.assert_frame_equal(old.table, new.table)
     assert old.config == new.config and new.config["epsilon"] == 0.05 and new.config["min_queries"] == 4
     with pytest.raises(TypeError, match="epsilonn"):
-        sinks(model, traces[:1], generate=False, epsilonn=0.05)
+        sink_check(model, traces[:1], generate=False, epsilonn=0.05)
 
 
 # --- oversteer ----------------------------------------------------------------------------------------------
@@ -354,7 +355,7 @@ def test_result_plot_markdown_files_and_wandb(tiny: tuple[Any, Any], traces: lis
 
     model, sae = tiny
     with start_run("experiment", {"test": True}, mode="offline", dir=tmp_path / "wb") as tracker:
-        result = sinks(model, traces[:1], generate=False, n_boot=50, tracker=tracker)
+        result = sink_check(model, traces[:1], generate=False, n_boot=50, tracker=tracker)
         run_dir = tracker.run_dir
     fig = result.plot()
     assert isinstance(fig, Figure) and len(fig.axes) >= 3
@@ -429,7 +430,24 @@ def test_experiment_modules_are_not_shadowed_by_their_functions() -> None:
     import r1_plugin.experiments as package
 
     for module, function in (("gating", "prefix_gating"), ("oversteering", "oversteer"),
-                             ("segmentation", "segments"), ("sink_check", "sinks")):
+                             ("segmentation", "segments"), ("sink_positions", "sink_check")):
         mod = importlib.import_module(f"r1_plugin.experiments.{module}")
         assert inspect.ismodule(mod) and inspect.ismodule(getattr(package, module))
         assert getattr(package, function) is getattr(mod, function) and inspect.isfunction(getattr(mod, function))
+
+
+def test_old_name_sinks_warns_and_is_sink_check() -> None:
+    """`from r1_plugin.experiments import sinks` (the old name) still gives `sink_check`, with a DeprecationWarning
+    naming the new one; the old name is not bound in the package, and other unknown names stay AttributeErrors."""
+    import r1_plugin.experiments as package
+
+    assert "sinks" not in vars(package) and "sinks" not in package.__all__
+    with pytest.warns(DeprecationWarning, match=r"r1_plugin\.experiments\.sinks is deprecated.*sink_check"):
+        from r1_plugin.experiments import sinks as old
+    assert old is sink_check
+    with pytest.warns(DeprecationWarning, match="sink_check"):
+        assert package.sinks is sink_check
+    with pytest.raises(AttributeError, match="no_such_experiment"):
+        package.no_such_experiment  # noqa: B018
+    with pytest.raises(ImportError):
+        from r1_plugin.experiments import no_such_experiment  # noqa: F401

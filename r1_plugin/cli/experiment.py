@@ -219,8 +219,8 @@ def run_experiment(args: argparse.Namespace, model: Any, sae: Any, prompts: list
     from r1_plugin.cli.sinks import thresholds_from_args
 
     th = thresholds_from_args(args)  # checked once, as the library checks it
-    return experiments.sinks(model, prompts, max_new_tokens=args.max_new_tokens, generate=not args.no_generate,
-                             spec=_spec(args), thresholds=th, **stats)
+    return experiments.sink_check(model, prompts, max_new_tokens=args.max_new_tokens, generate=not args.no_generate,
+                                  spec=_spec(args), thresholds=th, **stats)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -131,7 +131,7 @@ def run_experiments(
     import time
 
     from r1_plugin.chat import r1_chat_tokens
-    from r1_plugin.experiments import oversteer, prefix_gating, segments, sinks
+    from r1_plugin.experiments import oversteer, prefix_gating, segments, sink_check
     from r1_plugin.experiments.base import generate_greedy
 
     started = time.time()
@@ -149,7 +149,7 @@ def run_experiments(
     for prompt in chosen:
         traces.append(generate_greedy(model, r1_chat_tokens(model, prompt), TRACE_TOKENS).clone())
     done.results["segments"] = segments(model, traces, sae=sae, generate=False, top_k=5)
-    done.results["sinks"] = sinks(model, traces, generate=False, n_boot=N_BOOT)
+    done.results["sinks"] = sink_check(model, traces, generate=False, n_boot=N_BOOT)
     observe = {"prefix_gating": _observe_prefix_gating, "oversteer": _observe_oversteer,
                "segments": _observe_segments, "sinks": _observe_sinks}
     for name, result in done.results.items():

@@ -73,7 +73,7 @@ def role_positions(model: Any, seq: torch.Tensor, spec: ResponsePrefixSpec) -> d
     }
 
 
-def sinks(
+def sink_check(
     model: Any,
     prompts: str | torch.Tensor | Sequence[str | torch.Tensor],
     *,
@@ -97,7 +97,7 @@ def sinks(
     """
     from r1_plugin.sinks.thresholds import resolve_thresholds
 
-    th = resolve_thresholds(thresholds, deprecated, NAME)
+    th = resolve_thresholds(thresholds, deprecated, "sink_check")
     spec = spec or ResponsePrefixSpec()
     if model.tokenizer is None:
         raise ExperimentError("the sinks experiment finds the response prefix from token strings: set a tokenizer")

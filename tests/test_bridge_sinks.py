@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import torch
 from bridge_models import FAMILIES, load_pair
+from sink_oracle import alpha_from_patterns
 
 from r1_plugin.drive import driver
-from r1_plugin.sinks import SinkTracker, find_attention_sinks, scan_sinks
+from r1_plugin.sinks import SinkMonitor, SinkThresholds, find_attention_sinks, scan_sinks
 
 pytestmark = pytest.mark.bridge
 
@@ -35,15 +36,7 @@ def brute_force_alpha(model: Any, tokens: torch.Tensor, mask: torch.Tensor) -> t
 
     with torch.no_grad(), model.hooks(fwd_hooks=[(name, keep(layer)) for layer, name in names.items()]):
         model(tokens, attention_mask=mask)
-    pattern = torch.stack([patterns[layer] for layer in sorted(names)], 1)
-    batch, n_layers, n_heads, seq, _ = pattern.shape
-    alpha = torch.full((batch, n_layers, n_heads, seq), float("nan"), dtype=torch.float64)
-    for b in range(batch):
-        for k in range(seq):
-            queries = [i for i in range(k, seq) if mask[b, i]]
-            if mask[b, k] and queries:
-                alpha[b, :, :, k] = pattern[b, :, :, queries, k].mean(dim=-1)
-    return alpha
+    return alpha_from_patterns(torch.stack([patterns[layer] for layer in sorted(names)], 1), mask)
 
 
 def test_bridge_sinks_equal_brute_force_chunked_padded_and_hooked(pair: tuple[str, Any, Any]) -> None:
@@ -70,7 +63,7 @@ def test_bridge_sinks_equal_brute_force_chunked_padded_and_hooked(pair: tuple[st
 def test_bridge_generation_tracker_equals_one_shot_scan(pair: tuple[str, Any, Any]) -> None:
     family, hooked, bridge = pair
     prompt = torch.randint(3, 300, (2, 9), generator=torch.Generator().manual_seed(6))
-    tracker = SinkTracker(bridge, epsilon=0.1, min_queries=2)
+    tracker = SinkMonitor(bridge, SinkThresholds(epsilon=0.1, min_queries=2))
     out = tracker.generate(prompt, max_new_tokens=6, do_sample=False, stop_at_eos=False)
     assert out.shape == (2, 15) and tracker.n_positions == 14, family
     one_shot = scan_sinks(bridge, out[:, :-1], epsilon=0.1, min_queries=2)
@@ -82,6 +75,6 @@ def test_bridge_generation_tracker_equals_one_shot_scan(pair: tuple[str, Any, An
                                rtol=1e-5, atol=1e-5)
     if hooked is None:
         return
-    on_hooked = SinkTracker(hooked, epsilon=0.1, min_queries=2)
+    on_hooked = SinkMonitor(hooked, SinkThresholds(epsilon=0.1, min_queries=2))
     assert torch.equal(on_hooked.generate(prompt, max_new_tokens=6, do_sample=False, stop_at_eos=False), out)
     torch.testing.assert_close(on_hooked.report().alpha, tracked.alpha, rtol=0, atol=1e-4)

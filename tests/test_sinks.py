@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sink_oracle import alpha_from_patterns
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from r1_plugin.sinks import (
@@ -33,15 +34,8 @@ def brute_force_alpha(model: HookedTransformer, tokens: torch.Tensor, mask: torc
     """alpha [batch, layer, head, seq] straight from run_with_cache's full patterns, looping over key positions."""
     mask = torch.ones_like(tokens) if mask is None else mask
     _, cache = model.run_with_cache(tokens, attention_mask=mask)
-    pattern = torch.stack([cache[f"blocks.{i}.attn.hook_pattern"] for i in range(model.cfg.n_layers)], 1).double()
-    batch, n_layers, n_heads, seq, _ = pattern.shape
-    alpha = torch.full((batch, n_layers, n_heads, seq), float("nan"), dtype=torch.float64)
-    for b in range(batch):
-        for k in range(seq):
-            queries = [i for i in range(k, seq) if mask[b, i]]
-            if mask[b, k] and queries:
-                alpha[b, :, :, k] = pattern[b, :, :, queries, k].mean(dim=-1)
-    return alpha
+    pattern = torch.stack([cache[f"blocks.{i}.attn.hook_pattern"] for i in range(model.cfg.n_layers)], 1)
+    return alpha_from_patterns(pattern, mask)
 
 
 def tiny_model(seed: int = 0, **overrides: object) -> HookedTransformer:

@@ -21,12 +21,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import torch  # noqa: E402
 
-MID = dict(
-    hidden_size=512, num_hidden_layers=4, first_k_dense_replace=1, num_attention_heads=8, num_key_value_heads=8,
-    q_lora_rank=256, kv_lora_rank=128, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64,
-    intermediate_size=1536, moe_intermediate_size=256, n_routed_experts=32, num_experts_per_tok=4,
-    n_group=4, topk_group=2, n_shared_experts=1, routed_scaling_factor=2.5,
-)
+from r1_plugin.testing.deepseek_checkpoints import BENCH_DIMS  # noqa: E402
+
+MID = BENCH_DIMS  # the reference config (r1_plugin.testing.deepseek_checkpoints)
 BLOCK = (128, 128)
 
 

@@ -42,6 +42,16 @@ def tokenizer_vocab_size(family: str = "r1") -> int:
         return len(AutoTokenizer.from_pretrained(tmp))
 
 
+# The benchmarks' reference DeepSeek-V3 dims (d_model 512, 4 layers, 32 experts top-4): `tiny_config(**BENCH_DIMS)`,
+# one definition for every benchmark that compares against transformers (bench_deepseek, bench_bridge).
+BENCH_DIMS: dict[str, Any] = dict(
+    hidden_size=512, num_hidden_layers=4, first_k_dense_replace=1, num_attention_heads=8, num_key_value_heads=8,
+    q_lora_rank=256, kv_lora_rank=128, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64,
+    intermediate_size=1536, moe_intermediate_size=256, n_routed_experts=32, num_experts_per_tok=4,
+    n_group=4, topk_group=2, n_shared_experts=1, routed_scaling_factor=2.5,
+)
+
+
 def tiny_config(**overrides: Any) -> dict[str, Any]:
     """An HF config.json dict with R1's published keys and tiny dims (q-LoRA, 2 groups, 1 dense layer)."""
     config: dict[str, Any] = {
